@@ -1,0 +1,3 @@
+"""biomed-serve: train, export and serve biomedical image and DNA models."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,245 @@
+"""The ``biomed`` command line. Arguments are parsed here, once, and handed on as plain values.
+
+Heavy imports (torch, bentoml) happen inside each command, so ``biomed --help``
+is fast and ``biomed serve`` never loads torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+
+class _Parser(argparse.ArgumentParser):
+    """Bad arguments: one line naming the problem, exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _window(text: str) -> tuple[float, float]:
+    try:
+        center, width = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"window {text!r} must be CENTER,WIDTH, e.g. -600,1500") from None
+    return center, width
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        parts = [int(v) for v in text.lower().replace("x", ",").split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size {text!r} must be N or H,W") from None
+    return (parts[0], parts[0]) if len(parts) == 1 else (parts[0], parts[1])
+
+
+def cmd_demo_data(args: argparse.Namespace) -> int:
+    if args.kind == "image":
+        from biomed.demo.dicom_demo import generate_images
+
+        out = generate_images(Path(args.out), n=args.n or 600, seed=args.seed)
+    else:
+        from biomed.demo.dna_demo import generate_dna
+
+        motifs = tuple(m.strip() for m in args.motifs.split(",") if m.strip())
+        out = generate_dna(Path(args.out), motifs=motifs, length=args.length, n=args.n or 3000, seed=args.seed)
+    print(out)
+    return 0
+
+
+def train_config(args: argparse.Namespace):  # -> TrainConfig
+    from models import DEFAULT_ARCH
+    from training.config import TrainConfig
+
+    if args.resume:
+        return TrainConfig.load(args.resume)
+    if not args.kind or not args.data or not args.out:
+        raise ValueError("train needs KIND (image or dna), --data and --out, or --resume RUN")
+    values = {"kind": args.kind, "data": args.data, "out": args.out, "arch": args.arch or DEFAULT_ARCH[args.kind]}
+    for name in ("epochs", "seed", "batch_size", "lr", "weight_decay", "dropout", "patience", "image_size", "window", "stride", "amp"):
+        if getattr(args, name) is not None:
+            values[name] = getattr(args, name)
+    return TrainConfig(**values)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    config = train_config(args)
+    from models import build_model
+
+    build_model(config.kind, config.arch)  # fail fast on an unknown arch
+    if args.nproc > 1 and "LOCAL_RANK" not in os.environ:
+        return _torchrun(args)
+    from training.train import fit
+
+    summary = fit(config, resume=bool(args.resume))
+    if summary:
+        _print_summary(config.out, summary)
+    return 0
+
+
+def _torchrun(args: argparse.Namespace) -> int:
+    """Re-launch this command under torchrun, one process per rank, on this host."""
+    import subprocess
+
+    argv = list(args.argv[args.argv.index("train") + 1 :])
+    for i, arg in enumerate(argv):
+        if arg == "--nproc":
+            del argv[i : i + 2]
+            break
+        if arg.startswith("--nproc="):
+            del argv[i]
+            break
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}",
+           "-m", "training.train", *argv]
+    return subprocess.call(cmd)
+
+
+def _print_summary(out: str, summary: dict) -> None:
+    test, base = summary["test"], summary["baseline"]
+    print(f"run: {out}")
+    print(f"held-out test ({summary['split']['test']} samples): AUROC {test['auroc_macro']:.3f}  AUPRC {test['auprc_macro']:.3f}  "
+          f"accuracy {test['accuracy']:.3f}")
+    print(f"logistic-regression baseline:          AUROC {base['auroc_macro']:.3f}  AUPRC {base['auprc_macro']:.3f}  "
+          f"accuracy {base['accuracy']:.3f}")
+    for label, value in test["auroc"].items():
+        print(f"  {label:<12} AUROC {value:.3f} (baseline {base['auroc'].get(label, float('nan')):.3f})")
+    if summary.get("skipped"):
+        print(f"skipped unreadable inputs: {sum(summary['skipped'].values())} ({summary['skipped']})")
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from training.export import export_run
+
+    exported = export_run(args.run, args.name, quantize=args.quantize, fp16=args.fp16)
+    print(exported.tag)
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from biomed.store import Row, biomed_models
+
+    rows = [Row.of(m) for m in biomed_models()]
+    if args.json:
+        import json
+        from dataclasses import asdict
+
+        print(json.dumps([asdict(r) for r in rows], indent=2))
+        return 0
+    print(f"{'NAME':<16} {'VERSION':<26} {'KIND':<6} {'VARIANT':<7} {'AUROC':>6}  LABELS")
+    for r in rows:
+        print(f"{r.name:<16} {r.version:<26} {r.kind:<6} {r.variant:<7} {r.auroc:6.3f}  {','.join(r.labels)}")
+    return 0
+
+
+def cmd_demo_models(args: argparse.Namespace) -> int:
+    from biomed.demo.build import build_demo_models
+
+    for tag in build_demo_models(Path(args.workdir), force=args.force, quick=args.quick):
+        print(tag)
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from biomed.serve import serve
+
+    return serve(port=args.port, host=args.host, workers=args.workers, models=args.models)
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train an image or DNA model", description="Train with held-out splits, early stopping and a baseline.")
+    p.add_argument("kind", nargs="?", choices=["image", "dna"])
+    p.add_argument("--data", help="image folder (one sub-folder per class) or CSV path,label; DNA table sequence,<tasks>...")
+    p.add_argument("--out", help="run folder for checkpoints, metrics and plots")
+    p.add_argument("--arch", help="image: cnn, resnet; dna: deepbind, danq")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--dropout", type=float)
+    p.add_argument("--patience", type=int, help="early-stopping patience in epochs")
+    p.add_argument("--image-size", type=_size, help="H,W the images are resized to (default 64)")
+    p.add_argument("--window", type=_window, help="fixed VOI window CENTER,WIDTH for every image (default: each file's own)")
+    p.add_argument("--stride", type=int, help="DNA: tiling stride for long sequences at serving time")
+    p.add_argument("--amp", choices=["auto", "off", "bf16", "fp16"], help="mixed precision on CUDA (off on CPU)")
+    p.add_argument("--nproc", type=int, default=1, help="processes for DistributedDataParallel (torchrun)")
+    p.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its last checkpoint")
+    p.set_defaults(func=cmd_train)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="biomed", description="Train, export and serve biomedical image and DNA models.")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("demo-data", help="write a synthetic demo data set")
+    p.add_argument("kind", choices=["image", "dna"])
+    p.add_argument("--out", required=True)
+    p.add_argument("--n", type=int, help="number of images (600) or sequences (3000)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--motifs", default="CTCF,REST,TP53", help="DNA: JASPAR names or matrix IDs to plant")
+    p.add_argument("--length", type=int, default=200, help="DNA: sequence length")
+    p.set_defaults(func=cmd_demo_data)
+
+    _add_train(sub)
+
+    p = sub.add_parser("export", help="export a run to verified ONNX in the model store")
+    p.add_argument("run")
+    p.add_argument("--name", required=True)
+    p.add_argument("--quantize", choices=["int8"])
+    p.add_argument("--fp16", action="store_true")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("models", help="list the models in the store")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("demo-models", help="generate demo data, train and export demo-image and demo-dna")
+    p.add_argument("--workdir", default="demo")
+    p.add_argument("--force", action="store_true", help="rebuild even when the store has them")
+    p.add_argument("--quick", action="store_true", help="tiny data and few epochs (tests)")
+    p.set_defaults(func=cmd_demo_models)
+
+    p = sub.add_parser("serve", help="serve the HTTP API (BentoML)")
+    p.add_argument("--port", type=int, default=int(os.environ.get("PORT", "3000")))
+    p.add_argument("--host", default=os.environ.get("BIOMED_HOST", "127.0.0.1"))
+    p.add_argument("--workers", type=int, help="worker processes (default BIOMED_WORKERS or 1)")
+    p.add_argument("--models", help="comma list of name[:version] (default BIOMED_MODELS or demo-image,demo-dna)")
+    p.set_defaults(func=cmd_serve)
+    for extra in _extra_commands():
+        extra(sub)
+    return parser
+
+
+def _extra_commands() -> list[Callable[[argparse._SubParsersAction], None]]:
+    """Commands defined next to their implementation (analysis, benchmarks)."""
+    found = []
+    for module in ("biomed.analysis_cli", "biomed.bench.cli"):
+        try:
+            found.append(__import__(module, fromlist=["register"]).register)
+        except ImportError:
+            continue
+    return found
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    args.argv = argv
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except (ValueError, LookupError, FileNotFoundError, NotADirectoryError, RuntimeError) as err:
+        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        print(f"biomed: error: {message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

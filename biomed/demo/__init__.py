@@ -1,0 +1,1 @@
+"""Synthetic demo data sets: real DICOM files and DNA with planted JASPAR motifs."""

@@ -1,0 +1,122 @@
+"""DNA sequence encoding: strings to uint8 codes, padding, tiling, strands.
+
+Codes: A=0, C=1, G=2, T=3, N=4. Models take a (N, L) uint8 tensor and one-hot
+encode inside the graph, so the host-to-device copy is one byte per base.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from biomed.errors import InputError
+
+ALPHABET = "ACGTN"
+N_CODE = 4
+_INVALID = 255
+
+# 256-entry lookup table from ASCII byte to code; everything else is invalid.
+_LUT = np.full(256, _INVALID, dtype=np.uint8)
+for _code, _base in enumerate(ALPHABET):
+    _LUT[ord(_base)] = _code
+    _LUT[ord(_base.lower())] = _code
+
+# Complement of each code: A<->T, C<->G, N->N.
+_COMPLEMENT = np.array([3, 2, 1, 0, 4], dtype=np.uint8)
+
+
+class InvalidSequence(InputError):
+    """A sequence holds a character outside A, C, G, T, N (any case)."""
+
+    code = "invalid_sequence"
+
+    def __init__(self, name: str, position: int, char: str) -> None:
+        super().__init__(
+            f"sequence {name!r} has invalid character {char!r} at position {position}; "
+            "accepted: A, C, G, T, N (any case)"
+        )
+        self.position = position
+
+
+def encode(sequence: str, name: str = "0") -> np.ndarray:
+    """Encode one sequence to uint8 codes with a vectorised table lookup.
+
+    Args:
+        sequence: bases, case-insensitive.
+        name: how to refer to the sequence in an error message.
+
+    Returns:
+        (L,) uint8 codes.
+
+    Raises:
+        InvalidSequence: on the first character that is not A, C, G, T or N.
+    """
+    raw = np.frombuffer(sequence.encode("utf-8", "surrogatepass"), dtype=np.uint8)
+    codes = _LUT[raw]
+    bad = np.flatnonzero(codes == _INVALID)
+    if bad.size:
+        if len(raw) != len(sequence):  # non-ASCII: report the character position
+            position = next(i for i, ch in enumerate(sequence) if ch.upper() not in ALPHABET)
+        else:
+            position = int(bad[0])
+        raise InvalidSequence(name, position, sequence[position])
+    return codes
+
+
+def decode(codes: np.ndarray) -> str:
+    """Turn codes back into an upper-case string."""
+    return np.frombuffer(b"ACGTN", dtype=np.uint8)[codes].tobytes().decode("ascii")
+
+
+def reverse_complement(codes: np.ndarray) -> np.ndarray:
+    """Reverse complement along the last axis; works on (L,) and (N, L)."""
+    return _COMPLEMENT[codes[..., ::-1]]
+
+
+def pad_centre(codes: np.ndarray, length: int) -> np.ndarray:
+    """Pad a sequence shorter than ``length`` with N on both sides, centred."""
+    missing = length - codes.shape[-1]
+    if missing < 0:
+        raise ValueError(f"sequence of length {codes.shape[-1]} is longer than {length}")
+    left = missing // 2
+    out = np.full(length, N_CODE, dtype=np.uint8)
+    out[left : left + codes.shape[-1]] = codes
+    return out
+
+
+@dataclass(frozen=True)
+class Windows:
+    """Model-length windows cut from one sequence."""
+
+    codes: np.ndarray  # (W, L) uint8
+    starts: list[int]  # start of each window in the original sequence (negative when padded)
+
+
+def tile(codes: np.ndarray, length: int, stride: int) -> Windows:
+    """Cut a sequence into windows of ``length`` bases.
+
+    Shorter sequences become one window padded with N, centred. Longer ones are
+    tiled every ``stride`` bases; a last window is aligned to the end so every
+    base is covered.
+    """
+    n = codes.shape[-1]
+    if n <= length:
+        return Windows(pad_centre(codes, length)[None, :], [-((length - n) // 2)])
+    starts = list(range(0, n - length + 1, stride))
+    if starts[-1] != n - length:
+        starts.append(n - length)
+    index = np.asarray(starts)[:, None] + np.arange(length)[None, :]
+    return Windows(codes[index], starts)
+
+
+def encode_batch(sequences: list[str], length: int) -> np.ndarray:
+    """Encode sequences of any length <= ``length`` into one (N, L) array, N-padded centred."""
+    out = np.full((len(sequences), length), N_CODE, dtype=np.uint8)
+    for i, seq in enumerate(sequences):
+        codes = encode(seq, name=str(i))
+        if codes.shape[0] > length:
+            raise InputError(f"sequence {i} has {codes.shape[0]} bases; the model takes at most {length}")
+        left = (length - codes.shape[0]) // 2
+        out[i, left : left + codes.shape[0]] = codes
+    return out

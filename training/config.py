@@ -1,0 +1,53 @@
+"""The training configuration: parsed once at the edge, then frozen."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything needed to reproduce a run; saved to ``config.json`` and into the ONNX metadata."""
+
+    kind: str  # image | dna
+    data: str
+    out: str
+    arch: str
+    epochs: int = 20
+    batch_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 1e-2
+    dropout: float = 0.2
+    patience: int = 5
+    seed: int = 0
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    image_size: tuple[int, int] = (64, 64)
+    window: tuple[float, float] | None = None  # a fixed VOI window for every image (e.g. CT HU)
+    stride: int | None = None  # DNA tiling stride at serving time; default half the length
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    amp: str = "auto"  # auto | off | bf16 | fp16 (auto: bf16 on CUDA, off on CPU)
+    workers: int = 0
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        """Rebuild from ``asdict`` output (JSON turns tuples into lists)."""
+        data = dict(data)
+        data["image_size"] = tuple(data.get("image_size", (64, 64)))
+        if data.get("window") is not None:
+            data["window"] = tuple(data["window"])
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    @classmethod
+    def load(cls, run: str | Path) -> "TrainConfig":
+        return cls.from_dict(json.loads((Path(run) / "config.json").read_text()))
+
+    def with_(self, **changes: Any) -> "TrainConfig":
+        return replace(self, **changes)

@@ -1,0 +1,209 @@
+"""Verified ONNX export into the BentoML model store.
+
+Like timm's ``onnx_export`` and MONAI's ``convert_to_onnx(verify=True)``: fixed
+input/output names, a dynamic batch axis, a pinned opset, ``onnx.checker``, and
+onnxruntime compared with PyTorch under explicit tolerances. The ``biomed``
+metadata document travels inside the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from torch import nn
+
+import biomed
+from biomed import metadata
+from models import build_model
+from training import checkpoint, metrics
+from training.config import TrainConfig
+from training.engine import predict
+from training.model_card import write_model_card
+
+log = logging.getLogger(__name__)
+
+OPSET = 18
+RTOL, ATOL = 1e-4, 1e-4
+PARITY_BATCHES = (1, 7)
+INPUT_NAME, OUTPUT_NAME = "input", "probabilities"
+
+
+class ExportError(RuntimeError):
+    """The exported graph is invalid or does not reproduce PyTorch."""
+
+
+class WithActivation(nn.Module):
+    """The network plus its output activation, so the graph returns probabilities."""
+
+    def __init__(self, model: nn.Module, multilabel: bool) -> None:
+        super().__init__()
+        self.model = model
+        self.multilabel = multilabel
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.model(x)  # (N, T)
+        return torch.sigmoid(logits) if self.multilabel else torch.softmax(logits, dim=1)
+
+
+@dataclass(frozen=True)
+class Exported:
+    tag: str
+    path: Path
+    doc: dict
+
+
+def load_run_model(run: Path) -> tuple[nn.Module, dict]:
+    """Rebuild the best model of a run from its checkpoint."""
+    if not (run / checkpoint.BEST).exists():
+        raise FileNotFoundError(f"{run} has no {checkpoint.BEST}; train first with `biomed train`")
+    best = checkpoint.load(run / checkpoint.BEST)
+    config = TrainConfig.from_dict(best["config"])
+    model = build_model(config.kind, config.arch, **best["model_kwargs"])
+    model.load_state_dict(best["model"])
+    return model.eval(), best
+
+
+def to_onnx(model: nn.Module, example: torch.Tensor) -> onnx.ModelProto:
+    """Export with the dynamo exporter to one self-contained proto (no external-data side file)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.onnx"
+        torch.onnx.export(
+            model, (example,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+            dynamic_shapes=({0: torch.export.Dim("batch", min=1)},), opset_version=OPSET,
+            dynamo=True, external_data=False, verbose=False,
+        )
+        proto = onnx.load(str(path), load_external_data=True)
+    proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "batch"
+    proto.graph.output[0].type.tensor_type.shape.dim[0].dim_param = "batch"
+    return proto
+
+
+def run_onnx(proto_or_path: onnx.ModelProto | str | Path, x: np.ndarray, batch: int = 256) -> np.ndarray:
+    data = proto_or_path.SerializeToString() if isinstance(proto_or_path, onnx.ModelProto) else str(proto_or_path)
+    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    return np.concatenate([session.run(None, {INPUT_NAME: x[i : i + batch]})[0] for i in range(0, len(x), batch)])
+
+
+def check_parity(proto: onnx.ModelProto, model: nn.Module, x: np.ndarray, multilabel: bool) -> float:
+    """Max |onnxruntime - torch| on held-out inputs at batch sizes 1 and 7; raises when over tolerance."""
+    worst = 0.0
+    for size in PARITY_BATCHES:
+        sample = x[:size] if len(x) >= size else np.resize(x, (size, *x.shape[1:]))
+        ours = run_onnx(proto, sample)
+        theirs = predict(model, sample, multilabel, torch.device("cpu"))
+        worst = max(worst, float(np.abs(ours - theirs).max()))
+        if not np.allclose(ours, theirs, rtol=RTOL, atol=ATOL):
+            raise ExportError(f"onnxruntime differs from PyTorch by {worst:.2e} at batch {size} (rtol={RTOL}, atol={ATOL})")
+    return worst
+
+
+def _variant(proto: onnx.ModelProto, quantize: str | None, fp16: bool) -> tuple[onnx.ModelProto, str]:
+    if quantize == "int8":
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        with tempfile.TemporaryDirectory() as tmp:
+            src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
+            onnx.save(proto, str(src))
+            quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+            return onnx.load(str(dst)), "int8"
+    if quantize is not None:
+        raise ValueError(f"--quantize {quantize!r} is unknown; choose: int8")
+    if fp16:
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+
+        return convert_float_to_float16(proto, keep_io_types=True), "fp16"
+    return proto, "fp32"
+
+
+def code_version() -> str:
+    """Package version plus the git commit, when run from a checkout."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).parent).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        sha = ""
+    return f"{biomed.__version__}+{sha}" if sha else biomed.__version__
+
+
+def build_metadata(name: str, version: str, best: dict, summary: dict, x: np.ndarray, export_info: dict) -> dict:
+    """The ``biomed`` document of CONTRACT.md, from the checkpoint and the run's metrics."""
+    config = TrainConfig.from_dict(best["config"])
+    if config.kind == "image":
+        preprocess = {"type": "image", "size": list(config.image_size), "channels": int(x.shape[1]),
+                      "window": list(config.window) if config.window else None, "interpolation": "bilinear"}
+        shape: list = ["batch", *map(int, x.shape[1:])]
+    else:
+        length = int(x.shape[1])
+        preprocess = {"type": "dna", "alphabet": "ACGTN", "length": length, "stride": config.stride or max(1, length // 2),
+                      "reverse_complement": True, "padding": "N, centred"}
+        shape = ["batch", length]
+    doc = {
+        "schema": metadata.SCHEMA_VERSION, "name": name, "version": version, "kind": config.kind,
+        "labels": list(best["labels"]), "multilabel": bool(best["multilabel"]),
+        "input": {"name": INPUT_NAME, "shape": shape, "dtype": str(x.dtype)},
+        "output": {"name": OUTPUT_NAME, "activation": "sigmoid" if best["multilabel"] else "softmax"},
+        "preprocess": preprocess,
+        "architecture": {"arch": config.arch, "kwargs": best["model_kwargs"]},
+        "training": {"data": Path(config.data).name, "epochs": summary["epochs_run"], "best_epoch": summary["best_epoch"],
+                     "seed": config.seed, "split": summary["split"], "metrics": summary["test"],
+                     "baseline": summary["baseline"], "config": best["config"], "code_version": code_version()},
+        "export": export_info,
+        "intended_use": metadata.INTENDED_USE,
+    }
+    return metadata.validate(doc)
+
+
+def embed(proto: onnx.ModelProto, doc: dict) -> None:
+    del proto.metadata_props[:]
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = metadata.METADATA_KEY, json.dumps(doc, sort_keys=True)
+    proto.producer_name = "biomed-serve"
+    proto.doc_string = f"{doc['name']}:{doc['version']} ({doc['kind']}); {doc['intended_use']}"
+
+
+def export_run(run: str | Path, name: str, quantize: str | None = None, fp16: bool = False) -> Exported:
+    """Export a run's best model, verify it, and save it into the BentoML model store."""
+    import bentoml
+
+    run = Path(run)
+    model, best = load_run_model(run)
+    summary = json.loads((run / "metrics.json").read_text())
+    held = np.load(run / "heldout.npz")
+    x, y = held["x"], held["y"]
+    proto = to_onnx(WithActivation(model, best["multilabel"]), torch.from_numpy(x[:2]))
+    parity = check_parity(proto, model, x, best["multilabel"])
+    fp32_metrics = metrics.score(y, run_onnx(proto, x), best["labels"], best["multilabel"])
+    proto, variant = _variant(proto, quantize, fp16)
+    ours = metrics.score(y, run_onnx(proto, x), best["labels"], best["multilabel"])
+    info = {"opset": OPSET, "variant": variant, "parity_max_abs_diff": parity, "rtol": RTOL, "atol": ATOL,
+            "parity_batches": list(PARITY_BATCHES), "torch": torch.__version__, "onnx": onnx.__version__,
+            "heldout_auroc_macro": ours["auroc_macro"],
+            "heldout_auroc_change_vs_fp32": ours["auroc_macro"] - fp32_metrics["auroc_macro"]}
+    digest = hashlib.sha256(proto.SerializeToString()).hexdigest()[:8]
+    version = time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + f"-{digest}"
+    doc = build_metadata(name, version, best, summary, x, info)
+    embed(proto, doc)
+    onnx.checker.check_model(proto, full_check=True)
+    labels = {"biomed": "1", "kind": doc["kind"], "arch": doc["architecture"]["arch"], "variant": variant}
+    store_meta = {"biomed_schema": metadata.SCHEMA_VERSION, "kind": doc["kind"], "labels": doc["labels"],
+                  "auroc_macro": ours["auroc_macro"], "variant": variant}
+    with bentoml.models.create(f"{name}:{version}", labels=labels, metadata=store_meta) as stored:
+        onnx.save(proto, stored.path_of("model.onnx"))
+        for plot in ("curves.png", "roc.png", "confusion.png"):
+            if (run / plot).exists():
+                shutil.copy(run / plot, stored.path_of(plot))
+        write_model_card(Path(stored.path_of("README.md")), doc)
+        tag = str(stored.tag)
+    return Exported(tag, Path(bentoml.models.get(tag).path_of("model.onnx")), doc)

@@ -1,0 +1,26 @@
+"""``biomed serve``: run the BentoML service on the configured port (torch is never imported)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+
+from biomed.store import has_models
+
+
+def serve(port: int, host: str, workers: int | None, models: str | None) -> int:
+    """Replace this process with ``bentoml serve service.service:Biomed``."""
+    env = os.environ
+    if models:
+        env["BIOMED_MODELS"] = models
+    if workers:
+        env["BIOMED_WORKERS"] = str(workers)
+    wanted = tuple(m.strip().split(":")[0] for m in env.get("BIOMED_MODELS", "demo-image,demo-dna").split(",") if m.strip())
+    if not has_models(wanted):
+        raise LookupError(f"the model store lacks some of {', '.join(wanted)}; run `make demo-models` or `biomed export`")
+    bentoml = shutil.which("bentoml", path=os.path.dirname(sys.executable)) or "bentoml"
+    args = [bentoml, "serve", "service.service:Biomed", "--host", host, "--port", str(port)]
+    sys.stdout.flush()
+    os.execvpe(args[0], args, env)
+    return 0  # not reached

@@ -1,0 +1,1 @@
+"""The BentoML inference service. Never imports torch: numpy, onnxruntime, pydicom, pydantic."""

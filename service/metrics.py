@@ -1,0 +1,45 @@
+"""The service's Prometheus metrics (CONTRACT.md), safe under BentoML's multi-worker mode.
+
+prometheus_client is imported on first use, inside the worker, after BentoML has
+set ``PROMETHEUS_MULTIPROC_DIR``; otherwise the values would never reach ``/metrics``.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+
+
+@dataclass(frozen=True)
+class Metrics:
+    inference_seconds: Any
+    batch_size: Any
+    predictions: Any
+    rejected: Any
+    preprocess_seconds: Any
+    model_info: Any
+    gpu_required: Any
+
+
+@functools.lru_cache(maxsize=1)
+def metrics() -> Metrics:
+    """Create the metrics once per process."""
+    from prometheus_client import Counter, Gauge, Histogram
+
+    return Metrics(
+        inference_seconds=Histogram("biomed_inference_seconds", "onnxruntime time per batch", ["model", "provider"],
+                                    buckets=LATENCY_BUCKETS),
+        batch_size=Histogram("biomed_batch_size", "rows per inference call (adaptive batching)", ["model"],
+                             buckets=BATCH_BUCKETS),
+        predictions=Counter("biomed_predictions_total", "predictions returned, by top label", ["model", "label"]),
+        rejected=Counter("biomed_rejected_requests_total", "requests refused with a 4xx", ["endpoint", "reason"]),
+        preprocess_seconds=Histogram("biomed_preprocess_seconds", "decode and preprocessing time per request", ["kind"],
+                                     buckets=LATENCY_BUCKETS),
+        model_info=Gauge("biomed_model_info", "loaded models (value 1)", ["model", "version", "provider", "sha256"],
+                         multiprocess_mode="livemax"),
+        gpu_required=Gauge("biomed_gpu_required", "1 when BIOMED_REQUIRE_GPU is set", [], multiprocess_mode="livemax"),
+    )

@@ -1,0 +1,64 @@
+"""The BentoML service: ``bentoml serve service.service:Biomed`` (what ``biomed serve`` runs).
+
+One class-based service per worker process. At start-up it loads every model in
+``BIOMED_MODELS`` from the model store, builds preprocessing from each model's
+``biomed`` metadata, creates one onnxruntime session per model (TensorRT/CUDA/CPU
+as configured, the provider in use read back), warms each up, and only then
+reports ready. Requests are batched across concurrent callers inside the worker
+(``service/batcher.py``); decoding runs in a thread pool beside inference.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+
+import bentoml
+
+from service.config import ServiceConfig
+from service.guard import Guard
+from service.http import build_app
+
+log = logging.getLogger("biomed.service")
+
+
+def _quiet_third_party() -> None:
+    """pydicom's warnings can quote element values (patient data): keep them out of the logs."""
+    warnings.filterwarnings("ignore", module=r"pydicom(\..*)?")
+    logging.getLogger("pydicom").setLevel(logging.CRITICAL)
+    logging.getLogger("biomed").setLevel(logging.INFO)
+
+
+@bentoml.service(
+    name="biomed-serve",
+    workers=int(os.environ.get("BIOMED_WORKERS", "1")),
+    traffic={"timeout": 300, "max_concurrency": int(os.environ.get("BIOMED_MAX_CONCURRENCY", "256"))},
+    http={"cors": {"enabled": False}},
+    endpoints={"livez": "/livez", "readyz": "/readyz"},
+    metrics={"enabled": True, "namespace": "bentoml_service"},
+    labels={"project": "biomed-serve"},
+)
+@bentoml.asgi_app(build_app(), path="/")
+class Biomed:
+    """Loads the configured models once per worker; the HTTP routes live in ``service/http.py``."""
+
+    def __init__(self) -> None:
+        from service import engine
+
+        _quiet_third_party()
+        config = ServiceConfig.from_env()
+        self.engine = engine.start(config)
+        for model in self.engine.models.values():
+            log.info("serving %s:%s kind=%s provider=%s sha256=%s", model.name, model.version, model.kind,
+                     model.provider, model.sha256[:12])
+
+    def __is_ready__(self) -> bool:
+        return self.engine.ready
+
+    @bentoml.on_shutdown
+    def shutdown(self) -> None:
+        self.engine.close()
+
+
+Biomed.add_asgi_middleware(Guard)

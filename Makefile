@@ -1,0 +1,47 @@
+# biomed-serve: the two commands of the README are `make serve` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PORT ?= 3000
+export BENTOML_DO_NOT_TRACK ?= True
+
+.PHONY: serve test test-fast demo-models install install-test tools bench clean help
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+$(VENV)/.stamp-train: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -U pip
+	$(PY) -m pip install -q -e ".[train]"
+	touch $@
+
+$(VENV)/.stamp-test: $(VENV)/.stamp-train
+	$(PY) -m pip install -q -e ".[test]"
+	touch $@
+
+install: $(VENV)/.stamp-train  ## the project with training (torch CPU) in .venv
+
+install-test: $(VENV)/.stamp-test
+
+tools:  ## checkov in its own venv (.venv-tools)
+	PYTHON=$(PYTHON) scripts/tools-venv.sh
+
+demo-models: install  ## demo data, train and export demo-image and demo-dna (skipped when the store has them)
+	$(VENV)/bin/biomed demo-models --workdir demo
+
+serve: demo-models  ## serve on http://127.0.0.1:$(PORT) (builds the demo models on first run)
+	PORT=$(PORT) $(VENV)/bin/biomed serve --port $(PORT)
+
+test: install-test tools  ## the whole suite, slow tests included (as CI runs it)
+	$(PY) -m pytest -q
+
+test-fast: install-test  ## the suite without the slow tests
+	$(PY) -m pytest -q -m "not slow"
+
+bench: demo-models  ## benchmarks into bench-results/ (see README)
+	$(VENV)/bin/biomed bench --out bench-results
+
+clean:  ## remove the venvs and generated demo data (the model store is left alone)
+	rm -rf $(VENV) .venv-tools demo runs bench-results

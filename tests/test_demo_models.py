@@ -1,0 +1,37 @@
+"""The full demo build (`make demo-models`): both models in the store, held-out AUROC >= 0.95, above the baseline."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from biomed import metadata
+
+
+@pytest.mark.slow
+def test_demo_models_meet_the_bar(tmp_path: Path) -> None:
+    env = {**os.environ, "BENTOML_HOME": str(tmp_path / "store"), "BIOMED_PROGRESS": "0"}
+    started = time.monotonic()
+    build = subprocess.run([sys.executable, "-m", "biomed.cli", "demo-models", "--workdir", str(tmp_path / "demo")],
+                           env=env, capture_output=True, text=True, timeout=1200)
+    assert build.returncode == 0, build.stderr[-2000:]
+    print(f"demo-models took {time.monotonic() - started:.0f} s")
+    listed = subprocess.run([sys.executable, "-m", "biomed.cli", "models", "--json"], env=env, capture_output=True,
+                            text=True, timeout=120, check=True)
+    rows = {r["name"]: r for r in json.loads(listed.stdout)}
+    assert rows["demo-image"]["kind"] == "image" and rows["demo-dna"]["kind"] == "dna"
+    for name in ("demo-image", "demo-dna"):
+        path = next((tmp_path / "store" / "models" / name).glob("*/model.onnx"))
+        doc = metadata.read(path)
+        test, base = doc["training"]["metrics"], doc["training"]["baseline"]
+        for task, auroc in test["auroc"].items():
+            assert auroc >= 0.95, (name, task, auroc)
+        assert test["auroc_macro"] > base["auroc_macro"], (name, test["auroc_macro"], base["auroc_macro"])
+        card = (path.parent / "README.md").read_text()
+        assert f"{test['auroc_macro']:.3f}" in card

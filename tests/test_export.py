@@ -1,0 +1,114 @@
+"""Export: verified single-file ONNX, parity with PyTorch for every architecture, metadata, variants."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from biomed import metadata
+from training.config import TrainConfig
+from training.engine import predict
+from training.export import ExportError, check_parity, export_run, load_run_model, rebuild_from_onnx, run_onnx, to_onnx, WithActivation
+from training.train import fit
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from biomed.demo.dicom_demo import generate_images
+    from biomed.demo.dna_demo import generate_dna
+
+    root = tmp_path_factory.mktemp("export-data")
+    return {"image": generate_images(root / "img", n=45, seed=5), "dna": generate_dna(root / "dna", n=200, seed=5, length=100)}
+
+
+@pytest.fixture(scope="module")
+def runs(data: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    out = {}
+    for kind, arch in (("image", "cnn"), ("image", "resnet"), ("dna", "deepbind"), ("dna", "danq")):
+        run = tmp_path_factory.mktemp(f"run-{arch}")
+        fit(TrainConfig(kind=kind, data=str(data[kind]), out=str(run), arch=arch, epochs=1, image_size=(32, 32)))
+        out[arch] = run
+    return out
+
+
+@pytest.fixture(scope="module")
+def exported(runs: dict[str, Path]) -> dict:
+    return {arch: export_run(run, f"test-{arch}") for arch, run in runs.items()}
+
+
+@pytest.mark.parametrize("arch", ["cnn", "resnet", "deepbind", "danq"])
+def test_parity_single_file_and_dynamic_batch(arch: str, exported: dict, runs: dict[str, Path]) -> None:
+    result = exported[arch]
+    assert result.tag.startswith(f"test-{arch}:")
+    assert not list(result.path.parent.glob("*.data")), "weights must stay inside model.onnx"
+    proto = onnx.load(str(result.path))
+    onnx.checker.check_model(proto, full_check=True)
+    assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    assert proto.opset_import[0].version == 18
+    model, best = load_run_model(runs[arch])
+    x = np.load(runs[arch] / "heldout.npz")["x"]
+    for size in (1, 7, len(x)):
+        batch = np.resize(x, (size, *x.shape[1:]))
+        diff = np.abs(run_onnx(result.path, batch) - predict(model, batch, best["multilabel"], torch.device("cpu"))).max()
+        assert diff <= 1e-4, (arch, size, diff)
+    assert result.doc["export"]["parity_max_abs_diff"] <= 1e-4
+
+
+@pytest.mark.parametrize("arch", ["cnn", "resnet", "deepbind", "danq"])
+def test_metadata_validates_and_rebuilds_the_model(arch: str, exported: dict, runs: dict[str, Path]) -> None:
+    doc = metadata.read(exported[arch].path)
+    assert doc == exported[arch].doc
+    assert doc["intended_use"] == "research use only, not for diagnostic use"
+    assert doc["input"]["dtype"] == ("uint8" if doc["kind"] == "dna" else "float32")
+    assert doc["training"]["metrics"]["auroc"]
+    rebuilt = rebuild_from_onnx(exported[arch].path)
+    x = np.load(runs[arch] / "heldout.npz")["x"]
+    ours = predict(rebuilt, x, doc["multilabel"], torch.device("cpu"))
+    assert np.abs(ours - run_onnx(exported[arch].path, x)).max() <= 1e-5
+
+
+@pytest.mark.parametrize(
+    "mutate, where",
+    [
+        (lambda d: d.pop("labels"), "(top level)"),
+        (lambda d: d.update(kind="audio"), "kind"),
+        (lambda d: d["input"].update(shape=[4, 200]), "input/shape/0"),
+        (lambda d: d.update(schema="biomed/0"), "schema"),
+    ],
+)
+def test_schema_rejects_broken_documents(mutate, where: str, exported: dict) -> None:
+    doc = json.loads(json.dumps(exported["deepbind"].doc))
+    mutate(doc)
+    with pytest.raises(metadata.MetadataError, match=where):
+        metadata.validate(doc)
+
+
+def test_model_card_has_metrics_and_intended_use(exported: dict) -> None:
+    card = (exported["cnn"].path.parent / "README.md").read_text()
+    assert "research use only" in card and "baseline" in card and "AUROC" in card
+    assert (exported["cnn"].path.parent / "roc.png").exists()
+
+
+@pytest.mark.parametrize("option", [{"quantize": "int8"}, {"fp16": True}])
+def test_variants_measure_their_metric_change(option: dict, runs: dict[str, Path]) -> None:
+    result = export_run(runs["deepbind"], "test-variant", **option)
+    info = result.doc["export"]
+    assert info["variant"] == ("int8" if "quantize" in option else "fp16")
+    assert abs(info["heldout_auroc_change_vs_fp32"]) < 0.1
+    x = np.load(runs["deepbind"] / "heldout.npz")["x"]
+    assert run_onnx(result.path, x).dtype == np.float32
+
+
+def test_parity_failure_stops_the_export(runs: dict[str, Path]) -> None:
+    model, best = load_run_model(runs["deepbind"])
+    x = np.load(runs["deepbind"] / "heldout.npz")["x"]
+    proto = to_onnx(WithActivation(model, True), torch.from_numpy(x[:2]))
+    with torch.no_grad():
+        model.conv.weight.add_(0.5)  # the graph no longer matches the model
+    with pytest.raises(ExportError, match="differs from PyTorch"):
+        check_parity(proto, model, x, True)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,10 +53,22 @@ def provider_options(config: ServiceConfig) -> list[tuple[str, dict[str, Any]]]:
     return chosen
 
 
+@functools.lru_cache(maxsize=1)
+def preload_cuda() -> None:
+    """Load CUDA/cuDNN from the nvidia-* wheels of ``onnxruntime-gpu[cuda,cudnn]`` when they are installed."""
+    try:
+        with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+            ort.preload_dlls(directory="")
+    except Exception as err:  # noqa: BLE001 - no GPU libraries: the CPU provider takes over
+        log.debug("CUDA libraries not preloaded (%s)", type(err).__name__)
+
+
 def make_session(path: Path, config: ServiceConfig) -> tuple[ort.InferenceSession, str]:
     """Create a session and read back the provider onnxruntime actually chose."""
     available = set(ort.get_available_providers())
     wanted = [(name, opts) for name, opts in provider_options(config) if name in available]
+    if any(n in GPU_PROVIDERS for n, _ in wanted) and hasattr(ort, "preload_dlls"):
+        preload_cuda()
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if config.intra_op_threads:

@@ -60,7 +60,8 @@ def train_config(args: argparse.Namespace):  # -> TrainConfig
     if not args.kind or not args.data or not args.out:
         raise ValueError("train needs KIND (image or dna), --data and --out, or --resume RUN")
     values = {"kind": args.kind, "data": args.data, "out": args.out, "arch": args.arch or DEFAULT_ARCH[args.kind]}
-    for name in ("epochs", "seed", "batch_size", "lr", "weight_decay", "dropout", "patience", "image_size", "window", "stride", "amp"):
+    for name in ("epochs", "seed", "batch_size", "lr", "weight_decay", "dropout", "patience", "image_size", "window", "stride", "amp",
+                 "reference"):
         if getattr(args, name) is not None:
             values[name] = getattr(args, name)
     return TrainConfig(**values)
@@ -152,7 +153,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train an image or DNA model", description="Train with held-out splits, early stopping and a baseline.")
     p.add_argument("kind", nargs="?", choices=["image", "dna"])
-    p.add_argument("--data", help="image folder (one sub-folder per class) or CSV path,label; DNA table sequence,<tasks>...")
+    p.add_argument("--data", help="image folder (one sub-folder per class) or CSV path,label; DNA: table sequence,<tasks>..., "
+                   "FASTA with TASK=0/1 header labels (.fa/.fasta[.gz]) or BED with label columns (.bed, needs --reference)")
     p.add_argument("--out", help="run folder for checkpoints, metrics and plots")
     p.add_argument("--arch", help="image: cnn, resnet; dna: deepbind, danq")
     p.add_argument("--epochs", type=int)
@@ -165,6 +167,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image-size", type=_size, help="H,W the images are resized to (default 64)")
     p.add_argument("--window", type=_window, help="fixed VOI window CENTER,WIDTH for every image (default: each file's own)")
     p.add_argument("--stride", type=int, help="DNA: tiling stride for long sequences at serving time")
+    p.add_argument("--reference", metavar="REF.fa", help="DNA: reference FASTA the BED intervals of --data are read from")
     p.add_argument("--amp", choices=["auto", "off", "bf16", "fp16"], help="mixed precision on CUDA (off on CPU)")
     p.add_argument("--nproc", type=int, default=1, help="processes for DistributedDataParallel (torchrun)")
     p.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its last checkpoint")
@@ -218,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _extra_commands() -> list[Callable[[argparse._SubParsersAction], None]]:
     """Commands defined next to their implementation (analysis, benchmarks)."""
     found = []
-    for module in ("biomed.analysis_cli", "biomed.bench.cli"):
+    for module in ("biomed.analysis_cli", "biomed.dna_cli", "biomed.bench.cli"):
         try:
             found.append(__import__(module, fromlist=["register"]).register)
         except ImportError:

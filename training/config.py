@@ -31,6 +31,7 @@ class TrainConfig:
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     amp: str = "auto"  # auto | off | bf16 | fp16 (auto: bf16 on CUDA, off on CPU)
     workers: int = 0
+    reference: str | None = None  # reference FASTA for BED training data
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)

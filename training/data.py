@@ -120,6 +120,137 @@ def load_dna_table(path: str | Path) -> Dataset:
     return Dataset(x, y, tasks, True, [f"row {i + 2}" for i in range(len(rows))])
 
 
+FASTA_SUFFIXES = (".fa", ".fasta", ".fna", ".fa.gz", ".fasta.gz", ".fna.gz")
+BED_SUFFIXES = (".bed", ".bed.gz")
+
+
+def load_dna(path: str | Path, reference: str | Path | None = None) -> Dataset:
+    """A DNA data set by file suffix: FASTA with labels, BED (needs ``reference``) or a CSV table."""
+    name = str(path).lower()
+    if name.endswith(FASTA_SUFFIXES):
+        return load_fasta_labels(path)
+    if name.endswith(BED_SUFFIXES):
+        if reference is None:
+            raise DataError(f"{Path(path).name}: BED intervals need a reference genome; add --reference REF.fa")
+        return load_bed(path, reference)
+    return load_dna_table(path)
+
+
+def _stack(codes: list[np.ndarray], labels: list[list[float]], tasks: list[str], sources: list[str]) -> Dataset:
+    length = max(len(c) for c in codes)
+    x = np.stack([dna.pad_centre(c, length) for c in codes])
+    return Dataset(x, np.asarray(labels, dtype=np.float32), tasks, True, sources)
+
+
+def _label(value: str, task: str, where: str) -> float:
+    if value not in ("0", "1", "0.0", "1.0"):
+        raise DataError(f"{where}: label {task}={value!r} must be 0 or 1")
+    return float(value)
+
+
+def load_fasta_labels(path: str | Path) -> Dataset:
+    """Load a FASTA whose headers carry 0/1 labels as ``TASK=value`` words (plain or gzip).
+
+    Example::
+
+        >seq1 CTCF=1 REST=0
+        ACGTTGCA...
+
+    The first word is the record's id; other words without ``=`` are ignored. The
+    tasks are the union of the keys, in order of first appearance, and every record
+    must label every task. Sequences are N-padded, centred, to the longest.
+    """
+    from biomed.genome import GenomeError, read_fasta
+
+    try:
+        records = read_fasta(path)
+    except GenomeError as err:
+        raise DataError(str(err)) from None
+    parsed = []
+    for r in records:
+        pairs = [w.split("=", 1) for w in r.header.split()[1:] if "=" in w]
+        parsed.append({k: v for k, v in pairs})
+    tasks = list(dict.fromkeys(k for p in parsed for k in p))
+    if not tasks:
+        raise DataError(f"{Path(path).name}: no labels in the headers; write them as '>id TASK1=0 TASK2=1'")
+    codes, labels = [], []
+    for r, p in zip(records, parsed):
+        where = f"{Path(path).name}: record {r.id!r} (line {r.line})"
+        missing = [t for t in tasks if t not in p]
+        if missing:
+            raise DataError(f"{where} has no label for {', '.join(missing)}; every record needs TASK=0/1 for every "
+                            f"task ({', '.join(tasks)})")
+        labels.append([_label(p[t], t, where) for t in tasks])
+        codes.append(dna.encode(r.sequence, name=r.id))
+    return _stack(codes, labels, tasks, [r.id for r in records])
+
+
+def _bed_rows(path: Path) -> tuple[list[str], bool, list[tuple[int, list[str]]]]:
+    """Task names, whether a name column is present, and (line, fields) of every interval."""
+    from biomed.genome import open_text
+
+    header, rows = None, []
+    with open_text(path) as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip() or line.startswith(("track", "browser")):
+                continue
+            if line.startswith("#"):
+                if header is None and rows == []:
+                    header = line[1:].split()
+                continue
+            rows.append((number, line.split()))
+    if not header or [h.lower() for h in header[:3]] != ["chrom", "start", "end"]:
+        raise DataError(f"{path.name}: the first line must be a header '#chrom start end [name] TASK1 TASK2...'")
+    named = len(header) > 3 and header[3].lower() == "name"
+    tasks = header[4:] if named else header[3:]
+    if not tasks:
+        raise DataError(f"{path.name}: the header names no task columns after chrom start end [name]")
+    if not rows:
+        raise DataError(f"{path.name}: no intervals")
+    return tasks, named, rows
+
+
+def load_bed(bed: str | Path, reference_fasta: str | Path, length: int | None = None) -> Dataset:
+    """Load BED intervals with 0/1 label columns, their sequences read from a reference FASTA.
+
+    The file starts with a header ``#chrom start end name TASK1 TASK2...`` (``name``
+    optional; whitespace-separated; 0-based half-open coordinates). Each interval is
+    centred and resized to ``length`` bases (default: the longest interval), N-padded
+    where it runs past a contig end.
+    """
+    from biomed.genome import GenomeError, Reference
+
+    path = Path(bed)
+    tasks, named, rows = _bed_rows(path)
+    first = 4 if named else 3
+    try:
+        genome = Reference(reference_fasta)
+    except GenomeError as err:
+        raise DataError(str(err)) from None
+    spans, labels, sources = [], [], []
+    for number, fields in rows:
+        where = f"{path.name}: line {number}"
+        if len(fields) != first + len(tasks):
+            raise DataError(f"{where} has {len(fields)} columns; the header has {first + len(tasks)}")
+        try:
+            start, end = int(fields[1]), int(fields[2])
+        except ValueError:
+            raise DataError(f"{where}: start and end must be integers") from None
+        if start < 0 or end <= start:
+            raise DataError(f"{where}: interval {start}-{end} must have 0 <= start < end")
+        try:
+            genome.check(fields[0], where=f" ({where})")
+        except GenomeError as err:
+            raise DataError(str(err)) from None
+        spans.append((fields[0], start, end))
+        labels.append([_label(v, t, where) for t, v in zip(tasks, fields[first:])])
+        sources.append(fields[3] if named else f"{fields[0]}:{start}-{end}")
+    size = length or max(end - start for _, start, end in spans)
+    codes = [dna.encode(genome.window(chrom, (start + end) // 2, size), name=src)
+             for (chrom, start, end), src in zip(spans, sources)]
+    return _stack(codes, labels, tasks, sources)
+
+
 def split_indices(y: np.ndarray, seed: int, val_fraction: float, test_fraction: float) -> dict[str, np.ndarray]:
     """Train/validation/test indices held out by seed; stratified by class for single-label data."""
     rng = np.random.default_rng(seed)

@@ -24,7 +24,7 @@ from biomed.progress import make_progress
 from models import build_model
 from training import checkpoint, distributed, metrics, plots
 from training.config import TrainConfig
-from training.data import Dataset, load_dna_table, load_images, split_indices
+from training.data import Dataset, load_dna, load_images, split_indices
 from training.engine import augment_dna, augment_images, predict, train_one_epoch
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ def image_spec(config: TrainConfig) -> ImageSpec:
 def load_data(config: TrainConfig) -> Dataset:
     if config.kind == "image":
         return load_images(config.data, image_spec(config))
-    return load_dna_table(config.data)
+    return load_dna(config.data, config.reference)
 
 
 def model_kwargs(config: TrainConfig, data: Dataset) -> dict:

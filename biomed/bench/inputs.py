@@ -1,0 +1,81 @@
+"""What the benchmark sends: the models under test, a 512x512 CT slice, DNA request bodies."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from biomed import metadata
+from biomed.preprocess.image import ImageSpec
+
+
+@dataclass(frozen=True)
+class Model:
+    """A stored model under test: its reference, ONNX file and metadata document."""
+
+    kind: str  # image | dna
+    ref: str  # name:version
+    path: Path
+    doc: dict
+
+    @property
+    def name(self) -> str:
+        return self.ref.split(":")[0]
+
+    @property
+    def image_spec(self) -> ImageSpec:
+        return ImageSpec.from_dict(self.doc["preprocess"])
+
+    @property
+    def length(self) -> int:
+        return int(self.doc["preprocess"]["length"])
+
+
+def load_model(ref: str, kind: str) -> Model:
+    """Resolve a store reference and check it is a ``kind`` model."""
+    from biomed.store import onnx_path, resolve
+
+    stored = resolve(ref)
+    path = onnx_path(stored)
+    doc = metadata.read(path)
+    if doc["kind"] != kind:
+        raise ValueError(f"model {ref!r} is a {doc['kind']} model; --{kind}-model needs a {kind} model")
+    return Model(kind, str(stored.tag), path, doc)
+
+
+def ct_slice(out: Path, size: int = 512) -> Path:
+    """A synthetic CT slice at clinical size: a demo phantom resampled to ``size`` x ``size``, 16-bit, rescaled HU.
+
+    Explicit VR little endian, about 0.5 MB for 512 x 512: the common case for a CT upload.
+    """
+    import pydicom
+    from PIL import Image
+
+    from biomed.demo.dicom_demo import generate_images
+
+    with tempfile.TemporaryDirectory() as tmp:
+        generate_images(Path(tmp), n=2, seed=7, classes=("nodule",))
+        ds = pydicom.dcmread(next(Path(tmp).rglob("*.dcm")))
+    stored = ds.pixel_array.astype(np.float32)
+    big = np.asarray(Image.fromarray(stored).resize((size, size), Image.Resampling.BILINEAR))
+    ds.Rows = ds.Columns = size
+    ds.PixelData = np.clip(np.rint(big), 0, 65535).astype(np.uint16).tobytes()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(out, enforce_file_format=True)
+    return out
+
+
+def random_sequence(length: int, seed: int = 0) -> str:
+    rng = np.random.default_rng(seed)
+    return np.frombuffer(b"ACGT", dtype=np.uint8)[rng.integers(0, 4, length)].tobytes().decode()
+
+
+def dna_body(out: Path, length: int) -> Path:
+    """``{"sequences": [one random sequence of the model's length]}``: one window, two strands."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"sequences": [random_sequence(length, seed=1)]}))
+    return out

@@ -1,0 +1,158 @@
+"""Genome inputs, torch-free: FASTA records, a reference genome (pyfaidx) and VCF variants.
+
+Coordinates: ``Reference.fetch`` takes 0-based half-open intervals (BED style);
+``Variant.pos`` is 1-based (VCF style). Anything outside a contig reads as N,
+and IUPAC ambiguity codes in a reference read as N too.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Iterator
+
+ACGT = frozenset("ACGT")
+_TO_N = str.maketrans({c: "N" for c in "RYSWKMBDHVU"})
+
+
+class GenomeError(ValueError):
+    """A genome input cannot be used; the message says why in one line."""
+
+
+def open_text(path: str | Path) -> IO[str]:
+    """A text handle on a plain or gzip (including bgzip) file."""
+    path = Path(path)
+    if not path.is_file():
+        raise GenomeError(f"{str(path)!r} is not a file")
+    with path.open("rb") as f:
+        gz = f.read(2) == b"\x1f\x8b"
+    return io.TextIOWrapper(gzip.open(path), encoding="utf-8") if gz else path.open(encoding="utf-8")
+
+
+@dataclass(frozen=True)
+class FastaRecord:
+    header: str  # the whole header line without '>'
+    sequence: str  # without whitespace, case kept
+    line: int  # line number of the header (1-based)
+
+    @property
+    def id(self) -> str:
+        return (self.header.split() or [f"line{self.line}"])[0]
+
+
+def read_fasta(path: str | Path) -> list[FastaRecord]:
+    """Every record of a FASTA file (plain or gzip)."""
+    records: list[tuple[str, int, list[str]]] = []
+    with open_text(path) as f:
+        for number, line in enumerate(f, start=1):
+            line = line.strip()
+            if not line or line.startswith(";"):
+                continue
+            if line.startswith(">"):
+                records.append((line[1:].strip(), number, []))
+            elif not records:
+                raise GenomeError(f"{Path(path).name}: line {number} has sequence before any '>' header")
+            else:
+                records[-1][2].append(line)
+    if not records:
+        raise GenomeError(f"{Path(path).name}: no FASTA records ('>' header lines)")
+    return [FastaRecord(header, "".join(parts), number) for header, number, parts in records]
+
+
+class Reference:
+    """A reference genome read with pyfaidx (an ``.fai`` index is written beside it on first use).
+
+    Plain FASTA or bgzip-compressed FASTA work; plain gzip does not (pyfaidx needs random access).
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        import pyfaidx
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise GenomeError(f"reference {str(self.path)!r} is not a file; give a FASTA (plain or bgzip)")
+        try:
+            self._fasta = pyfaidx.Fasta(str(self.path), as_raw=True, sequence_always_upper=True)
+        except Exception as err:  # pyfaidx raises its own FastaIndexingError, UnsupportedCompressionFormat...
+            first = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise GenomeError(f"reference {self.path.name} cannot be indexed: {first}") from None
+        self.lengths = {name: len(self._fasta[name]) for name in self._fasta.keys()}
+
+    def check(self, chrom: str, where: str = "") -> None:
+        """Raise a one-line error when ``chrom`` is not a contig of this reference."""
+        if chrom in self.lengths:
+            return
+        names = list(self.lengths)
+        shown = ", ".join(names[:5]) + (f" ... ({len(names)} contigs)" if len(names) > 5 else "")
+        hint = ""
+        alt = chrom[3:] if chrom.startswith("chr") else f"chr{chrom}"
+        if alt in self.lengths:
+            hint = f"; the reference calls it {alt!r} (rename the 'chr' prefix to match)"
+        raise GenomeError(f"chromosome {chrom!r}{where} is not in {self.path.name} (contigs: {shown}){hint}")
+
+    def fetch(self, chrom: str, start: int, end: int) -> str:
+        """Bases [start, end) 0-based, upper case; N where the interval runs past a contig end."""
+        self.check(chrom)
+        size = self.lengths[chrom]
+        lo, hi = max(start, 0), min(end, size)
+        core = self._fasta[chrom][lo:hi] if hi > lo else ""
+        return ("N" * (lo - start) + core.translate(_TO_N) + "N" * (end - hi)) if end > start else ""
+
+    def window(self, chrom: str, centre: int, length: int) -> str:
+        """``length`` bases with 0-based ``centre`` at index ``length // 2``."""
+        start = centre - length // 2
+        return self.fetch(chrom, start, start + length)
+
+
+@dataclass(frozen=True)
+class Variant:
+    chrom: str
+    pos: int  # 1-based
+    id: str
+    ref: str
+    alt: str
+
+
+def read_vcf(path: str | Path) -> tuple[list[Variant], Counter]:
+    """SNVs of a VCF (plain or gzip), multi-allelic ALTs split; the rest is skipped and counted.
+
+    Returns:
+        The variants and a counter of skipped alleles by reason
+        (``not_snv``: indels, MNVs, symbolic or missing alleles).
+    """
+    variants, skipped = [], Counter()
+    with open_text(path) as f:
+        for number, line in enumerate(f, start=1):
+            if line.startswith("#") or not line.strip():
+                continue
+            variants.extend(_snvs(line, number, skipped, Path(path).name))
+    return variants, skipped
+
+
+def _snvs(line: str, number: int, skipped: Counter, name: str) -> Iterator[Variant]:
+    fields = line.rstrip("\n").split("\t")
+    if len(fields) < 5:
+        raise GenomeError(f"{name}: line {number} has {len(fields)} tab-separated fields; a VCF line needs "
+                          "CHROM POS ID REF ALT ...")
+    chrom, pos, vid, ref, alts = fields[:5]
+    try:
+        position = int(pos)
+    except ValueError:
+        raise GenomeError(f"{name}: line {number}: POS {pos!r} is not an integer") from None
+    ref = ref.upper()
+    alleles = alts.upper().split(",")
+    for alt in alleles:
+        if len(ref) != 1 or len(alt) != 1 or ref not in ACGT or alt not in ACGT or alt == ref:
+            skipped["not_snv"] += 1
+            continue
+        base_id = vid if vid not in ("", ".") else f"{chrom}:{position}"
+        yield Variant(chrom, position, base_id if len(alleles) == 1 else f"{base_id}_{alt}", ref, alt)
+
+
+def window_for(reference: Reference, variant: Variant, length: int) -> tuple[str, int]:
+    """The model window centred on a variant (N-padded at contig ends) and the variant's index in it."""
+    reference.check(variant.chrom, where=f" (variant {variant.id})")
+    return reference.window(variant.chrom, variant.pos - 1, length), length // 2

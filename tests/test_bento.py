@@ -1,0 +1,39 @@
+"""`bentoml build` from source: the bento holds the serving code and dependencies only (no torch)."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_bentoml_build_makes_a_torch_free_non_root_bento(demo_models: dict) -> None:
+    bentoml = str(Path(sys.executable).with_name("bentoml"))
+    env = {**os.environ, "BENTOML_DO_NOT_TRACK": "True"}
+    built = subprocess.run([bentoml, "build", "-o", "tag"], cwd=ROOT, env=env, capture_output=True, text=True,
+                           timeout=600)
+    assert built.returncode == 0, built.stderr[-3000:]
+    tag = built.stdout.strip().splitlines()[-1].split("__tag__:")[-1].strip()
+    name, version = tag.split(":")
+    bento = Path(os.environ["BENTOML_HOME"]) / "bentos" / name / version
+    requirements = (bento / "env" / "python" / "requirements.txt").read_text().lower()
+    assert not re.search(r"^torch\b|^torchvision\b|^triton\b", requirements, re.M), "torch must not be in the serving image"
+    assert "onnxruntime-gpu" in requirements and "pydicom" in requirements
+    dockerfile = (bento / "env" / "docker" / "Dockerfile").read_text()
+    users = re.findall(r"^USER\s+(\S+)", dockerfile, re.M)
+    assert users and users[-1] not in ("root", "0"), users
+    assert "torch" not in dockerfile.lower()
+    src = bento / "src"
+    assert (src / "service" / "service.py").exists() and (src / "biomed" / "preprocess" / "dicom.py").exists()
+    assert not (src / "models").exists() and not (src / "training").exists()
+    assert not list(src.rglob("*.onnx"))
+    bento_yaml = (bento / "bento.yaml").read_text()
+    assert "demo-image" in bento_yaml and "demo-dna" in bento_yaml
+    subprocess.run([bentoml, "delete", "-y", tag], env=env, capture_output=True, timeout=120)

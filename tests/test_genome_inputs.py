@@ -1,0 +1,147 @@
+"""Genome inputs: FASTA with header labels, BED + reference FASTA, VCF SNVs, and `biomed train dna` on a BED."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from biomed.cli import main
+from biomed.genome import GenomeError, Reference, read_vcf
+from biomed.preprocess import dna
+from training.data import DataError, load_bed, load_dna, load_fasta_labels
+
+CHR1 = "ACGTACGTAA" * 3  # 30 bases
+CHR2 = "GGGGCCCCTT"  # 10 bases
+
+
+@pytest.fixture
+def reference(tmp_path: Path) -> Path:
+    path = tmp_path / "ref.fa"
+    path.write_text(f">chr1 first\n{CHR1[:15]}\n{CHR1[15:]}\n>chr2\n{CHR2.lower()}\n")
+    return path
+
+
+def write_bed(path: Path, rows: list[str], header: str = "#chrom\tstart\tend\tname\tA\tB") -> Path:
+    path.write_text("\n".join([header, *rows]) + "\n")
+    return path
+
+
+def test_fasta_labels(tmp_path: Path) -> None:
+    path = tmp_path / "seqs.fa.gz"
+    with gzip.open(path, "wt") as f:
+        f.write(">s1 CTCF=1 REST=0 some description\nACGT\nAC\n>s2 REST=1 CTCF=0\nGGGG\n")
+    data = load_dna(path)
+    assert data.labels == ["CTCF", "REST"] and data.multilabel
+    assert data.sources == ["s1", "s2"]
+    np.testing.assert_array_equal(data.y, [[1, 0], [0, 1]])
+    assert data.x.shape == (2, 6) and dna.decode(data.x[1]) == "NGGGGN"
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    (">s1 A=1 B=0\nACGT\n>s2 A=1\nACGT\n", "record 's2' (line 3) has no label for B"),
+    (">s1 A=1 B=yes\nACGT\n", "label B='yes' must be 0 or 1"),
+    (">s1\nACGT\n", "no labels in the headers"),
+    ("ACGT\n", "sequence before any '>' header"),
+])
+def test_fasta_label_errors(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "bad.fasta"
+    path.write_text(text)
+    with pytest.raises(DataError, match=message) as err:
+        load_fasta_labels(path)
+    assert "\n" not in str(err.value)
+
+
+def test_bed_centres_and_pads_at_contig_ends(tmp_path: Path, reference: Path) -> None:
+    bed = write_bed(tmp_path / "x.bed", ["chr1\t10\t14\tmid\t1\t0", "chr1\t0\t2\tleft\t0\t1",
+                                         "chr2\t8\t10\tright\t1\t1"])
+    data = load_bed(bed, reference, length=6)
+    assert data.labels == ["A", "B"] and data.sources == ["mid", "left", "right"]
+    seqs = [dna.decode(row) for row in data.x]
+    assert seqs[0] == CHR1[9:15]  # centre 12: [9, 15)
+    assert seqs[1] == "NN" + CHR1[:4]  # centre 1: [-2, 4)
+    assert seqs[2] == CHR2[6:] + "NN"  # centre 9: [6, 12), chr2 has 10 bases
+    np.testing.assert_array_equal(data.y, [[1, 0], [0, 1], [1, 1]])
+    default = load_bed(bed, reference)  # the longest interval (4 bases)
+    assert default.x.shape == (3, 4) and dna.decode(default.x[0]) == CHR1[10:14]
+
+
+def test_bed_without_name_column(tmp_path: Path, reference: Path) -> None:
+    bed = write_bed(tmp_path / "x.bed", ["chr2\t0\t4\t1"], header="#chrom start end BOUND")
+    data = load_bed(bed, reference)
+    assert data.labels == ["BOUND"] and data.sources == ["chr2:0-4"] and dna.decode(data.x[0]) == "GGGG"
+
+
+@pytest.mark.parametrize(("rows", "header", "message"), [
+    (["chr1\t0\t4\tn\t1\tmaybe"], None, "line 2: label B='maybe' must be 0 or 1"),
+    (["1\t0\t4\tn\t1\t0"], None, "chromosome '1' .*line 2.* is not in ref.fa .*'chr1'"),
+    (["chrX\t0\t4\tn\t1\t0"], None, "chromosome 'chrX' .* is not in ref.fa"),
+    (["chr1\t5\t4\tn\t1\t0"], None, "must have 0 <= start < end"),
+    (["chr1\t0\t4\tn\t1"], None, "has 5 columns; the header has 6"),
+    (["chr1\t0\t4\t1"], "chr1 0 4 A", "first line must be a header"),
+])
+def test_bed_errors(tmp_path: Path, reference: Path, rows: list[str], header: str | None, message: str) -> None:
+    bed = write_bed(tmp_path / "bad.bed", rows, **({"header": header} if header else {}))
+    with pytest.raises(DataError, match=message) as err:
+        load_bed(bed, reference)
+    assert "\n" not in str(err.value)
+
+
+def test_bed_needs_reference(tmp_path: Path) -> None:
+    bed = write_bed(tmp_path / "x.bed", ["chr1\t0\t4\tn\t1\t0"])
+    with pytest.raises(DataError, match="--reference"):
+        load_dna(bed)
+
+
+def test_reference_fetch_and_names(reference: Path) -> None:
+    genome = Reference(reference)
+    assert genome.lengths == {"chr1": 30, "chr2": 10}
+    assert genome.fetch("chr2", -3, 2) == "NNNGG" and genome.fetch("chr2", 8, 12) == "TTNN"
+    assert genome.window("chr1", 0, 4) == "NNAC"
+    with pytest.raises(GenomeError, match="the reference calls it 'chr2'"):
+        genome.check("2")
+
+
+def test_vcf_snvs(tmp_path: Path) -> None:
+    path = tmp_path / "v.vcf.gz"
+    with gzip.open(path, "wt") as f:
+        f.write("##fileformat=VCFv4.2\n#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\n"
+                "chr1\t3\trs1\tG\tA,T\t.\t.\t.\nchr1\t5\t.\tA\tAT\t.\t.\t.\nchr1\t6\t.\tc\t<DEL>,g\t.\t.\t.\n")
+    variants, skipped = read_vcf(path)
+    assert [(v.id, v.pos, v.ref, v.alt) for v in variants] == [("rs1_A", 3, "G", "A"), ("rs1_T", 3, "G", "T"),
+                                                                ("chr1:6_G", 6, "C", "G")]
+    assert skipped["not_snv"] == 2
+
+
+@pytest.mark.slow
+def test_train_dna_on_bed(tmp_path: Path) -> None:
+    """`biomed train dna --data x.bed --reference ref.fa`: one epoch end to end."""
+    rng = np.random.default_rng(0)
+    contigs = {f"chr{i}": rng.choice(list("ACGT"), size=2000) for i in (1, 2)}
+    for seq in contigs.values():
+        seq[1000:1010] = list("GGGACTTTCC")  # one site per contig; intervals over it are labelled SITE
+    (tmp_path / "ref.fa").write_text("".join(f">{c}\n{''.join(s)}\n" for c, s in contigs.items()))
+    rows = []
+    for i in range(80):
+        chrom = f"chr{1 + i % 2}"
+        start = int(rng.integers(960, 1001)) if i % 4 < 2 else int(rng.choice([rng.integers(0, 900), rng.integers(1020, 1950)]))
+        bound = int(start <= 1000 and start + 50 >= 1010)
+        rows.append(f"{chrom}\t{start}\t{start + 50}\tr{i}\t{bound}\t{1 - bound}")
+    write_bed(tmp_path / "x.bed", rows, header="#chrom\tstart\tend\tname\tSITE\tOTHER")
+    run = tmp_path / "run"
+    rc = main(["train", "dna", "--data", str(tmp_path / "x.bed"), "--reference", str(tmp_path / "ref.fa"),
+               "--out", str(run), "--epochs", "1"])
+    assert rc == 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["reference"] == str(tmp_path / "ref.fa") and (run / "best.pt").exists()
+    assert json.loads((run / "metrics.json").read_text())["labels"] == ["SITE", "OTHER"]
+
+
+def test_train_bed_without_reference_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    write_bed(tmp_path / "x.bed", ["chr1\t0\t4\tn\t1\t0"])
+    rc = main(["train", "dna", "--data", str(tmp_path / "x.bed"), "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert rc == 1 and "add --reference REF.fa" in err and err.count("\n") == 1

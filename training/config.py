@@ -21,7 +21,8 @@ class TrainConfig:
     lr: float = 2e-3
     weight_decay: float = 1e-2
     dropout: float = 0.2
-    patience: int = 5
+    patience: int = 8
+    monitor: str = "auto"  # val_loss | val_auroc; auto: AUROC for multi-label DNA, loss for images (calibrated argmax)
     seed: int = 0
     val_fraction: float = 0.15
     test_fraction: float = 0.15

@@ -90,7 +90,7 @@ def _fit(config: TrainConfig, ctx: distributed.Context, resume: bool) -> dict:
         model = DistributedDataParallel(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
-    loop = {"epoch": 0, "best": -1.0, "best_epoch": 0, "bad_epochs": 0, "history": []}
+    loop = {"epoch": 0, "best": -float("inf"), "best_epoch": 0, "bad_epochs": 0, "history": []}
     torch.manual_seed(config.seed * 1000 + ctx.rank + 1)  # augmentation and dropout differ per rank
     if resume and (run / checkpoint.LAST).exists():
         loop = _restore(run, model, optimizer, scheduler)
@@ -119,6 +119,14 @@ def _epochs(config: TrainConfig, ctx: distributed.Context, model: nn.Module, opt
     augment = augment_images if config.kind == "image" else augment_dna
     loss_fn = _loss_fn(train.multilabel)
     scaler = torch.amp.GradScaler("cuda") if ctx.device.type == "cuda" and config.amp == "fp16" else None
+    monitor = config.monitor if config.monitor != "auto" else ("val_auroc" if train.multilabel else "val_loss")
+
+    def monitored(row: dict) -> float:
+        """Higher is better: validation AUROC, or minus the validation loss."""
+        return row["val_auroc"] if monitor == "val_auroc" else -row["val_loss"]
+
+    def best_auroc() -> float:
+        return max((h["val_auroc"] for h in loop["history"]), default=0.0)
     with make_progress() as progress:
         bar = progress.add_task(f"training {config.arch}", total=config.epochs * len(loader), completed=loop["epoch"] * len(loader), status="")
         for epoch in range(loop["epoch"] + 1, config.epochs + 1):
@@ -126,7 +134,7 @@ def _epochs(config: TrainConfig, ctx: distributed.Context, model: nn.Module, opt
             started = time.perf_counter()
 
             def on_step(loss: float) -> None:
-                progress.update(bar, advance=1, status=f"epoch {epoch} loss {loss:.3f} best AUROC {max(loop['best'], 0):.3f}")
+                progress.update(bar, advance=1, status=f"epoch {epoch} loss {loss:.3f} best val AUROC {best_auroc():.3f}")
 
             train_loss = distributed.mean_across(
                 train_one_epoch(model, loader, optimizer, loss_fn, augment, ctx.device, config.amp, scaler, on_step), ctx)
@@ -134,8 +142,9 @@ def _epochs(config: TrainConfig, ctx: distributed.Context, model: nn.Module, opt
             row = _validate(model, val, loss_fn, ctx.device) | {"epoch": epoch, "train_loss": train_loss,
                                                                  "seconds": time.perf_counter() - started}
             loop["history"].append(row)
-            improved = row["val_auroc"] > loop["best"] + 1e-4
-            loop.update(epoch=epoch, best=max(loop["best"], row["val_auroc"]), bad_epochs=0 if improved else loop["bad_epochs"] + 1)
+            score = monitored(row)
+            improved = score > loop["best"] + 1e-4
+            loop.update(epoch=epoch, best=max(loop["best"], score), bad_epochs=0 if improved else loop["bad_epochs"] + 1)
             if improved:
                 loop["best_epoch"] = epoch
             if ctx.main:

@@ -68,4 +68,9 @@ def describe() -> dict:
         "onnxruntime_providers": ort.get_available_providers(),
         "os": f"{platform.system()} {platform.release()}",
         "versions": versions(),
+        "loadavg": loadavg(),
     }
+
+
+def loadavg() -> float:
+    return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else float("nan")

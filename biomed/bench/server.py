@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -75,6 +76,14 @@ class Server:
         self.stop()
         raise RuntimeError(f"{self.target} was not ready after {timeout_s:.0f} s; see {self.log}")
 
+    def _children(self) -> list:
+        import psutil
+
+        try:
+            return psutil.Process(self._proc.pid).children(recursive=True) if self._proc else []
+        except psutil.Error:
+            return []
+
     def rss_mb(self) -> float:
         """Resident memory of the server's whole process tree (arbiter, API server, workers), MiB."""
         import psutil
@@ -90,27 +99,23 @@ class Server:
                 continue
         return total / 2**20
 
-    def metric(self, name: str) -> float:
-        """Sum of one Prometheus sample over its label sets (e.g. ``biomed_batch_size_count``)."""
-        status, body = http("GET", self.url + "/metrics")
-        if status != 200:
-            return float("nan")
-        total = 0.0
-        for line in body.decode().splitlines():
-            if line.startswith(name + "{") or line.startswith(name + " "):
-                total += float(line.rsplit(" ", 1)[1])
-        return total
-
     def stop(self) -> None:
         if self._proc is None:
             return
         if self._proc.poll() is None:
+            children = self._children()  # BentoML's workers run in process groups of their own
             os.killpg(self._proc.pid, signal.SIGTERM)  # the group this Popen started, nothing else
             try:
                 self._proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 os.killpg(self._proc.pid, signal.SIGKILL)
                 self._proc.wait(timeout=10)
+            for child in children:  # any the arbiter left behind, by their own pid
+                try:
+                    child.wait(timeout=5)
+                except Exception:  # noqa: BLE001 - psutil's NoSuchProcess or TimeoutExpired
+                    with contextlib.suppress(Exception):
+                        child.kill()
         if self._log is not None:
             self._log.close()
         self._proc = None

@@ -7,7 +7,7 @@ from pathlib import Path
 from biomed.store import DEMO_MODELS, has_models
 
 # Sized to finish in a few minutes on two CPU cores with held-out AUROC >= 0.95.
-FULL = {"image": {"n": 600, "epochs": 20}, "dna": {"n": 3000, "epochs": 20}}
+FULL = {"image": {"n": 600, "epochs": 30}, "dna": {"n": 6000, "epochs": 30}}
 QUICK = {"image": {"n": 90, "epochs": 2}, "dna": {"n": 300, "epochs": 2}}
 
 

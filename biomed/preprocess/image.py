@@ -146,6 +146,9 @@ def _load_raster(data: bytes, limits: Limits) -> tuple[np.ndarray, dict[str, Any
         arr, scale, grey = _raster_array(im)
     except InputError:
         raise
+    except Image.DecompressionBombError:  # PIL's own guard fires in open() for headers over 2x its limit
+        raise TooLarge(f"the {fmt.upper()} header claims too many pixels; accepted: at most "
+                       f"{limits.max_pixels} pixels") from None
     except Exception as exc:
         raise InputError(
             f"the {fmt.upper()} could not be decoded ({type(exc).__name__}); accepted: a complete, "

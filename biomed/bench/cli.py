@@ -1,0 +1,202 @@
+"""``biomed bench``: every case in one run, so the ratios compare figures taken under the same load."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+import tempfile
+import time
+import traceback
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+from biomed.bench import cases, load, machine, report
+from biomed.bench.inputs import Model, ct_slice, dna_body, load_model
+from biomed.bench.server import Server
+
+log = logging.getLogger("biomed.bench")
+KINDS = ("image", "dna")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How long and how wide each case runs (quick: a CI smoke test of seconds)."""
+
+    quick: bool
+    concurrency: tuple[int, ...]
+    wrk_seconds: float
+    batching_concurrency: int
+    runtime_batches: tuple[int, ...]
+    min_time_s: float  # per timed micro-benchmark
+    pipeline_seconds: float
+    ism_repeats: int
+    ism_bases: int
+    encode_mb: float
+    python_encode_mb: float
+
+    @classmethod
+    def of(cls, quick: bool) -> "Plan":
+        if quick:
+            return cls(True, (1, 4), 1.0, 4, (1, 8, 32), 0.05, 0.3, 1, 1000, 1.0, 0.1)
+        return cls(False, (1, 4, 16, 64), 10.0, 32, (1, 8, 32), 2.0, 10.0, 5, 1000, 20.0, 1.0)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="benchmarks: runtime, service efficiency, batching, preprocessing, ISM, start-up")
+    p.add_argument("--quick", action="store_true", help="a smoke run of seconds (CI): concurrency 1 and 4, short runs")
+    p.add_argument("--out", default="bench-results", help="folder for results.md, results.json and the plots")
+    p.add_argument("--models", default="image,dna", help="which demo models to bench: image, dna or both")
+    p.add_argument("--image-model", default="demo-image", help="store reference of the image model")
+    p.add_argument("--dna-model", default="demo-dna", help="store reference of the DNA model")
+    p.add_argument("--tensorrt", action="store_true", help="add onnxruntime TensorRT fp16 to the runtime case")
+    p.set_defaults(func=cmd_bench)
+
+
+def _kinds(text: str) -> tuple[str, ...]:
+    kinds = tuple(k.strip() for k in text.split(",") if k.strip())
+    bad = [k for k in kinds if k not in KINDS]
+    if bad or not kinds:
+        raise ValueError(f"--models {text!r} is invalid; choose from: image, dna (comma-separated)")
+    return kinds
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from biomed.bench import wrk
+
+    kinds = _kinds(args.models)
+    wrk.wrk_path()  # fail early, with the install hint
+    models = {k: load_model(args.image_model if k == "image" else args.dna_model, k) for k in kinds}
+    out = Path(args.out)
+    results = run(models, Plan.of(args.quick), out, tensorrt=args.tensorrt)
+    print(report.markdown(results))
+    print(f"\nwritten: {out / 'results.md'}, {out / 'results.json'}, " + ", ".join(str(out / p) for p in results["plots"]))
+    return 0
+
+
+class Runner:
+    """Runs cases in order, recording a failed case as 'not measured' instead of losing the whole run."""
+
+    def __init__(self, results: dict) -> None:
+        self.results = results
+
+    def case(self, name: str, fn: Callable[[], object]) -> object:
+        print(f"biomed bench: {name} ...", flush=True)
+        started = time.perf_counter()
+        try:
+            value = fn()
+        except Exception as err:  # noqa: BLE001 - report and go on with the other cases
+            log.debug("%s failed:\n%s", name, traceback.format_exc())
+            self.results["errors"].append(f"{name}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
+            return None
+        self.results.setdefault("case_seconds", {})[name] = round(time.perf_counter() - started, 1)
+        return value
+
+
+def run(models: dict[str, Model], plan: Plan, out: Path, tensorrt: bool = False) -> dict:
+    """Every case, in an order that keeps one server at a time on the machine; torch comes last."""
+    started = time.perf_counter()
+    results: dict = {"mode": "quick" if plan.quick else "full", "errors": [],
+                     "started": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+                     "machine": machine.describe(), "settings": asdict(plan),
+                     "models": {k: {"name": m.name, "ref": m.ref, "arch": m.doc.get("architecture", {}).get("arch")}
+                                for k, m in models.items()}}
+    runner = Runner(results)
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="biomed-bench-") as tmp:
+        work = Path(tmp)
+        requests = {"image": ct_slice(work / "ct_512.dcm")} if "image" in models else {}
+        if "dna" in models:
+            requests["dna"] = dna_body(work / "dna.json", models["dna"].length)
+        targets = {k: load.target(m, requests[k]) for k, m in models.items()}
+        results["requests"] = {"image": "synthetic CT slice, 512x512 16-bit, explicit VR LE, "
+                               f"{requests['image'].stat().st_size // 1024} KiB, multipart field 'file'"
+                               if "image" in requests else None,
+                               "dna": f"one {models['dna'].length}-base sequence (2 rows with the reverse strand)"
+                               if "dna" in requests else None}
+        results["preprocess"] = runner.case("preprocessing", lambda: cases.preprocess(
+            models.get("image"), requests["image"].read_bytes() if "image" in requests else b"",
+            plan.encode_mb, plan.python_encode_mb, plan.min_time_s)) or []
+        pipeline = {k: runner.case(f"pipeline {k}", lambda m=m: cases.pipeline(
+            m, requests[m.kind].read_bytes(), plan.pipeline_seconds)) for k, m in models.items()}
+        results["pipeline"] = [p for p in pipeline.values() if p]
+        _served(runner, results, models, targets, plan, work)
+        results["efficiency"] = _efficiency(results, pipeline)
+    results["runtime"] = [row for m in models.values() for row in runner.case(
+        f"runtime {m.kind}", lambda m=m: cases.runtime(m, plan.runtime_batches, plan.min_time_s, tensorrt)) or []]
+    results["duration_s"] = round(time.perf_counter() - started, 1)
+    results["loadavg_end"] = machine.loadavg()
+    report.write(results, out)
+    return results
+
+
+def _served(runner: Runner, results: dict, models: dict[str, Model], targets: dict[str, load.Target], plan: Plan,
+            work: Path) -> None:
+    """Floor, service and unbatched service, one server at a time."""
+    conc = plan.concurrency
+    floor = Server("biomed.bench.floor_service:Floor", {}, work / "floor.log")
+    if runner.case("floor start", floor.start) is not None:
+        try:
+            results["floor_rss_mb"] = floor.rss_mb()
+            for style, key in (("mounted", "floor_mounted"), ("api", "floor_api")):
+                for t in targets.values():
+                    rows = runner.case(f"floor {style} {t.model.kind}", lambda t=t, s=style: load.sweep(
+                        floor, t, getattr(t, s), conc, plan.wrk_seconds))
+                    results.setdefault(key, []).extend(rows or [])
+        finally:
+            floor.stop()
+    env = {"BIOMED_MODELS": ",".join(m.ref for m in models.values()), "BIOMED_API_TOKEN": "", "BIOMED_WORKERS": "1"}
+    service = Server("service.service:Biomed", env, work / "service.log")
+    startup: dict = {}
+    if runner.case("service start", service.start) is not None:
+        try:
+            startup.update(first_start_s=service.startup_s, rss_ready_mb=service.rss_mb())
+            for t in targets.values():
+                results.setdefault("service", []).extend(runner.case(
+                    f"service {t.model.kind}", lambda t=t: load.sweep(service, t, t.path, conc, plan.wrk_seconds)) or [])
+            if "dna" in models:
+                results["ism"] = runner.case("ism", lambda: load.ism(service, models["dna"], plan.ism_bases,
+                                                                     plan.ism_repeats)) or {}
+            for t in targets.values():
+                row = runner.case(f"batching on {t.model.kind}", lambda t=t: load.batching(
+                    service, t, plan.batching_concurrency, plan.wrk_seconds, "on"))
+                results.setdefault("batching", []).extend([row] if row else [])
+            startup["rss_loaded_mb"] = service.rss_mb()
+        finally:
+            service.stop()
+    unbatched = Server("service.service:Biomed", {**env, **load.UNBATCHED_ENV}, work / "unbatched.log")
+    if runner.case("unbatched service start", unbatched.start) is not None:
+        try:
+            startup["second_start_s"] = unbatched.startup_s
+            for t in targets.values():
+                row = runner.case(f"batching off {t.model.kind}", lambda t=t: load.batching(
+                    unbatched, t, plan.batching_concurrency, plan.wrk_seconds, "off"))
+                results.setdefault("batching", []).extend([row] if row else [])
+        finally:
+            unbatched.stop()
+    startup["floor_rss_mb"] = results.pop("floor_rss_mb", float("nan"))
+    results["startup"] = startup
+    by = {(r["model"], r["batching"]): r["rps"] for r in results.get("batching", [])}
+    results["batching_ratio"] = {m.name: by[(m.name, "on")] / by[(m.name, "off")] for m in models.values()
+                                 if (m.name, "on") in by and (m.name, "off") in by}
+
+
+def _efficiency(results: dict, pipeline: dict[str, dict | None]) -> list[dict]:
+    """Service against the ceiling at each concurrency (the floor measured at the same concurrency)."""
+    rows = []
+    for service in results.get("service", []):
+        p = next((p for p in pipeline.values() if p and p["model"] == service["model"]), None)
+        key = lambda r: (r["model"], r["concurrency"])  # noqa: E731
+        floor = {key(r): r for r in results.get("floor_mounted", [])}.get(key(service))
+        api = {key(r): r for r in results.get("floor_api", [])}.get(key(service))
+        if p is None or floor is None:
+            continue
+        ceiling = load.ceiling(p["rps"], floor["rps"])
+        rows.append({"model": service["model"], "concurrency": service["concurrency"], "service_rps": service["rps"],
+                     "p50_ms": service["p50_ms"], "p99_ms": service["p99_ms"], "pipeline_rps": p["rps"],
+                     "floor_rps": floor["rps"], "floor_api_rps": api["rps"] if api else float("nan"),
+                     "ceiling_rps": ceiling, "of_ceiling": service["rps"] / ceiling,
+                     "overhead_ms": load.overhead_ms(service["rps"], p["rps"], floor["rps"]),
+                     "non_2xx": service["non_2xx"]})
+    return rows

@@ -1,0 +1,161 @@
+"""results.json, results.md (Markdown tables) and the PNG plots of a benchmark run."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Iterable
+
+
+def _fmt(v: Any, digits: int = 1) -> str:
+    if isinstance(v, bool) or v is None:
+        return {True: "yes", False: "**no**", None: "–"}[v]
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "–"
+        if v and abs(v) < 0.5 * 10**-digits:
+            return f"{v:.1e}"
+        return f"{v:,.{digits}f}" if abs(v) < 1e5 else f"{v:,.0f}"
+    return str(v)
+
+
+def table(rows: Iterable[dict], columns: list[tuple[str, str, int]]) -> str:
+    """A Markdown table of ``rows``; columns are (key, header, decimals)."""
+    head = "| " + " | ".join(h for _, h, _ in columns) + " |"
+    rule = "|" + "|".join("---:" if d >= 0 else "---" for _, _, d in columns) + "|"
+    body = ["| " + " | ".join(_fmt(r.get(k), max(d, 0)) for k, _, d in columns) + " |" for r in rows]
+    return "\n".join([head, rule, *body])
+
+
+def targets(results: dict) -> list[dict]:
+    """The issue's targets against what this run measured (``met`` is None when not measured)."""
+    out = []
+
+    def add(name: str, goal: str, value: float | None, ok: Any) -> None:
+        out.append({"target": name, "goal": goal, "measured": value, "met": None if value is None else bool(ok(value))})
+
+    for model in {r["model"] for r in results.get("runtime", [])}:
+        rows = [r for r in results["runtime"] if r["model"] == model and r["engine"] == "onnxruntime-cpu"]
+        at32 = next((r["vs_torch_cpu"] for r in rows if r["batch"] == 32), None)
+        add(f"onnxruntime ÷ PyTorch eager, batch 32, {model}", "≥ 1.5", at32, lambda v: v >= 1.5)
+    for kind, model in results.get("models", {}).items():
+        eff = [r for r in results.get("efficiency", []) if r["model"] == model["name"]]
+        if kind == "image":
+            best = max(eff, key=lambda r: r["service_rps"], default=None)
+            add(f"service ÷ ceiling at the best concurrency ({best['concurrency'] if best else '–'}), {model['name']}",
+                "≥ 0.8", best["of_ceiling"] if best else None, lambda v: v >= 0.8)
+        if kind == "dna":
+            ratio = results.get("batching_ratio", {}).get(model["name"])
+            add(f"batching on ÷ off, {model['name']}", "≥ 2", ratio, lambda v: v >= 2)
+    enc = next((r["per_s"] for r in results.get("preprocess", []) if r["impl"].startswith("biomed dna")), None)
+    add("DNA encoding, MB/s", "≥ 200", enc, lambda v: v >= 200)
+    start = results.get("startup", {}).get("first_start_s")
+    add("start to /readyz 200, both models, s", "≤ 10", start, lambda v: v <= 10)
+    ism = results.get("ism", {}).get("median_s")
+    add("ISM of 1 kb through /explain_dna, s", "< 2", ism, lambda v: v < 2)
+    runs = [r for k in ("service", "floor_mounted", "floor_api", "batching") for r in results.get(k, [])]
+    add("non-2xx responses over every wrk run", "0", float(sum(r["non_2xx"] for r in runs)) if runs else None,
+        lambda v: v == 0)
+    return out
+
+
+def markdown(results: dict) -> str:
+    m = results["machine"]
+    v = ", ".join(f"{k} {val}" for k, val in m["versions"].items())
+    gpu = "; ".join(m["gpus"]) or "none"
+    lines = [f"# biomed bench ({results['mode']} mode, {results['started']})", "",
+             f"- CPU: {m['cpu']}, {m['cores']} cores usable ({m['logical_cpus']} logical), {m['memory_gib']} GiB memory",
+             f"- GPU: {gpu}; onnxruntime providers built in: {', '.join(m['onnxruntime_providers'])}",
+             f"- {m['os']}; {v}",
+             f"- load average (1 min) at the start {m.get('loadavg', '–')}, at the end {results.get('loadavg_end', '–')}"
+             " (other work on the machine shows up here)",
+             f"- models: {', '.join(mm['ref'] for mm in results['models'].values())}; wrk {results['settings']['wrk_seconds']} s "
+             f"per point; all figures from this one run", ""]
+    sections = [
+        ("Targets", "targets", [("target", "target", -1), ("goal", "goal", -1), ("measured", "measured", 2),
+                                ("met", "met", -1)]),
+        ("1. Runtime: onnxruntime vs PyTorch eager (same weights)", "runtime",
+         [("model", "model", -1), ("engine", "engine", -1), ("batch", "batch", 0), ("ms_per_batch", "ms/batch", 2),
+          ("samples_per_s", "samples/s", 0), ("vs_torch_cpu", "÷ torch CPU", 2), ("max_abs_diff", "max |Δ|", 2)]),
+        ("2. Service efficiency (wrk; ceiling = 1/(1/pipeline + 1/floor))", "efficiency",
+         [("model", "model", -1), ("concurrency", "conc.", 0), ("service_rps", "service req/s", 1),
+          ("p50_ms", "p50 ms", 1), ("p99_ms", "p99 ms", 1), ("pipeline_rps", "pipeline req/s", 1),
+          ("floor_rps", "floor req/s (mounted)", 0), ("floor_api_rps", "floor req/s (@api)", 0),
+          ("ceiling_rps", "ceiling req/s", 1), ("of_ceiling", "service ÷ ceiling", 2),
+          ("overhead_ms", "overhead ms/req", 2), ("non_2xx", "non-2xx", 0)]),
+        ("3. Adaptive batching", "batching",
+         [("model", "model", -1), ("batching", "batching", -1), ("concurrency", "conc.", 0), ("rps", "req/s", 1),
+          ("p50_ms", "p50 ms", 1), ("p99_ms", "p99 ms", 1), ("rows_per_call", "rows/inference call", 1),
+          ("non_2xx", "non-2xx", 0)]),
+        ("4. Preprocessing", "preprocess",
+         [("case", "case", -1), ("impl", "implementation", -1), ("ms", "ms/image", 2), ("per_s", "per s", 1),
+          ("unit", "unit", -1), ("vs_naive", "÷ naive", 1)]),
+    ]
+    for title, key, columns in sections:
+        rows = results.get(key)
+        if rows:
+            lines += [f"## {title}", "", table(rows, columns), ""]
+        if key == "batching" and results.get("batching_ratio"):
+            lines += ["On ÷ off: " + ", ".join(f"{k} {r:.2f}x" for k, r in results["batching_ratio"].items()), ""]
+    if results.get("ism"):
+        i = results["ism"]
+        lines += ["## 5. In-silico mutagenesis", "", f"`/explain_dna`, {i['bases']} bases ({i['scores_rows']} rows of "
+                  f"scores): median {i['median_s']:.3f} s over {i['repeats']} (min {i['min_s']:.3f} s).", ""]
+    if results.get("startup"):
+        s = results["startup"]
+        lines += ["## 6. Start-up and memory", "", table([s], [
+            ("first_start_s", "first start to /readyz 200, s", 2), ("second_start_s", "second start, s", 2),
+            ("rss_ready_mb", "RSS at ready, MiB", 0), ("rss_loaded_mb", "RSS after the load, MiB", 0),
+            ("floor_rss_mb", "floor service RSS, MiB", 0)]), "",
+            "RSS is summed over the server's process tree (bentoml serve, its API server and worker).", ""]
+    if results.get("errors"):
+        lines += ["## Not measured", ""] + [f"- {e}" for e in results["errors"]] + [""]
+    return "\n".join(lines)
+
+
+def plots(results: dict, out: Path) -> list[str]:
+    """throughput.png and latency_p99.png: one panel per model, service and floor against concurrency."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    eff = results.get("efficiency", [])
+    models = sorted({r["model"] for r in eff})
+    if not models:
+        return []
+    written = []
+    for key, ylabel, name in (("rps", "requests/s", "throughput.png"), ("p99_ms", "p99 latency, ms", "latency_p99.png")):
+        fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 4), squeeze=False)
+        for ax, model in zip(axes[0], models):
+            for series, label in (("service", "biomed service"), ("floor_mounted", "floor (mounted Starlette)"),
+                                  ("floor_api", "floor (@bentoml.api)")):
+                rows = [r for r in results.get(series, []) if r["model"] == model]
+                if rows:
+                    ax.plot([r["concurrency"] for r in rows], [r[key] for r in rows], marker="o", label=label)
+            if key == "rps":
+                rows = [r for r in eff if r["model"] == model]
+                ax.plot([r["concurrency"] for r in rows], [r["ceiling_rps"] for r in rows], "k--", label="ceiling")
+                ax.axhline(rows[0]["pipeline_rps"], color="grey", linestyle=":", label="pipeline, plain loop")
+            ax.set(xscale="log", yscale="log", xlabel="concurrent connections (wrk)", ylabel=ylabel, title=model)
+            ax.set_xticks([r["concurrency"] for r in eff if r["model"] == model])
+            ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+            ax.legend(fontsize=8, loc="best")
+            ax.grid(True, which="both", alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=110)
+        plt.close(fig)
+        written.append(name)
+    return written
+
+
+def write(results: dict, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    results["targets"] = targets(results)
+    results["plots"] = plots(results, out)
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    (out / "results.md").write_text(markdown(results) + "".join(f"\n![{p}]({p})\n" for p in results["plots"]))

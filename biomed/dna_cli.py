@@ -43,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "other alleles skipped and counted.")
     p.add_argument("--model", default="demo-dna", help="DNA model name[:version] in the store (default demo-dna)")
     p.add_argument("--vcf", required=True, help="VCF, plain or gzip")
-    p.add_argument("--fasta", required=True, metavar="REF.fa", help="reference FASTA (plain or bgzip), indexed by pyfaidx")
+    p.add_argument("--fasta", required=True, metavar="REF.fa", help="reference FASTA (plain or bgzip)")
     p.add_argument("--out", required=True, metavar="TSV", help="table to write")
     p.add_argument("--no-reverse-complement", dest="rc", action="store_false", help="forward strand only")
     p.set_defaults(func=cmd_score_variants)
@@ -149,8 +149,9 @@ def cmd_score_variants(args: argparse.Namespace) -> int:
     rows = asyncio.run(_score(model, genome, variants, args.rc))
     write_variants_tsv(Path(args.out), model.labels, variants, rows)
     mismatched = sum(r is None for r in rows)
+    reasons = ", ".join(f"{k}: {v}" for k, v in sorted(skipped.items()))
     print(f"scored {len(variants) - mismatched} SNVs with {model.name}:{model.version}; {mismatched} ref_mismatch; "
-          f"skipped {sum(skipped.values())} non-SNV alleles -> {args.out}")
+          f"skipped {sum(skipped.values())} other alleles{f' ({reasons})' if reasons else ''} -> {args.out}")
     return 0
 
 

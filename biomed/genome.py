@@ -120,8 +120,8 @@ def read_vcf(path: str | Path) -> tuple[list[Variant], Counter]:
     """SNVs of a VCF (plain or gzip), multi-allelic ALTs split; the rest is skipped and counted.
 
     Returns:
-        The variants and a counter of skipped alleles by reason
-        (``not_snv``: indels, MNVs, symbolic or missing alleles).
+        The variants and a counter of skipped alleles by reason: ``not_snv`` (indels,
+        MNVs, symbolic or missing alleles), ``not_acgt`` (N, IUPAC codes, ALT equal to REF).
     """
     variants, skipped = [], Counter()
     with open_text(path) as f:
@@ -145,8 +145,11 @@ def _snvs(line: str, number: int, skipped: Counter, name: str) -> Iterator[Varia
     ref = ref.upper()
     alleles = alts.upper().split(",")
     for alt in alleles:
-        if len(ref) != 1 or len(alt) != 1 or ref not in ACGT or alt not in ACGT or alt == ref:
-            skipped["not_snv"] += 1
+        if len(ref) != 1 or len(alt) != 1:
+            skipped["not_snv"] += 1  # indels, MNVs, symbolic (<DEL>) or missing alleles
+            continue
+        if ref not in ACGT or alt not in ACGT or alt == ref:
+            skipped["not_acgt"] += 1  # N, IUPAC codes, '*', '.', or ALT equal to REF
             continue
         base_id = vid if vid not in ("", ".") else f"{chrom}:{position}"
         yield Variant(chrom, position, base_id if len(alleles) == 1 else f"{base_id}_{alt}", ref, alt)

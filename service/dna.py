@@ -59,7 +59,7 @@ async def predict_sequences(predict: Predict, labels: list[str], params: DnaPara
         p = probs[row : row + k]
         row += k
         entry = {"id": name, "length": n, "probabilities": _labelled(labels, p.max(axis=0))}
-        if k > 1:
+        if n > params.length:
             entry["windows"] = [{"start": s, "end": s + params.length, "probabilities": _labelled(labels, w)}
                                 for s, w in zip(windows.starts, p)]
         out.append(entry)

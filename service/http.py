@@ -109,16 +109,20 @@ async def read_upload(request: Request, engine: Engine) -> tuple[bytes, dict[str
     async def stream():  # type: ignore[no-untyped-def]
         yield body
 
+    parser = MultiPartParser(request.headers, stream(), max_files=1, max_fields=16, max_part_size=64 * 1024)
+    parser.spool_max_size = engine.config.max_upload_bytes  # Starlette spills parts over 1 MB to disk; never here
     try:
-        form = await MultiPartParser(request.headers, stream(), max_files=1, max_fields=16,
-                                     max_part_size=64 * 1024).parse()
+        form = await parser.parse()
     except MultiPartException as err:
         raise MalformedInput(f"the multipart body cannot be parsed ({err.message})") from None
-    upload = form.get("file")
-    if not isinstance(upload, UploadFile):
-        raise MalformedInput("a 'file' field holding an uploaded file is required (URLs are not fetched)",
-                             code="missing_file")
-    data = await upload.read()
+    try:
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            raise MalformedInput("a 'file' field holding an uploaded file is required (URLs are not fetched)",
+                                 code="missing_file")
+        data = await upload.read()
+    finally:
+        await form.close()
     fields = {k: v for k, v in form.items() if isinstance(v, str)}
     fields.update({k: v for k, v in request.query_params.items() if k not in fields})
     return data, fields

@@ -73,6 +73,9 @@ def make_session(path: Path, config: ServiceConfig) -> tuple[ort.InferenceSessio
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if config.intra_op_threads:
         options.intra_op_num_threads = config.intra_op_threads
+    # Decoding and the event loop share this process: intra-op threads that spin-wait between
+    # calls take their cores (2x requests/s at 32 connections on 2 cores; docs/benchmarks.md).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if any(n in GPU_PROVIDERS for n, _ in wanted):
         ort.set_default_logger_severity(4)  # a CPU-only host: our own warning below says it once, clearly
     try:
@@ -161,7 +164,7 @@ def load_model(ref: str, config: ServiceConfig) -> LoadedModel:
     try:
         doc = metadata.read(path)
     except metadata.MetadataError as err:
-        raise StartupError(f"model {stored.tag}: {err}") from None
+        raise StartupError(f"model {stored.tag}: {path}: {err}") from None
     try:
         session, provider = make_session(path, config)
     except StartupError:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import warnings
 
 import bentoml
@@ -19,6 +20,7 @@ import bentoml
 from service.config import ServiceConfig
 from service.guard import Guard
 from service.http import build_app
+from service.runtime import StartupError
 
 log = logging.getLogger("biomed.service")
 
@@ -28,6 +30,27 @@ def _quiet_third_party() -> None:
     warnings.filterwarnings("ignore", module=r"pydicom(\..*)?")
     logging.getLogger("pydicom").setLevel(logging.CRITICAL)
     logging.getLogger("biomed").setLevel(logging.INFO)
+
+
+def _fail_fast(err: Exception) -> None:
+    """Stop the whole server on a start-up error instead of letting the supervisor respawn this worker forever.
+
+    BentoML's process supervisor (circus) restarts a worker that dies, so a missing or corrupt model would
+    otherwise loop without end while ``bentoml serve`` keeps running. The worker logs the reason, kills its
+    parent when that is ``bentoml serve`` (so it exits non-zero, as a container runtime expects), and exits.
+    """
+    log.critical("start-up failed: %s", err)
+    for handler in logging.getLogger().handlers + log.handlers:
+        handler.flush()
+    parent = os.getppid()
+    try:
+        with open(f"/proc/{parent}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+    except OSError:
+        argv = []
+    if any(a.endswith(b"bentoml") for a in argv) and b"serve" in argv:
+        os.kill(parent, signal.SIGKILL)
+    os._exit(3)
 
 
 @bentoml.service(
@@ -47,8 +70,11 @@ class Biomed:
         from service import engine
 
         _quiet_third_party()
-        config = ServiceConfig.from_env()
-        self.engine = engine.start(config)
+        try:
+            self.engine = engine.start(ServiceConfig.from_env())
+        except (StartupError, ValueError) as err:
+            _fail_fast(err)
+            raise
         for model in self.engine.models.values():
             log.info("serving %s:%s kind=%s provider=%s sha256=%s", model.name, model.version, model.kind,
                      model.provider, model.sha256[:12])

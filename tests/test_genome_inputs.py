@@ -42,7 +42,7 @@ def test_fasta_labels(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("text", "message"), [
-    (">s1 A=1 B=0\nACGT\n>s2 A=1\nACGT\n", "record 's2' (line 3) has no label for B"),
+    (">s1 A=1 B=0\nACGT\n>s2 A=1\nACGT\n", r"record 's2' \(line 3\) has no label for B"),
     (">s1 A=1 B=yes\nACGT\n", "label B='yes' must be 0 or 1"),
     (">s1\nACGT\n", "no labels in the headers"),
     ("ACGT\n", "sequence before any '>' header"),
@@ -109,14 +109,13 @@ def test_vcf_snvs(tmp_path: Path) -> None:
     path = tmp_path / "v.vcf.gz"
     with gzip.open(path, "wt") as f:
         f.write("##fileformat=VCFv4.2\n#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\n"
-                "chr1\t3\trs1\tG\tA,T\t.\t.\t.\nchr1\t5\t.\tA\tAT\t.\t.\t.\nchr1\t6\t.\tc\t<DEL>,g\t.\t.\t.\n")
+                "chr1\t3\trs1\tG\tA,T,G,N\t.\t.\t.\nchr1\t5\t.\tA\tAT\t.\t.\t.\nchr1\t6\t.\tc\t<DEL>,g\t.\t.\t.\n")
     variants, skipped = read_vcf(path)
     assert [(v.id, v.pos, v.ref, v.alt) for v in variants] == [("rs1_A", 3, "G", "A"), ("rs1_T", 3, "G", "T"),
                                                                 ("chr1:6_G", 6, "C", "G")]
-    assert skipped["not_snv"] == 2
+    assert skipped == {"not_snv": 2, "not_acgt": 2}
 
 
-@pytest.mark.slow
 def test_train_dna_on_bed(tmp_path: Path) -> None:
     """`biomed train dna --data x.bed --reference ref.fa`: one epoch end to end."""
     rng = np.random.default_rng(0)
@@ -127,7 +126,8 @@ def test_train_dna_on_bed(tmp_path: Path) -> None:
     rows = []
     for i in range(80):
         chrom = f"chr{1 + i % 2}"
-        start = int(rng.integers(960, 1001)) if i % 4 < 2 else int(rng.choice([rng.integers(0, 900), rng.integers(1020, 1950)]))
+        away = int(rng.choice([rng.integers(0, 900), rng.integers(1020, 1950)]))
+        start = int(rng.integers(960, 1001)) if i % 4 < 2 else away
         bound = int(start <= 1000 and start + 50 >= 1010)
         rows.append(f"{chrom}\t{start}\t{start + 50}\tr{i}\t{bound}\t{1 - bound}")
     write_bed(tmp_path / "x.bed", rows, header="#chrom\tstart\tend\tname\tSITE\tOTHER")
@@ -145,3 +145,28 @@ def test_train_bed_without_reference_is_one_line(tmp_path: Path, capsys: pytest.
     rc = main(["train", "dna", "--data", str(tmp_path / "x.bed"), "--out", str(tmp_path / "run")])
     err = capsys.readouterr().err
     assert rc == 1 and "add --reference REF.fa" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["explain", "--out", "x.png"], "one of the arguments --sequence --fasta is required"),
+    (["explain", "--sequence", "ACGT", "--fasta", "x.fa", "--out", "x.png"], "not allowed with argument"),
+    (["score-variants", "--vcf", "v.vcf", "--out", "x.tsv"], "the following arguments are required: --fasta"),
+])
+def test_dna_commands_bad_arguments_are_one_line(args: list[str], message: str, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and message in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("command", ["explain", "score-variants"])
+def test_dna_commands_have_help(command: str, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0 and "--model" in capsys.readouterr().out
+
+
+def test_score_variants_missing_vcf_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    rc = main(["score-variants", "--vcf", str(tmp_path / "none.vcf"), "--fasta", "ref.fa", "--out", "x.tsv"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "none.vcf' is not a file" in err and err.count("\n") == 1

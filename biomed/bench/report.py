@@ -48,8 +48,9 @@ def targets(results: dict) -> list[dict]:
         if kind == "dna":
             ratio = results.get("batching_ratio", {}).get(model["name"])
             add(f"batching on ÷ off, {model['name']}", "≥ 2", ratio, lambda v: v >= 2)
-    enc = next((r["per_s"] for r in results.get("preprocess", []) if r["impl"].startswith("biomed dna")), None)
-    add("DNA encoding, MB/s", "≥ 200", enc, lambda v: v >= 200)
+    enc = next((r for r in results.get("preprocess", []) if r["impl"].startswith("biomed dna")), None)
+    add(f"DNA encoding, {enc['bases'] / 1e6:g} Mb sequence, MB/s" if enc else "DNA encoding, MB/s", "≥ 200",
+        enc["per_s"] if enc else None, lambda v: v >= 200)
     start = results.get("startup", {}).get("first_start_s")
     add("start to /readyz 200, both models, s", "≤ 10", start, lambda v: v <= 10)
     ism = results.get("ism", {}).get("median_s")

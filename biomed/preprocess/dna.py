@@ -93,21 +93,34 @@ class Windows:
     starts: list[int]  # start of each window in the original sequence (negative when padded)
 
 
-def tile(codes: np.ndarray, length: int, stride: int) -> Windows:
-    """Cut a sequence into windows of ``length`` bases.
+def window_starts(n: int, length: int, stride: int) -> list[int]:
+    """Window starts covering ``n`` bases, symmetric under reverse complement.
 
-    Shorter sequences become one window padded with N, centred. Longer ones are
-    tiled every ``stride`` bases; a last window is aligned to the end so every
-    base is covered.
+    Shorter sequences get one window, N-padded and centred; when the padding is odd
+    there is no exact centre, so both placements are used. Longer sequences get
+    evenly spaced windows at most ``stride`` apart, the first at 0 and the last at
+    the end. The set of windows of a sequence's reverse complement is exactly the
+    reverse complement of its windows, so reverse-complement averaging gives a
+    sequence and its reverse complement identical predictions.
     """
+    span = n - length
+    if span <= 0:
+        left = -((-span) // 2)
+        return [left] if (-span) % 2 == 0 else [left - 1, left]
+    steps = -(-span // stride)  # ceil
+    starts = {(i * span) // steps for i in range(steps + 1)}
+    starts |= {span - s for s in starts}  # mirror: what the reverse strand's grid would be
+    return sorted(starts)
+
+
+def tile(codes: np.ndarray, length: int, stride: int) -> Windows:
+    """Cut a sequence into model-length windows (see :func:`window_starts`); N outside the sequence."""
     n = codes.shape[-1]
-    if n <= length:
-        return Windows(pad_centre(codes, length)[None, :], [-((length - n) // 2)])
-    starts = list(range(0, n - length + 1, stride))
-    if starts[-1] != n - length:
-        starts.append(n - length)
-    index = np.asarray(starts)[:, None] + np.arange(length)[None, :]
-    return Windows(codes[index], starts)
+    starts = window_starts(n, length, stride)
+    padded = np.full(max(n, length) + 2 * length, N_CODE, dtype=np.uint8)
+    padded[length : length + n] = codes
+    index = (np.asarray(starts) + length)[:, None] + np.arange(length)[None, :]
+    return Windows(padded[index], starts)
 
 
 def encode_batch(sequences: list[str], length: int) -> np.ndarray:

@@ -93,10 +93,12 @@ def test_model_is_trained(trained: dict) -> None:
 
 
 def test_reverse_complement_gives_identical_probabilities(client, trained: dict) -> None:
-    """Strand-symmetric layouts: even N-padding, and tilings whose windows mirror (length - L a multiple of the stride)."""
+    """Any length: even and odd N-padding, and tilings whether or not length - L is a multiple of the stride."""
     seqs, L = trained["sequences"], trained["length"]
+    joined = "".join(seqs[:12])
     items = [seqs[0], seqs[1][:150], seqs[2][:60], seqs[3] + seqs[4], seqs[5] + seqs[6] + seqs[7],
-             (seqs[8] + seqs[9])[: L + L // 2]]
+             (seqs[8] + seqs[9])[: L + L // 2], seqs[10][: L - 1], seqs[11][:33], joined[:333], joined[:450],
+             joined[:551], joined[: 5 * L + 7]]
     fwd = client.post("/predict_dna", json={"sequences": items, "model": MODEL, "reverse_complement": True})
     rev = client.post("/predict_dna", json={"sequences": [rc(s) for s in items], "model": MODEL})  # on by default
     assert fwd.status_code == rev.status_code == 200, fwd.text

@@ -46,20 +46,51 @@ METRIC_LABELS = {
 }
 
 
-@pytest.fixture(scope="module")
-def client(demo_models: dict[str, str]) -> Iterator["TestClient"]:  # noqa: F821
-    from prometheus_client import values
+def bentoml_metrics_registered() -> bool:
+    """Whether an earlier in-process app of this test session registered BentoML's request metrics.
+
+    BentoML registers them in the process-wide registry once per app; a second app with its
+    metrics on fails at start-up (DuplicateTimeseries), so a later app must run with them off.
+    """
+    from prometheus_client import REGISTRY
+
+    return any(m.name.startswith("bentoml_service_request") for m in REGISTRY.collect())
+
+
+def start_client(env: dict[str, str] | None = None) -> Iterator["TestClient"]:  # noqa: F821
+    """The service in-process with ``env`` set while it starts; BentoML's /metrics only when this is the first app."""
+    import copy
+
     from starlette.testclient import TestClient
 
     from service.service import Biomed
+
+    saved = copy.deepcopy(Biomed.config)
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in (env or {}).items():
+            mp.setenv(key, value)
+        if bentoml_metrics_registered():
+            Biomed.config["metrics"] = {**Biomed.config.get("metrics", {}), "enabled": False}
+        try:
+            app = Biomed.to_asgi()
+        finally:
+            Biomed.config.clear()
+            Biomed.config.update(saved)
+        with TestClient(app, raise_server_exceptions=False) as c:  # the service and its middleware start here
+            mp.undo()  # what was read at start-up stays in force
+            yield c
+
+
+@pytest.fixture(scope="module")
+def client(demo_models: dict[str, str]) -> Iterator["TestClient"]:  # noqa: F821
+    from prometheus_client import values
 
     if values.ValueClass is values.MutexValue:  # a test-order problem, said plainly
         pytest.fail("prometheus_client was imported before PROMETHEUS_MULTIPROC_DIR was set; /metrics cannot work "
                     "in-process (run this module in its own session)")
     for name in ("BIOMED_API_TOKEN", "BIOMED_MAX_UPLOAD_MB", "BIOMED_MODELS"):
         assert name not in os.environ, f"{name} is set in the test environment"
-    with TestClient(Biomed.to_asgi(), raise_server_exceptions=False) as c:
-        yield c
+    yield from start_client()
 
 
 def dicom_bytes(path: Path = CT_SMALL, **changes: object) -> bytes:
@@ -442,11 +473,20 @@ def test_no_5xx_for_odd_requests_and_service_still_serves(client) -> None:  # ty
 
 
 def scrape(client) -> dict[str, list]:  # type: ignore[no-untyped-def]
+    """The biomed_* families from /metrics, or straight from this process's multi-process files when
+    an earlier in-process app of the session left BentoML's /metrics route off for this one."""
+    from prometheus_client import CollectorRegistry, generate_latest, multiprocess
     from prometheus_client.parser import text_string_to_metric_families
 
     r = client.get("/metrics")
-    assert r.status_code == 200
-    return {f.name: f.samples for f in text_string_to_metric_families(r.text) if f.name.startswith("biomed_")}
+    if r.status_code == 404 and "bentoml_service_request" not in r.text:
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        text = generate_latest(registry).decode()
+    else:
+        assert r.status_code == 200
+        text = r.text
+    return {f.name: f.samples for f in text_string_to_metric_families(text) if f.name.startswith("biomed_")}
 
 
 def test_metrics_after_traffic(client, models) -> None:  # type: ignore[no-untyped-def]

@@ -177,6 +177,18 @@ def embed(proto: onnx.ModelProto, doc: dict) -> None:
     proto.doc_string = f"{doc['name']}:{doc['version']} ({doc['kind']}); {doc['intended_use']}"
 
 
+def motif_section(run: Path, top: int = 12) -> list[str]:
+    """The model card's table of first-layer filters matched to JASPAR (from ``biomed motifs RUN``), if any."""
+    table = run / "motifs.tsv"
+    if not table.exists():
+        return []
+    rows = [line.split("\t") for line in table.read_text().splitlines() if line.strip()]
+    header, body = rows[0], rows[1 : top + 1]
+    return ["## Learned motifs (first-layer filters vs JASPAR)", "",
+            "| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(r) + " |" for r in body), ""]
+
+
 def rebuild_from_onnx(path: str | Path) -> nn.Module:
     """A PyTorch model rebuilt from an exported file alone: architecture from the metadata, weights from the graph."""
     from onnx import numpy_helper
@@ -227,9 +239,9 @@ def export_run(run: str | Path, name: str, quantize: str | None = None, fp16: bo
                   "auroc_macro": ours["auroc_macro"], "variant": variant}
     with bentoml.models.create(f"{name}:{version}", labels=labels, metadata=store_meta) as stored:
         onnx.save(proto, stored.path_of("model.onnx"))
-        for plot in ("curves.png", "roc.png", "confusion.png"):
+        for plot in ("curves.png", "roc.png", "confusion.png", "motifs.png"):
             if (run / plot).exists():
                 shutil.copy(run / plot, stored.path_of(plot))
-        write_model_card(Path(stored.path_of("README.md")), doc)
+        write_model_card(Path(stored.path_of("README.md")), doc, motif_section(run))
         tag = str(stored.tag)
     return Exported(tag, Path(bentoml.models.get(tag).path_of("model.onnx")), doc)

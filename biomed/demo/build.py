@@ -35,5 +35,9 @@ def build_demo_models(workdir: Path, force: bool = False, quick: bool = False) -
         config = TrainConfig(kind=kind, data=str(data), out=str(run), arch=DEFAULT_ARCH[kind], epochs=sizes[kind]["epochs"])
         summary = fit(config)
         print(f"{name}: held-out AUROC {summary['test']['auroc_macro']:.3f} (baseline {summary['baseline']['auroc_macro']:.3f})")
+        if kind == "dna":
+            from training.motifs import motif_report
+
+            motif_report(run)  # motifs.tsv and motifs.png, carried into the model card
         tags.append(export_run(run, name).tag)
     return tags

@@ -118,3 +118,26 @@ def running(log: Path, workers: int = 1, **env: str) -> Iterator[Server]:
         yield server
     finally:
         server.stop()
+
+
+def asgi_app():  # type: ignore[no-untyped-def]
+    """``Biomed.to_asgi()`` for an in-process test; BentoML's request metrics only for the first app.
+
+    BentoML registers its request metrics in the process-wide Prometheus registry once per app, so
+    a second app with them on fails at start-up (DuplicateTimeseries); later apps run with them off.
+    The environment the service reads must be set before the app's lifespan starts.
+    """
+    import copy
+
+    from prometheus_client import REGISTRY
+
+    from service.service import Biomed
+
+    saved = copy.deepcopy(Biomed.config)
+    if any(m.name.startswith("bentoml_service_request") for m in REGISTRY.collect()):
+        Biomed.config["metrics"] = {**Biomed.config.get("metrics", {}), "enabled": False}
+    try:
+        return Biomed.to_asgi()
+    finally:
+        Biomed.config.clear()
+        Biomed.config.update(saved)

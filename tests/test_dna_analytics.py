@@ -16,6 +16,8 @@ from typing import Iterator
 import numpy as np
 import pytest
 
+from conftest import inprocess_client
+
 from biomed.jaspar import find_motif
 from biomed.preprocess import dna
 
@@ -50,16 +52,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 @pytest.fixture(scope="module")
 def client(trained: dict) -> Iterator:
-    from starlette.testclient import TestClient
-
-    from service.service import Biomed
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("BIOMED_MODELS", MODEL)
-        mp.setenv("BIOMED_PROVIDERS", "cpu")
-        mp.delenv("BIOMED_API_TOKEN", raising=False)
-        with TestClient(Biomed.to_asgi()) as c:
-            yield c
+    yield from inprocess_client({"BIOMED_MODELS": MODEL, "BIOMED_PROVIDERS": "cpu"})
 
 
 def rc(seq: str) -> str:

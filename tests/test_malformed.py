@@ -31,6 +31,11 @@ from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 from starlette.testclient import TestClient
 
+try:
+    from tests import live_server
+except ImportError:  # tests/ is not a package: pytest puts it on sys.path
+    import live_server
+
 MB = 2**20
 
 
@@ -204,9 +209,7 @@ CORPUS = corpus()
 
 @pytest.fixture(scope="module")
 def client(demo_models: dict[str, str]) -> Iterator[TestClient]:
-    from service.service import Biomed
-
-    with TestClient(Biomed.to_asgi(), raise_server_exceptions=False) as c:
+    with TestClient(live_server.asgi_app(), raise_server_exceptions=False) as c:
         yield c
 
 

@@ -39,9 +39,7 @@ def client(demo_models: dict[str, str]) -> Iterator[TestClient]:
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
-        from service.service import Biomed
-
-        with TestClient(Biomed.to_asgi(), raise_server_exceptions=False) as c:
+        with TestClient(live_server.asgi_app(), raise_server_exceptions=False) as c:
             yield c
     finally:
         for k, v in saved.items():

@@ -10,20 +10,15 @@ covered by the real-server test (test_service_serve.py), ours are read from the 
 
 from __future__ import annotations
 
-import copy
 import io
-import os
-import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-
-if "prometheus_client" not in sys.modules:  # see test_service_inproc.py
-    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="biomed-prom-mp-"))
 
 import numpy as np
 import pydicom
 import pytest
+
+from conftest import inprocess_client
 from PIL import Image
 
 TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
@@ -43,23 +38,7 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 @pytest.fixture(scope="module")
 def client(demo_models: dict[str, str]) -> Iterator["TestClient"]:  # noqa: F821
-    from starlette.testclient import TestClient
-
-    from service.service import Biomed
-
-    saved = copy.deepcopy(Biomed.config)
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in ENV.items():
-            mp.setenv(key, value)
-        Biomed.config["metrics"] = {**Biomed.config.get("metrics", {}), "enabled": False}
-        try:
-            app = Biomed.to_asgi()
-        finally:
-            Biomed.config.clear()
-            Biomed.config.update(saved)
-        with TestClient(app, raise_server_exceptions=False) as c:  # the service and its middleware start here
-            mp.undo()  # what was read at start-up stays in force
-            yield c
+    yield from inprocess_client(ENV)
 
 
 def assert_error(response, status: int, code: str) -> dict:  # type: ignore[no-untyped-def]

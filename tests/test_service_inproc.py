@@ -21,14 +21,11 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
-# BentoML's /metrics reads prometheus_client's multi-process files, as under `bentoml serve`;
-# prometheus_client picks its value class when first imported, so this must come first.
-if "prometheus_client" not in sys.modules:
-    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="biomed-prom-mp-"))
-
 import numpy as np
 import pydicom
 import pytest
+
+from conftest import inprocess_client
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,41 +43,6 @@ METRIC_LABELS = {
 }
 
 
-def bentoml_metrics_registered() -> bool:
-    """Whether an earlier in-process app of this test session registered BentoML's request metrics.
-
-    BentoML registers them in the process-wide registry once per app; a second app with its
-    metrics on fails at start-up (DuplicateTimeseries), so a later app must run with them off.
-    """
-    from prometheus_client import REGISTRY
-
-    return any(m.name.startswith("bentoml_service_request") for m in REGISTRY.collect())
-
-
-def start_client(env: dict[str, str] | None = None) -> Iterator["TestClient"]:  # noqa: F821
-    """The service in-process with ``env`` set while it starts; BentoML's /metrics only when this is the first app."""
-    import copy
-
-    from starlette.testclient import TestClient
-
-    from service.service import Biomed
-
-    saved = copy.deepcopy(Biomed.config)
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in (env or {}).items():
-            mp.setenv(key, value)
-        if bentoml_metrics_registered():
-            Biomed.config["metrics"] = {**Biomed.config.get("metrics", {}), "enabled": False}
-        try:
-            app = Biomed.to_asgi()
-        finally:
-            Biomed.config.clear()
-            Biomed.config.update(saved)
-        with TestClient(app, raise_server_exceptions=False) as c:  # the service and its middleware start here
-            mp.undo()  # what was read at start-up stays in force
-            yield c
-
-
 @pytest.fixture(scope="module")
 def client(demo_models: dict[str, str]) -> Iterator["TestClient"]:  # noqa: F821
     from prometheus_client import values
@@ -90,7 +52,7 @@ def client(demo_models: dict[str, str]) -> Iterator["TestClient"]:  # noqa: F821
                     "in-process (run this module in its own session)")
     for name in ("BIOMED_API_TOKEN", "BIOMED_MAX_UPLOAD_MB", "BIOMED_MODELS"):
         assert name not in os.environ, f"{name} is set in the test environment"
-    yield from start_client()
+    yield from inprocess_client()
 
 
 def dicom_bytes(path: Path = CT_SMALL, **changes: object) -> bytes:
@@ -235,7 +197,13 @@ def test_predict_dna_strings_objects_short_and_long(client, models) -> None:  # 
 
 
 def test_predict_dna_reverse_complement_flag(client) -> None:  # type: ignore[no-untyped-def]
-    seq = "ACGTTGCAAGGCTTAACCGGTTAAGGCCAAACGT" * 4  # even padding: strands see the same window
+    rng = np.random.default_rng(2)
+    for n in (137, 451):  # odd padding; an uneven tiling: a sequence and its reverse complement agree
+        seq = "".join(rng.choice(list("ACGT"), n))
+        comp = seq[::-1].translate(str.maketrans("ACGT", "TGCA"))
+        both = client.post("/predict_dna", json={"sequences": [seq, comp]}).json()["predictions"]
+        assert both[0]["probabilities"] == pytest.approx(both[1]["probabilities"], abs=1e-6), n
+    seq = "ACGTTGCAAGGCTTAACCGGTTAAGGCCAAACGT" * 4  # even padding: one window per strand
     comp = seq[::-1].translate(str.maketrans("ACGT", "TGCA"))
     both = client.post("/predict_dna", json={"sequences": [seq, comp]}).json()["predictions"]
     assert both[0]["probabilities"] == pytest.approx(both[1]["probabilities"], abs=1e-6)

@@ -90,11 +90,13 @@ def test_soak(tmp_path: Path, demo_models: dict[str, str]) -> None:
         elapsed = time.monotonic() - started
         rss_after = server.rss()
         alive = server.proc.poll() is None
+        log = [line for line in server.output().splitlines()
+               if any(w in line for w in ("ERROR", "Error", "Traceback", "WARNING", "exited", "killed"))]
     growth = (rss_after - rss_before) / rss_before
     print(f"\nsoak {elapsed:.0f} s at concurrency {CONCURRENCY}: {dict(counts)} (+{dict(warm)} warm-up); "
           f"RSS {rss_before / 2**20:.0f} -> {rss_after / 2**20:.0f} MB ({growth:+.1%})")
     assert alive
-    assert counts["5xx"] == 0 and counts["dropped"] == 0 and warm["5xx"] == 0 and warm["dropped"] == 0, failures[:10]
-    assert not failures, failures[:10]
+    assert counts["5xx"] == 0 and counts["dropped"] == 0 and warm["5xx"] == 0 and warm["dropped"] == 0, (failures[:10], log[-20:])
+    assert not failures, (failures[:10], log[-20:])
     assert counts["requests"] > 500
     assert growth < 0.10, f"server RSS grew {growth:.1%}"

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 BIOMED = [sys.executable, "-m", "biomed.cli"]
-TRAIN = ["--epochs", "8", "--batch-size", "64", "--seed", "4", "--patience", "20"]
+TRAIN = ["--epochs", "12", "--batch-size", "64", "--seed", "4", "--patience", "20"]
 
 
 @pytest.fixture(scope="module")

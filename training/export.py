@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,7 +78,9 @@ def load_run_model(run: Path) -> tuple[nn.Module, dict]:
 
 def to_onnx(model: nn.Module, example: torch.Tensor) -> onnx.ModelProto:
     """Export with the dynamo exporter to one self-contained proto (no external-data side file)."""
-    with tempfile.TemporaryDirectory() as tmp:
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)  # "torchvision not installed"
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.export internals, not ours
         path = Path(tmp) / "model.onnx"
         torch.onnx.export(
             model, (example,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],

@@ -35,7 +35,7 @@ serve: demo-models  ## serve on http://127.0.0.1:$(PORT) (builds the demo models
 	PORT=$(PORT) $(VENV)/bin/biomed serve --port $(PORT)
 
 test: install-test tools  ## the whole suite, slow tests included (as CI runs it)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 test-fast: install-test  ## the suite without the slow tests
 	$(PY) -m pytest -q -m "not slow"

@@ -56,7 +56,10 @@ def _fail_fast(err: Exception) -> None:
 @bentoml.service(
     name="biomed-serve",
     workers=int(os.environ.get("BIOMED_WORKERS", "1")),
-    traffic={"timeout": 300, "max_concurrency": int(os.environ.get("BIOMED_MAX_CONCURRENCY", "256"))},
+    # BentoML 1.4's timeout middleware keeps a timer per request, holding that request's context (~5 kB with its
+    # tracing span) until the timeout passes even after the response: memory ~ request rate x this timeout.
+    traffic={"timeout": float(os.environ.get("BIOMED_REQUEST_TIMEOUT_S", "300")),
+             "max_concurrency": int(os.environ.get("BIOMED_MAX_CONCURRENCY", "256"))},
     http={"cors": {"enabled": False}},
     endpoints={"livez": "/livez", "readyz": "/readyz"},
     metrics={"enabled": True, "namespace": "bentoml_service"},

@@ -24,38 +24,16 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="biomed-prom-mp-"))
 
 
-def bentoml_metrics_registered() -> bool:
-    """Whether an earlier in-process app of this session registered BentoML's request metrics.
-
-    BentoML registers them in the process-wide registry once per app; a second app with its
-    metrics on fails at start-up (DuplicateTimeseries), so a later app runs with them off
-    (our own biomed_* metrics are unaffected: they live in the multi-process files).
-    """
-    from prometheus_client import REGISTRY
-
-    return any(m.name.startswith("bentoml_service_request") for m in REGISTRY.collect())
-
-
 def inprocess_client(env: dict[str, str] | None = None) -> Iterator["TestClient"]:  # noqa: F821
     """The service in-process (``Biomed.to_asgi()`` under a TestClient) with ``env`` set while it starts."""
-    import copy
-
     from starlette.testclient import TestClient
 
-    from service.service import Biomed
+    from live_server import asgi_app
 
-    saved = copy.deepcopy(Biomed.config)
     with pytest.MonkeyPatch.context() as mp:
         for key, value in (env or {}).items():
             mp.setenv(key, value)
-        if bentoml_metrics_registered():
-            Biomed.config["metrics"] = {**Biomed.config.get("metrics", {}), "enabled": False}
-        try:
-            app = Biomed.to_asgi()
-        finally:
-            Biomed.config.clear()
-            Biomed.config.update(saved)
-        with TestClient(app, raise_server_exceptions=False) as client:  # the service and its middleware start here
+        with TestClient(asgi_app(), raise_server_exceptions=False) as client:  # the service starts here
             mp.undo()  # what was read at start-up stays in force
             yield client
 

@@ -14,7 +14,7 @@ from biomed.demo.dna_demo import background, generate_dna
 from biomed.jaspar import find_motif
 from biomed.preprocess.dna import encode, reverse_complement
 
-MOTIFS = ("CTCF", "GATA1", "HNF4A")
+MOTIFS = ("CTCF", "REST", "TP53")  # the defaults of generate_dna
 
 
 Demo = tuple[list[str], np.ndarray, list[str], list[dict[str, str]]]  # tasks, labels, seqs, planted
@@ -49,7 +49,7 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path: Path) -> None:
 
 def test_table_shape_and_labels_match_the_sidecar(demo: Demo) -> None:
     tasks, labels, sequences, planted = demo
-    assert tasks == ["CTCF", "GATA1", "HNF4A"]
+    assert tasks == list(MOTIFS)
     assert labels.shape == (600, 3) and set(np.unique(labels)) <= {0, 1}
     assert all(len(s) == 200 and set(s) <= set("ACGT") for s in sequences)
     assert 0.2 < labels.mean() < 0.4
@@ -111,7 +111,7 @@ def test_crowded_sequences_hold_every_motif(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"length": 10}, "length 10 is shorter than motif CTCF"),
+        ({"length": 10}, "length 10 is shorter than motif REST"),
         ({"length": 20}, "cannot hold all motifs"),
         ({"n": 0}, "n must be at least 1"),
         ({"gc": 0.0}, "gc must be strictly between 0 and 1"),

@@ -171,13 +171,13 @@ def test_sigterm_lets_in_flight_requests_finish(tmp_path: Path, demo_models: dic
         assert _explain(server.url, 64) == 200  # warm
         with concurrent.futures.ThreadPoolExecutor(4) as pool:
             started = time.monotonic()
-            futures = [pool.submit(_explain, server.url, 1600) for _ in range(4)]
-            time.sleep(1.0)
+            futures = [pool.submit(_explain, server.url, 4800) for _ in range(4)]
+            time.sleep(0.5)
             assert not any(f.done() for f in futures), "requests finished before SIGTERM; make them larger"
             os.kill(server.proc.pid, signal.SIGTERM)  # the main process only, as Kubernetes would
             statuses = [f.result() for f in futures]
         code = server.proc.wait(60)
-        print(f"\nSIGTERM after 1 s: {statuses} after {time.monotonic() - started:.1f} s; exit {code}")
+        print(f"\nSIGTERM after 0.5 s: {statuses} after {time.monotonic() - started:.1f} s; exit {code}")
         assert statuses == [200] * 4, server.output()[-3000:]
         assert code == 0, server.output()[-3000:]
     finally:
@@ -185,7 +185,14 @@ def test_sigterm_lets_in_flight_requests_finish(tmp_path: Path, demo_models: dic
 
 
 def _workers(server: live_server.Server) -> list[psutil.Process]:
-    return [p for p in server.tree() if "_bentoml_impl.worker.service" in " ".join(p.cmdline())]
+    found = []
+    for p in server.tree():
+        try:
+            if p.status() != psutil.STATUS_ZOMBIE and "_bentoml_impl.worker.service" in " ".join(p.cmdline()):
+                found.append(p)
+        except psutil.Error:  # gone or a zombie meanwhile
+            pass
+    return found
 
 
 @pytest.mark.slow
@@ -203,7 +210,7 @@ def test_killed_worker_is_replaced_and_cpu_fallback_is_visible(tmp_path: Path, d
         os.kill(victim, signal.SIGKILL)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            alive = [p for p in _workers(server) if p.pid != victim and p.status() != psutil.STATUS_ZOMBIE]
+            alive = [p for p in _workers(server) if p.pid != victim]
             if len(alive) == 2:
                 break
             time.sleep(0.5)

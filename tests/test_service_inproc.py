@@ -478,7 +478,7 @@ def test_metrics_after_traffic(client, models) -> None:  # type: ignore[no-untyp
                 if s.name.endswith("_total")}
     assert rejected[("predict_dna", "invalid_sequence")] >= 1
     preds = {s.labels["model"] for s in families["biomed_predictions"] if s.name.endswith("_total") and s.value > 0}
-    assert preds == {"demo-image", "demo-dna"}
+    assert {"demo-image", "demo-dna"} <= preds  # other test modules may have served more models in this session
     counts = {s.labels["model"]: s.value for s in families["biomed_batch_size"] if s.name.endswith("_count")}
     assert counts["demo-image"] >= 2 and counts["demo-dna"] >= 1
 

@@ -17,6 +17,8 @@ from typing import Iterator
 import httpx
 import numpy as np
 import pytest
+
+from conftest import inprocess_client
 from PIL import Image
 from starlette.testclient import TestClient
 
@@ -34,19 +36,8 @@ DNA = {"sequences": ["ACGTACGTAC"]}
 
 @pytest.fixture(scope="module")
 def client(demo_models: dict[str, str]) -> Iterator[TestClient]:
-    """The in-process app with a token, a 1 MB upload cap and a 10,000-pixel cap."""
-    env = {"BIOMED_API_TOKEN": TOKEN, "BIOMED_MAX_UPLOAD_MB": "1", "BIOMED_MAX_PIXELS": "10000"}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        with TestClient(live_server.asgi_app(), raise_server_exceptions=False) as c:
-            yield c
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    """The in-process app with a token, a 1 MB upload cap and a 10,000-pixel cap (set only while it starts)."""
+    yield from inprocess_client({"BIOMED_API_TOKEN": TOKEN, "BIOMED_MAX_UPLOAD_MB": "1", "BIOMED_MAX_PIXELS": "10000"})
 
 
 def _png(width: int, height: int) -> bytes:

@@ -46,7 +46,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
     rows = list(csv.DictReader(table.open()))
     planted = list(csv.DictReader(table.with_name("sequences.planted.csv").open()))
     test_rows = set(json.loads((run / "split.json").read_text())["test"])
-    return {"tag": exported.tag, "work": work, "summary": summary, "sequences": [r["sequence"] for r in rows],
+    return {"tag": exported.tag, "work": work, "run": run, "summary": summary, "sequences": [r["sequence"] for r in rows],
             "heldout": [p for p in planted if int(p["row"]) in test_rows], "length": int(exported.doc["preprocess"]["length"])}
 
 
@@ -79,6 +79,16 @@ def destroying_snv(seq: str, p: dict) -> tuple[int, str, str]:
         if seq[pos] != alt:
             return int(pos), seq[pos], alt
     raise AssertionError(f"no destroying SNV for {p}")  # every base the least likely one: impossible
+
+
+def test_motifs_on_the_demo_run_find_every_planted_motif(trained: dict) -> None:
+    """`biomed motifs RUN`: each planted JASPAR matrix is the best hit of some first-layer filter."""
+    from biomed.cli import main
+
+    assert main(["motifs", str(trained["run"])]) == 0
+    best = {line.split("\t")[3] for line in (trained["run"] / "motifs.tsv").read_text().splitlines()[1:]}
+    planted = {find_motif(name).id for name in ("CTCF", "REST", "TP53")}
+    assert planted <= best, (planted, best)
 
 
 def test_model_is_trained(trained: dict) -> None:

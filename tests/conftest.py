@@ -10,6 +10,15 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# The contract's custom metrics and their labels (CONTRACT.md, "Metrics").
+METRIC_LABELS = {
+    "biomed_inference_seconds": {"model", "provider"},
+    "biomed_batch_size": {"model"},
+    "biomed_predictions": {"model", "label"},
+    "biomed_rejected_requests": {"endpoint", "reason"},
+    "biomed_preprocess_seconds": {"kind"},
+    "biomed_model_info": {"model", "version", "provider", "sha256"},
+}
 
 
 def pytest_configure(config: pytest.Config) -> None:

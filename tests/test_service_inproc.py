@@ -25,7 +25,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from conftest import inprocess_client
+from conftest import METRIC_LABELS, inprocess_client
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,14 +33,6 @@ TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
 CT_SMALL = TEST_FILES / "CT_small.dcm"
 PHI = {"PatientName": "Zebediah^Quux", "PatientID": "PID-998877", "PatientBirthDate": "19010203",
        "AccessionNumber": "ACC-5544"}
-METRIC_LABELS = {
-    "biomed_inference_seconds": {"model", "provider"},
-    "biomed_batch_size": {"model"},
-    "biomed_predictions": {"model", "label"},
-    "biomed_rejected_requests": {"endpoint", "reason"},
-    "biomed_preprocess_seconds": {"kind"},
-    "biomed_model_info": {"model", "version", "provider", "sha256"},
-}
 
 
 @pytest.fixture(scope="module")

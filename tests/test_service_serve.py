@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+
+from conftest import METRIC_LABELS
 import yaml
 
 try:
@@ -36,14 +38,6 @@ CT_SMALL = Path(pydicom.__file__).parent / "data" / "test_files" / "CT_small.dcm
 TOKEN = "serve-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 READY_TIMEOUT_S = 120
-METRIC_LABELS = {
-    "biomed_inference_seconds": {"model", "provider"},
-    "biomed_batch_size": {"model"},
-    "biomed_predictions": {"model", "label"},
-    "biomed_rejected_requests": {"endpoint", "reason"},
-    "biomed_preprocess_seconds": {"kind"},
-    "biomed_model_info": {"model", "version", "provider", "sha256"},
-}
 
 
 @dataclass

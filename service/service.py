@@ -58,7 +58,7 @@ def _fail_fast(err: Exception) -> None:
     workers=int(os.environ.get("BIOMED_WORKERS", "1")),
     # BentoML 1.4's timeout middleware keeps a timer per request, holding that request's context (~5 kB with its
     # tracing span) until the timeout passes even after the response: memory ~ request rate x this timeout.
-    traffic={"timeout": float(os.environ.get("BIOMED_REQUEST_TIMEOUT_S", "300")),
+    traffic={"timeout": float(os.environ.get("BIOMED_REQUEST_TIMEOUT_S", "60")),
              "max_concurrency": int(os.environ.get("BIOMED_MAX_CONCURRENCY", "256"))},
     http={"cors": {"enabled": False}},
     endpoints={"livez": "/livez", "readyz": "/readyz"},

@@ -66,9 +66,18 @@ async def predict_sequences(predict: Predict, labels: list[str], params: DnaPara
     return out
 
 
-def variant_window(codes: np.ndarray, position: int, length: int) -> tuple[np.ndarray, int]:
-    """The model window centred on ``position`` (N-padded at the ends) and the variant's index in it."""
-    start = position - length // 2
+def variant_offsets(length: int) -> list[int]:
+    """Where the variant sits in its window: the centre, or both middle bases for an even length.
+
+    Both placements of an even-length window make the set mirror itself, so a variant scores the
+    same given on either strand (with reverse-complement averaging).
+    """
+    return [length // 2] if length % 2 else [length // 2 - 1, length // 2]
+
+
+def variant_window(codes: np.ndarray, position: int, length: int, offset: int | None = None) -> tuple[np.ndarray, int]:
+    """The model window with ``position`` at ``offset`` (default: the centre), N-padded, and the variant's index."""
+    start = position - (length // 2 if offset is None else offset)
     window = np.full(length, dna.N_CODE, dtype=np.uint8)
     lo, hi = max(start, 0), min(start + length, len(codes))
     window[lo - start : hi - start] = codes[lo:hi]
@@ -97,15 +106,17 @@ async def score_variants(predict: Predict, labels: list[str], params: DnaParams,
                              f"{dna.decode(codes[pos:pos + 1])!r} at position {pos}", code="ref_mismatch")
         if alt[0] == dna.N_CODE or alt[0] == ref[0]:
             raise InputError(f"variant {name!r}: alt must be A, C, G or T and differ from ref", code="invalid_alt")
-        window, at = variant_window(codes, pos, params.length)
-        mutant = window.copy()
-        mutant[at] = alt[0]
-        ref_rows.append(window)
-        alt_rows.append(mutant)
+        for offset in variant_offsets(params.length):
+            window, at = variant_window(codes, pos, params.length, offset)
+            mutant = window.copy()
+            mutant[at] = alt[0]
+            ref_rows.append(window)
+            alt_rows.append(mutant)
         ids.append(name)
-    n = len(ids)
+    n, k = len(ids), len(variant_offsets(params.length))
     probs = await score_windows(predict, np.stack(ref_rows + alt_rows), reverse_complement)
-    p_ref, p_alt = probs[:n], probs[n:]
+    p_ref = probs[: n * k].reshape(n, k, -1).mean(axis=1)  # mean over the placements
+    p_alt = probs[n * k :].reshape(n, k, -1).mean(axis=1)
     lod = logit(p_alt) - logit(p_ref)
     return [{"id": ids[i], "ref": _labelled(labels, p_ref[i]), "alt": _labelled(labels, p_alt[i]),
              "diff": _labelled(labels, p_alt[i] - p_ref[i]), "log_odds_diff": _labelled(labels, lod[i])}

@@ -188,6 +188,23 @@ def test_variant_window_pads_both_ends() -> None:
     assert dna.decode(window) == "NNNACGNNN" and at == 4
 
 
+def test_a_variant_scores_the_same_given_on_either_strand() -> None:
+    """An even model length has no centre base: both middle placements are scored and averaged."""
+    assert dna_ops.variant_offsets(L) == [L // 2 - 1, L // 2] and dna_ops.variant_offsets(41) == [20]
+    seq = random_seq(90, seed=5)
+    params = dna_ops.DnaParams(L, L // 2)
+    comp = str.maketrans("ACGT", "TGCA")
+    for position in (0, 7, 44, 89):
+        ref = seq[position]
+        alt = "ACGT"[("ACGT".index(ref) + 1) % 4]
+        forward = {"sequence": seq, "position": position, "ref": ref, "alt": alt}
+        reverse = {"sequence": seq.translate(comp)[::-1], "position": 89 - position, "ref": ref.translate(comp),
+                   "alt": alt.translate(comp)}
+        a, b = run(dna_ops.score_variants(FakePredictor(), LABELS, params, [forward, reverse], True))
+        for t in LABELS:
+            assert a["ref"][t] == pytest.approx(b["ref"][t], abs=1e-9) and a["alt"][t] == pytest.approx(b["alt"][t], abs=1e-9)
+
+
 def variants(items: list[dict], reverse_complement: bool = False) -> list[dict]:
     return run(dna_ops.score_variants(FakePredictor(), LABELS, PARAMS, items, reverse_complement))
 

@@ -6,7 +6,7 @@ import os
 import shutil
 import sys
 
-from biomed.store import has_models
+from biomed.store import DEMO_MODELS, has_models
 
 
 def serve(port: int, host: str, workers: int | None, models: str | None) -> int:
@@ -16,7 +16,8 @@ def serve(port: int, host: str, workers: int | None, models: str | None) -> int:
         env["BIOMED_MODELS"] = models
     if workers:
         env["BIOMED_WORKERS"] = str(workers)
-    wanted = tuple(m.strip().split(":")[0] for m in env.get("BIOMED_MODELS", "demo-image,demo-dna").split(",") if m.strip())
+    refs = env.get("BIOMED_MODELS") or ",".join(DEMO_MODELS)
+    wanted = tuple(m.strip().split(":")[0] for m in refs.split(",") if m.strip())
     if not has_models(wanted):
         raise LookupError(f"the model store lacks some of {', '.join(wanted)}; run `make demo-models` or `biomed export`")
     bentoml = shutil.which("bentoml", path=os.path.dirname(sys.executable)) or "bentoml"

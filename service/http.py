@@ -7,7 +7,6 @@ file, and a file field can never be a URL for the server to fetch (SSRF).
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import traceback
@@ -260,6 +259,3 @@ def build_app() -> Starlette:
         Route("/openapi.json", openapi, methods=["GET"]),
     ])
 
-
-def json_error(status: int, code: str, detail: str) -> bytes:
-    return json.dumps({"error": code, "detail": detail}).encode()

@@ -122,14 +122,3 @@ def tile(codes: np.ndarray, length: int, stride: int) -> Windows:
     index = (np.asarray(starts) + length)[:, None] + np.arange(length)[None, :]
     return Windows(padded[index], starts)
 
-
-def encode_batch(sequences: list[str], length: int) -> np.ndarray:
-    """Encode sequences of any length <= ``length`` into one (N, L) array, N-padded centred."""
-    out = np.full((len(sequences), length), N_CODE, dtype=np.uint8)
-    for i, seq in enumerate(sequences):
-        codes = encode(seq, name=str(i))
-        if codes.shape[0] > length:
-            raise InputError(f"sequence {i} has {codes.shape[0]} bases; the model takes at most {length}")
-        left = (length - codes.shape[0]) // 2
-        out[i, left : left + codes.shape[0]] = codes
-    return out

@@ -18,7 +18,7 @@ class OneHot(nn.Module):
         self.register_buffer("table", table, persistent=False)
 
     def forward(self, codes: torch.Tensor) -> torch.Tensor:
-        x = self.table[codes.long()]  # (N, L, 4)
+        x = nn.functional.embedding(codes.long(), self.table)  # (N, L, 4); one Gather (indexing exports as GatherND)
         return x.transpose(1, 2)  # (N, 4, L)
 
 

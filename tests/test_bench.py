@@ -85,6 +85,19 @@ def test_ceiling_refuses_zero_throughput() -> None:
         load.ceiling(0.0, 100.0)
 
 
+def test_rounds_combine_into_one_figure() -> None:
+    runs = [wrk.parse(WRK_OUTPUT).to_dict(), {**wrk.parse(WRK_OUTPUT).to_dict(), "requests": 500, "seconds": 5.0,
+                                              "p50_ms": 10.0, "p90_ms": 20.0, "p99_ms": 5000.0, "statuses": {"200": 500},
+                                              "socket_errors": 0, "wrk_non_2xx": 0, "non_2xx": 0}]
+    first = runs[0]
+    both = load.combine(runs)
+    assert both["requests"] == first["requests"] + 500 and both["seconds"] == pytest.approx(first["seconds"] + 5.0)
+    assert both["rps"] == pytest.approx((first["requests"] + 500) / (first["seconds"] + 5.0))  # not the mean of rates
+    assert both["p99_ms"] == 5000.0 and both["p50_ms"] == pytest.approx((first["p50_ms"] + 10.0) / 2)
+    assert both["statuses"]["200"] == first["statuses"]["200"] + 500 and both["non_2xx"] == first["non_2xx"]
+    assert both["rounds"] == 2
+
+
 def test_flops_of_a_conv_gemm_and_lstm_graph() -> None:
     from onnx import TensorProto, helper, numpy_helper
 
@@ -161,6 +174,8 @@ def test_bench_quick_end_to_end(demo_models: dict[str, str], tmp_path: Path) -> 
     assert {r["concurrency"] for r in results["service"]} == {1, 4}
     assert all(r["non_2xx"] == 0 and r["requests"] > 0 for r in results["service"] + results["batching"])
     assert {r["batching"] for r in results["batching"]} == {"on", "off"}
+    off = {r["model"]: r["rows_per_call"] for r in results["batching"] if r["batching"] == "off"}
+    assert off == {"demo-image": 1.0, "demo-dna": 2.0}  # one request per call: the unbatched server's own metrics
     assert {r["engine"] for r in results["runtime"]} >= {"onnxruntime-cpu", "torch-eager-cpu"}
     assert results["startup"]["first_start_s"] > 0 and results["startup"]["rss_ready_mb"] > 50
     assert results["ism"]["bases"] == 1000 and results["ism"]["scores_rows"] == 1000

@@ -71,6 +71,25 @@ def test_metadata_validates_and_rebuilds_the_model(arch: str, exported: dict, ru
     ours = predict(rebuilt, x, doc["multilabel"], torch.device("cpu"))
     assert np.abs(ours - run_onnx(exported[arch].path, x)).max() <= 1e-5
 
+@pytest.mark.parametrize("arch", ["cnn", "resnet", "deepbind"])
+def test_onnxruntime_fuses_batchnorm_and_relu_into_the_convolutions(arch: str, exported: dict, tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    stored = onnx.load(str(exported[arch].path))
+    convs = [n for n in stored.graph.node if n.op_type == "Conv"]
+    initializers = {i.name for i in stored.graph.initializer}
+    assert convs and all(i in initializers for n in convs for i in n.input[1:]), "conv weights and biases must be initializers"
+    assert not {"Expand", "CastLike", "GatherND"} & {n.op_type for n in stored.graph.node}  # folded or never made
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(exported[arch].path), options, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node]
+    assert "BatchNormalization" not in ops, ops
+    if arch != "resnet":  # a residual Add sits between a ResNet block's last BatchNorm and its ReLU
+        assert "Relu" not in ops and ops.count("FusedConv") == len(convs), ops
+
+
 
 @pytest.mark.parametrize(
     "mutate, where",

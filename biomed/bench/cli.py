@@ -26,7 +26,8 @@ class Plan:
 
     quick: bool
     concurrency: tuple[int, ...]
-    wrk_seconds: float
+    wrk_seconds: float  # per wrk run; each point is ``rounds`` runs, the arms of a comparison taking turns
+    rounds: int
     batching_concurrency: int
     runtime_batches: tuple[int, ...]
     min_time_s: float  # per timed micro-benchmark
@@ -39,8 +40,8 @@ class Plan:
     @classmethod
     def of(cls, quick: bool) -> "Plan":
         if quick:
-            return cls(True, (1, 4), 1.0, 4, (1, 8, 32), 0.05, 0.3, 1, 1000, (1.0,), 0.1)
-        return cls(False, (1, 4, 16, 64), 10.0, 32, (1, 8, 32), 2.0, 10.0, 5, 1000, (2.0, 20.0), 1.0)
+            return cls(True, (1, 4), 1.0, 1, 4, (1, 8, 32), 0.05, 0.3, 1, 1000, (1.0,), 0.1)
+        return cls(False, (1, 4, 16, 64), 4.0, 3, 32, (1, 8, 32), 2.0, 10.0, 5, 1000, (2.0, 20.0), 1.0)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -133,50 +134,48 @@ def run(models: dict[str, Model], plan: Plan, out: Path, tensorrt: bool = False)
 
 def _served(runner: Runner, results: dict, models: dict[str, Model], targets: dict[str, load.Target], plan: Plan,
             work: Path) -> None:
-    """Floor, service and unbatched service, one server at a time."""
-    conc = plan.concurrency
-    floor = Server("biomed.bench.floor_service:Floor", {}, work / "floor.log")
-    if runner.case("floor start", floor.start) is not None:
-        try:
-            results["floor_rss_mb"] = floor.rss_mb()
-            for style, key in (("mounted", "floor_mounted"), ("api", "floor_api")):
-                for t in targets.values():
-                    rows = runner.case(f"floor {style} {t.model.kind}", lambda t=t, s=style: load.sweep(
-                        floor, t, getattr(t, s), conc, plan.wrk_seconds))
-                    results.setdefault(key, []).extend(rows or [])
-        finally:
-            floor.stop()
+    """Service, unbatched service and floor up together; every comparison interleaved in rounds.
+
+    The service starts first on a quiet machine (its start-up is the first-start figure), the
+    unbatched one second; an idle server costs the others nothing measurable.
+    """
     env = {"BIOMED_MODELS": ",".join(m.ref for m in models.values()), "BIOMED_API_TOKEN": "", "BIOMED_WORKERS": "1"}
     service = Server("service.service:Biomed", env, work / "service.log")
-    startup: dict = {}
-    if runner.case("service start", service.start) is not None:
-        try:
-            startup.update(first_start_s=service.startup_s, rss_ready_mb=service.rss_mb())
-            for t in targets.values():
-                results.setdefault("service", []).extend(runner.case(
-                    f"service {t.model.kind}", lambda t=t: load.sweep(service, t, t.path, conc, plan.wrk_seconds)) or [])
-            if "dna" in models:
-                results["ism"] = runner.case("ism", lambda: load.ism(service, models["dna"], plan.ism_bases,
-                                                                     plan.ism_repeats)) or {}
-            for t in targets.values():
-                row = runner.case(f"batching on {t.model.kind}", lambda t=t: load.batching(
-                    service, t, plan.batching_concurrency, plan.wrk_seconds, "on"))
-                results.setdefault("batching", []).extend([row] if row else [])
-            startup["rss_loaded_mb"] = service.rss_mb()
-        finally:
-            service.stop()
     unbatched = Server("service.service:Biomed", {**env, **load.UNBATCHED_ENV}, work / "unbatched.log")
-    if runner.case("unbatched service start", unbatched.start) is not None:
-        try:
+    floor = Server("biomed.bench.floor_service:Floor", {}, work / "floor.log")
+    startup: dict = {}
+    try:
+        if runner.case("service start", service.start) is None:
+            return
+        startup.update(first_start_s=service.startup_s, rss_ready_mb=service.rss_mb())
+        unbatched_up = runner.case("unbatched service start", unbatched.start) is not None
+        if unbatched_up:
             startup["second_start_s"] = unbatched.startup_s
+        floor_up = runner.case("floor start", floor.start) is not None
+        if floor_up:
+            startup["floor_rss_mb"] = floor.rss_mb()
+        for t in targets.values():
+            arms = [load.Arm("service", service, t.path)]
+            if floor_up:
+                arms += [load.Arm("floor_mounted", floor, t.mounted), load.Arm("floor_api", floor, t.api)]
+            rows = runner.case(f"service and floor {t.model.kind}", lambda t=t, arms=arms: load.interleaved(
+                arms, t, plan.concurrency, plan.wrk_seconds, plan.rounds)) or {}
+            for key, series in rows.items():
+                results.setdefault(key, []).extend(series)
+        if "dna" in models:
+            results["ism"] = runner.case("ism", lambda: load.ism(service, models["dna"], plan.ism_bases,
+                                                                 plan.ism_repeats)) or {}
+        if unbatched_up:
             for t in targets.values():
-                row = runner.case(f"batching off {t.model.kind}", lambda t=t: load.batching(
-                    unbatched, t, plan.batching_concurrency, plan.wrk_seconds, "off"))
-                results.setdefault("batching", []).extend([row] if row else [])
-        finally:
-            unbatched.stop()
-    startup["floor_rss_mb"] = results.pop("floor_rss_mb", float("nan"))
-    results["startup"] = startup
+                results.setdefault("batching", []).extend(runner.case(
+                    f"batching on/off {t.model.kind}", lambda t=t: load.batching(
+                        service, unbatched, t, plan.batching_concurrency, plan.wrk_seconds, plan.rounds)) or [])
+        startup["rss_loaded_mb"] = service.rss_mb()
+    finally:
+        for server in (floor, unbatched, service):
+            server.stop()
+        startup.setdefault("floor_rss_mb", float("nan"))
+        results["startup"] = startup
     by = {(r["model"], r["batching"]): r["rps"] for r in results.get("batching", [])}
     results["batching_ratio"] = {m.name: by[(m.name, "on")] / by[(m.name, "off")] for m in models.values()
                                  if (m.name, "on") in by and (m.name, "off") in by}

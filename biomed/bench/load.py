@@ -6,6 +6,7 @@ import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from biomed.bench import wrk
 from biomed.bench.inputs import Model, random_sequence
@@ -47,40 +48,79 @@ def overhead_ms(service_rps: float, pipeline_rps: float, floor_rps: float) -> fl
     return 1000.0 / service_rps - 1000.0 / pipeline_rps - 1000.0 / floor_rps
 
 
-def sweep(server: Server, t: Target, path: str, concurrencies: tuple[int, ...], seconds: float) -> list[dict]:
-    """wrk at each concurrency against ``path``; a short discarded run first warms the server up."""
-    url = server.url + path
-    wrk.run(url, t.script, max(concurrencies), min(seconds, 1.0), t.env)
-    rows = []
+@dataclass(frozen=True)
+class Arm:
+    """One side of a comparison: a label, the server and the endpoint wrk loads."""
+
+    label: str
+    server: Server
+    path: str
+
+
+def combine(runs: list[dict]) -> dict:
+    """Rounds of one arm as one figure: requests over seconds; the median p50/p90 and the worst p99; counts summed."""
+    statuses: dict[str, int] = {}
+    for r in runs:
+        for code, n in r["statuses"].items():
+            statuses[code] = statuses.get(code, 0) + n
+    requests, seconds = sum(r["requests"] for r in runs), sum(r["seconds"] for r in runs)
+    return {"requests": requests, "seconds": seconds, "rps": requests / seconds if seconds else float("nan"),
+            "p50_ms": statistics.median(r["p50_ms"] for r in runs),
+            "p90_ms": statistics.median(r["p90_ms"] for r in runs), "p99_ms": max(r["p99_ms"] for r in runs),
+            "statuses": statuses, "socket_errors": sum(r["socket_errors"] for r in runs),
+            "wrk_non_2xx": sum(r["wrk_non_2xx"] for r in runs), "non_2xx": sum(r["non_2xx"] for r in runs),
+            "rounds": len(runs)}
+
+
+def interleaved(arms: list[Arm], t: Target, concurrencies: tuple[int, ...], seconds: float, rounds: int,
+                measure: Callable[[Arm], dict] | None = None) -> dict[str, list[dict]]:
+    """wrk against every arm at each concurrency, the arms taking turns in ``rounds`` rounds.
+
+    On a shared machine the background load drifts over minutes; arms measured in alternation
+    see the same drift, so their ratio holds where figures taken minutes apart do not. Each
+    arm gets a short discarded warm-up run first. ``measure(arm)`` (optional) is read before and
+    after every run; its differences are summed into the row (``deltas``).
+    """
+    for arm in arms:
+        wrk.run(arm.server.url + arm.path, t.script, max(concurrencies), min(seconds, 1.0), t.env)
+    rows: dict[str, list[dict]] = {arm.label: [] for arm in arms}
     for c in concurrencies:
-        result = wrk.run(url, t.script, c, seconds, t.env)
-        rows.append({"model": t.model.name, "endpoint": path, "concurrency": c, **result.to_dict()})
+        runs: dict[str, list[dict]] = {arm.label: [] for arm in arms}
+        deltas: dict[str, dict[str, float]] = {arm.label: {} for arm in arms}
+        for r in range(rounds):
+            for arm in arms[r % len(arms):] + arms[: r % len(arms)]:  # rotate who goes first
+                before = measure(arm) if measure else {}
+                runs[arm.label].append(wrk.run(arm.server.url + arm.path, t.script, c, seconds, t.env).to_dict())
+                after = measure(arm) if measure else {}
+                for key in after:
+                    deltas[arm.label][key] = deltas[arm.label].get(key, 0.0) + after[key] - before[key]
+        for arm in arms:
+            rows[arm.label].append({"model": t.model.name, "endpoint": arm.path, "concurrency": c,
+                                    **combine(runs[arm.label]), **deltas[arm.label]})
     return rows
 
 
-def batch_rows(server: Server, model: str) -> tuple[float, float]:
-    """(inference calls, rows) so far for ``model``, from the service's biomed_batch_size histogram."""
-    def sample(suffix: str) -> float:
-        status, body = http("GET", server.url + "/metrics")
-        total = 0.0
-        for line in body.decode().splitlines():
+def batch_rows(server: Server, model: str) -> dict[str, float]:
+    """Inference calls and rows so far for ``model``, from the service's biomed_batch_size histogram."""
+    status, body = http("GET", server.url + "/metrics")
+    totals = {"inference_calls": 0.0, "inference_rows": 0.0}
+    for line in body.decode().splitlines():
+        for suffix, key in (("count", "inference_calls"), ("sum", "inference_rows")):
             if line.startswith(f"biomed_batch_size_{suffix}{{") and f'model="{model}"' in line:
-                total += float(line.rsplit(" ", 1)[1])
-        return total
-
-    return sample("count"), sample("sum")
+                totals[key] += float(line.rsplit(" ", 1)[1])
+    return totals
 
 
-def batching(server: Server, t: Target, concurrency: int, seconds: float, mode: str) -> dict:
-    """Throughput at one concurrency, with the mean rows per inference call over the run."""
-    url = server.url + t.path
-    wrk.run(url, t.script, concurrency, min(seconds, 1.0), t.env)
-    calls0, rows0 = batch_rows(server, t.model.name)
-    result = wrk.run(url, t.script, concurrency, seconds, t.env)
-    calls1, rows1 = batch_rows(server, t.model.name)
-    calls = calls1 - calls0
-    return {"model": t.model.name, "batching": mode, "concurrency": concurrency, **result.to_dict(),
-            "inference_calls": calls, "rows_per_call": (rows1 - rows0) / calls if calls else float("nan")}
+def batching(on: Server, off: Server, t: Target, concurrency: int, seconds: float, rounds: int) -> list[dict]:
+    """Throughput at one concurrency with batching on and off (two servers, interleaved), with rows per call."""
+    arms = [Arm("on", on, t.path), Arm("off", off, t.path)]
+    rows = interleaved(arms, t, (concurrency,), seconds, rounds, lambda arm: batch_rows(arm.server, t.model.name))
+    out = []
+    for arm in arms:
+        row = rows[arm.label][0]
+        calls = row["inference_calls"]
+        out.append({**row, "batching": arm.label, "rows_per_call": row["inference_rows"] / calls if calls else float("nan")})
+    return out
 
 
 def ism(server: Server, model: Model, length: int, repeats: int) -> dict:

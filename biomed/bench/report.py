@@ -71,8 +71,9 @@ def markdown(results: dict) -> str:
              f"- {m['os']}; {v}",
              f"- load average (1 min) at the start {m.get('loadavg', '–')}, at the end {results.get('loadavg_end', '–')}"
              " (other work on the machine shows up here)",
-             f"- models: {', '.join(mm['ref'] for mm in results['models'].values())}; wrk {results['settings']['wrk_seconds']} s "
-             f"per point; all figures from this one run", ""]
+             f"- models: {', '.join(mm['ref'] for mm in results['models'].values())}; each point "
+             f"{results['settings'].get('rounds', 1)} wrk runs of {results['settings']['wrk_seconds']} s, the arms of "
+             "a comparison (service and floors; batching on and off) taking turns; all figures from this one run", ""]
     sections = [
         ("Targets", "targets", [("target", "target", -1), ("goal", "goal", -1), ("measured", "measured", 2),
                                 ("met", "met", -1)]),

@@ -58,7 +58,7 @@ class Server:
         bentoml = Path(sys.executable).with_name("bentoml")
         cmd = [str(bentoml)] if bentoml.exists() else [sys.executable, "-m", "bentoml"]
         cmd += ["serve", self.target, "--host", "127.0.0.1", "--port", str(self.port)]
-        env = {**os.environ, "BENTOML_DO_NOT_TRACK": "True", **self.env}
+        env = {**os.environ, "BENTOML_DO_NOT_TRACK": "True", "BENTOML_HOME": str(self._home()), **self.env}
         self._log = self.log.open("ab")
         started = time.perf_counter()
         self._proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=self._log, stderr=subprocess.STDOUT,
@@ -75,6 +75,21 @@ class Server:
             time.sleep(0.05)
         self.stop()
         raise RuntimeError(f"{self.target} was not ready after {timeout_s:.0f} s; see {self.log}")
+
+    def _home(self) -> Path:
+        """A BENTOML_HOME of this server's own, sharing the model store.
+
+        ``bentoml serve`` empties ``$BENTOML_HOME/prometheus_multiproc_dir`` as it starts, so two
+        servers on one home lose each other's metrics (the batching case reads them).
+        """
+        from bentoml._internal.configuration.containers import BentoMLContainer
+
+        home = self.log.parent / f"home-{self.log.stem}"
+        home.mkdir(parents=True, exist_ok=True)
+        models = home / "models"
+        if not models.exists():
+            models.symlink_to(Path(BentoMLContainer.model_store_dir.get()).resolve(), target_is_directory=True)
+        return home
 
     def _children(self) -> list:
         import psutil

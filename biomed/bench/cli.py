@@ -193,6 +193,7 @@ def _efficiency(results: dict, pipeline: dict[str, dict | None]) -> list[dict]:
             continue
         ceiling = load.ceiling(p["rps"], floor["rps"])
         rows.append({"model": service["model"], "concurrency": service["concurrency"], "service_rps": service["rps"],
+                     "service_per_round": service.get("per_round", ""),
                      "p50_ms": service["p50_ms"], "p99_ms": service["p99_ms"], "pipeline_rps": p["rps"],
                      "floor_rps": floor["rps"], "floor_api_rps": api["rps"] if api else float("nan"),
                      "ceiling_rps": ceiling, "of_ceiling": service["rps"] / ceiling,

@@ -69,7 +69,8 @@ def combine(runs: list[dict]) -> dict:
             "p90_ms": statistics.median(r["p90_ms"] for r in runs), "p99_ms": max(r["p99_ms"] for r in runs),
             "statuses": statuses, "socket_errors": sum(r["socket_errors"] for r in runs),
             "wrk_non_2xx": sum(r["wrk_non_2xx"] for r in runs), "non_2xx": sum(r["non_2xx"] for r in runs),
-            "rounds": len(runs)}
+            "rounds": len(runs), "rps_rounds": [r["rps"] for r in runs],
+            "per_round": " / ".join(f"{r['rps']:.0f}" for r in runs)}  # how far the machine drifted under one point
 
 
 def interleaved(arms: list[Arm], t: Target, concurrencies: tuple[int, ...], seconds: float, rounds: int,

@@ -172,6 +172,8 @@ def test_bench_quick_end_to_end(demo_models: dict[str, str], tmp_path: Path) -> 
     assert {"runtime", "preprocess", "pipeline", "service", "floor_mounted", "floor_api", "efficiency", "batching",
             "ism", "startup", "targets"} <= set(results)
     assert {r["concurrency"] for r in results["service"]} == {1, 4}
+    assert {(r["model"], r["concurrency"]) for r in results["pipeline_rounds"]} == {
+        (m, c) for m in ("demo-image", "demo-dna") for c in (1, 4)}  # measured in the same rounds as the service
     assert all(r["non_2xx"] == 0 and r["requests"] > 0 for r in results["service"] + results["batching"])
     assert {r["batching"] for r in results["batching"]} == {"on", "off"}
     off = {r["model"]: r["rows_per_call"] for r in results["batching"] if r["batching"] == "off"}

@@ -122,7 +122,7 @@ def run(models: dict[str, Model], plan: Plan, out: Path, tensorrt: bool = False)
         pipeline = {k: runner.case(f"pipeline {k}", lambda m=m: cases.pipeline(
             m, requests[m.kind].read_bytes(), plan.pipeline_seconds)) for k, m in models.items()}
         results["pipeline"] = [p for p in pipeline.values() if p]
-        _served(runner, results, models, targets, plan, work)
+        _served(runner, results, models, targets, requests, plan, work)
         results["efficiency"] = _efficiency(results, pipeline)
     results["runtime"] = [row for m in models.values() for row in runner.case(
         f"runtime {m.kind}", lambda m=m: cases.runtime(m, plan.runtime_batches, plan.min_time_s, tensorrt)) or []]
@@ -132,8 +132,8 @@ def run(models: dict[str, Model], plan: Plan, out: Path, tensorrt: bool = False)
     return results
 
 
-def _served(runner: Runner, results: dict, models: dict[str, Model], targets: dict[str, load.Target], plan: Plan,
-            work: Path) -> None:
+def _served(runner: Runner, results: dict, models: dict[str, Model], targets: dict[str, load.Target],
+            requests: dict[str, Path], plan: Plan, work: Path) -> None:
     """Service, unbatched service and floor up together; every comparison interleaved in rounds.
 
     The service starts first on a quiet machine (its start-up is the first-start figure), the
@@ -154,8 +154,10 @@ def _served(runner: Runner, results: dict, models: dict[str, Model], targets: di
         floor_up = runner.case("floor start", floor.start) is not None
         if floor_up:
             startup["floor_rss_mb"] = floor.rss_mb()
-        for t in targets.values():
-            arms = [load.Arm("service", service, t.path)]
+        for kind, t in targets.items():
+            body = requests[kind].read_bytes()
+            arms = [load.Arm("service", service, t.path),
+                    load.Arm("pipeline_rounds", local=lambda secs, m=t.model, b=body: cases.pipeline(m, b, secs)["rps"])]
             if floor_up:
                 arms += [load.Arm("floor_mounted", floor, t.mounted), load.Arm("floor_api", floor, t.api)]
             rows = runner.case(f"service and floor {t.model.kind}", lambda t=t, arms=arms: load.interleaved(
@@ -184,9 +186,11 @@ def _served(runner: Runner, results: dict, models: dict[str, Model], targets: di
 def _efficiency(results: dict, pipeline: dict[str, dict | None]) -> list[dict]:
     """Service against the ceiling at each concurrency (the floor measured at the same concurrency)."""
     rows = []
+    key = lambda r: (r["model"], r["concurrency"])  # noqa: E731
     for service in results.get("service", []):
-        p = next((p for p in pipeline.values() if p and p["model"] == service["model"]), None)
-        key = lambda r: (r["model"], r["concurrency"])  # noqa: E731
+        # The pipeline measured in the same rounds as this point; the start-of-run figure where there is none.
+        p = {key(r): r for r in results.get("pipeline_rounds", [])}.get(key(service)) or next(
+            (p for p in pipeline.values() if p and p["model"] == service["model"]), None)
         floor = {key(r): r for r in results.get("floor_mounted", [])}.get(key(service))
         api = {key(r): r for r in results.get("floor_api", [])}.get(key(service))
         if p is None or floor is None:

@@ -50,11 +50,12 @@ def overhead_ms(service_rps: float, pipeline_rps: float, floor_rps: float) -> fl
 
 @dataclass(frozen=True)
 class Arm:
-    """One side of a comparison: a label, the server and the endpoint wrk loads."""
+    """One side of a comparison: a server and the endpoint wrk loads, or an in-process loop (the pipeline)."""
 
     label: str
-    server: Server
-    path: str
+    server: Server | None = None
+    path: str = ""
+    local: Callable[[float], float] | None = None  # seconds -> requests/s, run in this process
 
 
 def combine(runs: list[dict]) -> dict:
@@ -83,19 +84,28 @@ def interleaved(arms: list[Arm], t: Target, concurrencies: tuple[int, ...], seco
     after every run; its differences are summed into the row (``deltas``).
     """
     for arm in arms:
-        wrk.run(arm.server.url + arm.path, t.script, max(concurrencies), min(seconds, 1.0), t.env)
+        if arm.server is not None:
+            wrk.run(arm.server.url + arm.path, t.script, max(concurrencies), min(seconds, 1.0), t.env)
     rows: dict[str, list[dict]] = {arm.label: [] for arm in arms}
     for c in concurrencies:
         runs: dict[str, list[dict]] = {arm.label: [] for arm in arms}
         deltas: dict[str, dict[str, float]] = {arm.label: {} for arm in arms}
         for r in range(rounds):
             for arm in arms[r % len(arms):] + arms[: r % len(arms)]:  # rotate who goes first
+                if arm.local is not None:
+                    runs[arm.label].append({"rps": arm.local(seconds)})
+                    continue
                 before = measure(arm) if measure else {}
                 runs[arm.label].append(wrk.run(arm.server.url + arm.path, t.script, c, seconds, t.env).to_dict())
                 after = measure(arm) if measure else {}
                 for key in after:
                     deltas[arm.label][key] = deltas[arm.label].get(key, 0.0) + after[key] - before[key]
         for arm in arms:
+            if arm.local is not None:  # a rate per round (1/median request time): their median
+                rates = [r["rps"] for r in runs[arm.label]]
+                rows[arm.label].append({"model": t.model.name, "concurrency": c, "rps": statistics.median(rates),
+                                        "rps_rounds": rates, "per_round": " / ".join(f"{v:.0f}" for v in rates)})
+                continue
             rows[arm.label].append({"model": t.model.name, "endpoint": arm.path, "concurrency": c,
                                     **combine(runs[arm.label]), **deltas[arm.label]})
     return rows

@@ -59,17 +59,22 @@ class Batcher:
         self._wakeup.set()  # type: ignore[union-attr]
         return await item.future
 
-    def _take(self) -> tuple[np.ndarray, list[tuple[_Item, int, int]]]:
-        """Rows for the next call, and which slice of which item each part is."""
+    def _take(self) -> tuple[np.ndarray | None, list[tuple[_Item, int, int]]]:
+        """Rows for the next call (None when only abandoned requests were queued), and each part's slice."""
         parts, rows = [], 0
         while self._queue and rows < self.max_batch_size:
             item = self._queue[0]
+            if item.future.done():  # its request is gone (timed out, client left): nobody waits for the rest
+                self._queue.pop(0)
+                continue
             n = min(len(item.x) - item.offset, self.max_batch_size - rows)
             parts.append((item, item.offset, item.offset + n))
             item.offset += n
             rows += n
             if item.offset == len(item.x):
                 self._queue.pop(0)
+        if not parts:
+            return None, parts
         batch = parts[0][0].x[parts[0][1] : parts[0][2]] if len(parts) == 1 else np.concatenate(
             [item.x[a:b] for item, a, b in parts])
         return batch, parts
@@ -87,6 +92,8 @@ class Batcher:
                 while self.incoming > 0 and self._queued_rows() < self.max_batch_size and time.monotonic() < deadline:
                     await asyncio.sleep(0.0005)
                 batch, parts = self._take()
+                if batch is None:
+                    continue
                 started = time.perf_counter()
                 try:
                     out = await loop.run_in_executor(self._executor, self.run, batch)

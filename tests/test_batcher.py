@@ -224,3 +224,20 @@ def test_batch_waits_for_incoming_requests_up_to_the_deadline() -> None:
         b.close()
     assert 0.18 <= waited < 2.0
     assert rec.sizes == [1, 2]
+
+
+def test_rows_of_an_abandoned_request_are_not_run() -> None:
+    """A request that timed out or lost its client mid-way: its remaining chunks are dropped, the others served."""
+    rec = Recorder(delay_s=0.05)
+    b = batcher(rec, max_batch_size=8)
+
+    async def main() -> None:
+        big = asyncio.ensure_future(b.submit(rows(0, 80)))  # 10 calls of 8 rows if it ran to the end
+        await asyncio.sleep(0.08)  # the first chunk or two are in the model
+        big.cancel()
+        small = await b.submit(rows(1000, 3))
+        np.testing.assert_array_equal(small, expected(rows(1000, 3)))
+
+    run_async(main)
+    assert sum(rec.calls) <= 8 * 3 + 3, rec.calls  # at most the chunks already started, then the small request
+    b.close()

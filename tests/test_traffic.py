@@ -98,3 +98,40 @@ def test_the_service_app_uses_it_in_place_of_bentomls() -> None:
     assert TimeoutMiddleware in stack
     assert not [c for c in stack if c.__name__ == "TimeoutMiddleware" and c is not TimeoutMiddleware]
     assert Biomed.config["traffic"]["timeout"] > 0
+
+
+@pytest.fixture()
+def tight_service(demo_models: dict[str, str]):  # type: ignore[no-untyped-def]
+    """The in-process service with one request in flight at most and a 0.3 s timeout."""
+    from conftest import inprocess_client
+    from service.service import Biomed
+
+    saved = copy.deepcopy(Biomed.config)
+    Biomed.config["traffic"] = {**Biomed.config["traffic"], "max_concurrency": 1, "timeout": 0.3}
+    try:
+        yield from inprocess_client()
+    finally:
+        Biomed.config.clear()
+        Biomed.config.update(saved)
+
+
+def test_overload_answers_429_and_a_slow_request_504(tight_service) -> None:  # type: ignore[no-untyped-def]
+    import threading
+
+    long = "ACGT" * 1250  # 5,000 bases of ISM: far longer than the 0.3 s timeout on any machine here
+    first: dict = {}
+    worker = threading.Thread(target=lambda: first.update(r=tight_service.post("/explain_dna", json={"sequence": long})))
+    worker.start()
+    time.sleep(0.1)  # the ISM request holds the one slot now (it runs for seconds; the timeout ends it at 0.3 s)
+    deadline = time.monotonic() + 10
+    second = None
+    while time.monotonic() < deadline and worker.is_alive():
+        second = tight_service.post("/predict_dna", json={"sequences": ["ACGT"]})
+        if second.status_code == 429:
+            break
+        time.sleep(0.01)
+    worker.join(timeout=60)
+    assert second is not None and second.status_code == 429, "a second request while one is in flight must be refused"
+    assert first["r"].status_code == 504 and first["r"].json()["error"] == "timeout"
+    # It recovers at once: the abandoned request's remaining ISM rows are dropped, not run ahead of this one.
+    assert tight_service.post("/predict_dna", json={"sequences": ["ACGT"]}).status_code == 200

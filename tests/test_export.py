@@ -71,6 +71,7 @@ def test_metadata_validates_and_rebuilds_the_model(arch: str, exported: dict, ru
     ours = predict(rebuilt, x, doc["multilabel"], torch.device("cpu"))
     assert np.abs(ours - run_onnx(exported[arch].path, x)).max() <= 1e-5
 
+
 @pytest.mark.parametrize("arch", ["cnn", "resnet", "deepbind"])
 def test_onnxruntime_fuses_batchnorm_and_relu_into_the_convolutions(arch: str, exported: dict, tmp_path: Path) -> None:
     import onnxruntime as ort
@@ -88,7 +89,6 @@ def test_onnxruntime_fuses_batchnorm_and_relu_into_the_convolutions(arch: str, e
     assert "BatchNormalization" not in ops, ops
     if arch != "resnet":  # a residual Add sits between a ResNet block's last BatchNorm and its ReLU
         assert "Relu" not in ops and ops.count("FusedConv") == len(convs), ops
-
 
 
 @pytest.mark.parametrize(

@@ -25,7 +25,7 @@ except ImportError:  # tests/ is not a package: pytest puts it on sys.path
 SECONDS = float(os.environ.get("BIOMED_SOAK_SECONDS", "75"))
 WARMUP = float(os.environ.get("BIOMED_SOAK_WARMUP", "45"))
 # The default request timeout (60 s, longer than the warm-up): BentoML 1.4's own timeout middleware kept each
-# request's context alive that long (+14 % RSS here in this run's time); service/traffic.py must not.
+# request's context (~6 kB) alive that long (docs/reliability.md); service/traffic.py must not.
 REQUEST_TIMEOUT = "60"
 # uvicorn closes a connection idle for 5 s; a client reusing it at that moment gets a reset before its request
 # reaches the server (the classic keep-alive race; proxies must likewise idle out first). Expire sooner.

@@ -119,11 +119,12 @@ def run(models: dict[str, Model], plan: Plan, out: Path, tensorrt: bool = False)
         results["preprocess"] = runner.case("preprocessing", lambda: cases.preprocess(
             models.get("image"), requests["image"].read_bytes() if "image" in requests else b"",
             plan.encode_mb, plan.python_encode_mb, plan.min_time_s)) or []
-        pipeline = {k: runner.case(f"pipeline {k}", lambda m=m: cases.pipeline(
-            m, requests[m.kind].read_bytes(), plan.pipeline_seconds)) for k, m in models.items()}
-        results["pipeline"] = [p for p in pipeline.values() if p]
+        # A quiet-machine reference before any server starts (results.json); the ceiling uses the rounds' own.
+        reference = (runner.case(f"pipeline {m.kind}", lambda m=m: cases.pipeline(
+            m, requests[m.kind].read_bytes(), plan.pipeline_seconds)) for m in models.values())
+        results["pipeline"] = [p for p in reference if p]
         _served(runner, results, models, targets, requests, plan, work)
-        results["efficiency"] = _efficiency(results, pipeline)
+        results["efficiency"] = _efficiency(results)
     results["runtime"] = [row for m in models.values() for row in runner.case(
         f"runtime {m.kind}", lambda m=m: cases.runtime(m, plan.runtime_batches, plan.min_time_s, tensorrt)) or []]
     results["duration_s"] = round(time.perf_counter() - started, 1)
@@ -155,9 +156,9 @@ def _served(runner: Runner, results: dict, models: dict[str, Model], targets: di
         if floor_up:
             startup["floor_rss_mb"] = floor.rss_mb()
         for kind, t in targets.items():
-            body = requests[kind].read_bytes()
+            loop = cases.pipeline_runner(t.model, requests[kind].read_bytes())
             arms = [load.Arm("service", service, t.path),
-                    load.Arm("pipeline_rounds", local=lambda secs, m=t.model, b=body: cases.pipeline(m, b, secs)["rps"])]
+                    load.Arm("pipeline_rounds", local=lambda secs, loop=loop: loop(secs)["rps"])]
             if floor_up:
                 arms += [load.Arm("floor_mounted", floor, t.mounted), load.Arm("floor_api", floor, t.api)]
             rows = runner.case(f"service and floor {t.model.kind}", lambda t=t, arms=arms: load.interleaved(
@@ -183,16 +184,14 @@ def _served(runner: Runner, results: dict, models: dict[str, Model], targets: di
                                  if (m.name, "on") in by and (m.name, "off") in by}
 
 
-def _efficiency(results: dict, pipeline: dict[str, dict | None]) -> list[dict]:
-    """Service against the ceiling at each concurrency (the floor measured at the same concurrency)."""
-    rows = []
+def _efficiency(results: dict) -> list[dict]:
+    """Service against the ceiling at each concurrency (pipeline and floor measured in the same rounds)."""
     key = lambda r: (r["model"], r["concurrency"])  # noqa: E731
+    pipeline, floors, apis = ({key(r): r for r in results.get(k, [])}
+                              for k in ("pipeline_rounds", "floor_mounted", "floor_api"))
+    rows = []
     for service in results.get("service", []):
-        # The pipeline measured in the same rounds as this point; the start-of-run figure where there is none.
-        p = {key(r): r for r in results.get("pipeline_rounds", [])}.get(key(service)) or next(
-            (p for p in pipeline.values() if p and p["model"] == service["model"]), None)
-        floor = {key(r): r for r in results.get("floor_mounted", [])}.get(key(service))
-        api = {key(r): r for r in results.get("floor_api", [])}.get(key(service))
+        p, floor, api = pipeline.get(key(service)), floors.get(key(service)), apis.get(key(service))
         if p is None or floor is None:
             continue
         ceiling = load.ceiling(p["rps"], floor["rps"])

@@ -58,6 +58,11 @@ class Arm:
     local: Callable[[float], float] | None = None  # seconds -> requests/s, run in this process
 
 
+def per_round(rates: list[float]) -> dict:
+    """Each round's req/s, as numbers and as text ('566 / 611 / 590'): how far the machine drifted under one point."""
+    return {"rps_rounds": rates, "per_round": " / ".join(f"{v:.0f}" for v in rates)}
+
+
 def combine(runs: list[dict]) -> dict:
     """Rounds of one arm as one figure: requests over seconds; the median p50/p90 and the worst p99; counts summed."""
     statuses: dict[str, int] = {}
@@ -70,8 +75,7 @@ def combine(runs: list[dict]) -> dict:
             "p90_ms": statistics.median(r["p90_ms"] for r in runs), "p99_ms": max(r["p99_ms"] for r in runs),
             "statuses": statuses, "socket_errors": sum(r["socket_errors"] for r in runs),
             "wrk_non_2xx": sum(r["wrk_non_2xx"] for r in runs), "non_2xx": sum(r["non_2xx"] for r in runs),
-            "rounds": len(runs), "rps_rounds": [r["rps"] for r in runs],
-            "per_round": " / ".join(f"{r['rps']:.0f}" for r in runs)}  # how far the machine drifted under one point
+            "rounds": len(runs), **per_round([r["rps"] for r in runs])}
 
 
 def interleaved(arms: list[Arm], t: Target, concurrencies: tuple[int, ...], seconds: float, rounds: int,
@@ -104,7 +108,7 @@ def interleaved(arms: list[Arm], t: Target, concurrencies: tuple[int, ...], seco
             if arm.local is not None:  # a rate per round (1/median request time): their median
                 rates = [r["rps"] for r in runs[arm.label]]
                 rows[arm.label].append({"model": t.model.name, "concurrency": c, "rps": statistics.median(rates),
-                                        "rps_rounds": rates, "per_round": " / ".join(f"{v:.0f}" for v in rates)})
+                                        **per_round(rates)})
                 continue
             rows[arm.label].append({"model": t.model.name, "endpoint": arm.path, "concurrency": c,
                                     **combine(runs[arm.label]), **deltas[arm.label]})

@@ -1,4 +1,4 @@
-"""BentoML 1.4's request timeout, without keeping every finished request alive until it expires.
+"""BentoML 1.4's request timeout and concurrency limit, fixed: no retention, the contract's error body.
 
 BentoML's ``TimeoutMiddleware`` schedules ``loop.call_later(timeout, ...)`` per request and
 never cancels it. The timer handle holds a copy of the request's context (its tracing span
@@ -9,8 +9,12 @@ the p50 is 1 ms (docs/benchmarks.md). This one behaves the same toward clients (
 response has started within the timeout) but schedules its timer in an empty context and
 cancels it when the response starts or the request ends.
 
-``install()`` puts it in place of BentoML's before the worker builds its ASGI app (BentoML
-looks the class up when it assembles the middleware stack); the dependency pin
+BentoML's concurrency limit answers 429 with ``{"error": "Too many requests"}``, outside the
+contract's ``{"error", "detail"}`` form; ``ConcurrencyLimit`` keeps its semaphore and answers in
+that form.
+
+``install()`` puts both in place of BentoML's before the worker builds its ASGI app (BentoML
+looks the classes up when it assembles the middleware stack); the dependency pin
 (``bentoml>=1.4,<1.5``) keeps that lookup where this expects it, and a test checks it.
 """
 
@@ -20,6 +24,7 @@ import asyncio
 import contextvars
 from typing import Any, Awaitable, Callable
 
+from bentoml._internal.server.http.traffic import MaxConcurrencyMiddleware
 from starlette.responses import JSONResponse
 
 Scope = dict[str, Any]
@@ -72,8 +77,26 @@ class TimeoutMiddleware:
                 waiter.cancel()
 
 
+class ConcurrencyLimit(MaxConcurrencyMiddleware):
+    """BentoML's ``traffic.max_concurrency`` semaphore, refusing with the contract's 429 body."""
+
+    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], max_concurrency: int,
+                 skip_paths: list[str] | None = None) -> None:
+        super().__init__(app, max_concurrency, skip_paths)
+        self.max_concurrency = max_concurrency
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket") and scope["path"] not in self.skip_paths and self._semaphore.locked():
+            response = JSONResponse({"error": "too_many_requests", "detail": f"{self.max_concurrency} requests are in "
+                                     "flight in this worker (BIOMED_MAX_CONCURRENCY); retry shortly"}, status_code=429)
+            await response(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+
 def install() -> None:
-    """Make BentoML's service app use this middleware for ``traffic.timeout``."""
+    """Make BentoML's service app use these for ``traffic.timeout`` and ``traffic.max_concurrency``."""
     from bentoml._internal.server.http import traffic
 
     traffic.TimeoutMiddleware = TimeoutMiddleware  # type: ignore[misc]
+    traffic.MaxConcurrencyMiddleware = ConcurrencyLimit  # type: ignore[misc]

@@ -1,4 +1,4 @@
-"""The request timeout (service/traffic.py): 504 on time, and nothing of a finished request left on the loop."""
+"""service/traffic.py: 504 on time, nothing of a finished request left on the loop, 429 in the contract's form."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from service.traffic import TimeoutMiddleware
+from service.traffic import ConcurrencyLimit, TimeoutMiddleware
 
 
 def _request(app, timeout: float) -> tuple[list[dict], asyncio.AbstractEventLoop]:  # type: ignore[no-untyped-def]
@@ -95,8 +95,9 @@ def test_the_service_app_uses_it_in_place_of_bentomls() -> None:
     finally:
         Biomed.config.clear()
         Biomed.config.update(saved)
-    assert TimeoutMiddleware in stack
+    assert TimeoutMiddleware in stack and ConcurrencyLimit in stack
     assert not [c for c in stack if c.__name__ == "TimeoutMiddleware" and c is not TimeoutMiddleware]
+    assert not [c for c in stack if c.__name__ == "MaxConcurrencyMiddleware"]
     assert Biomed.config["traffic"]["timeout"] > 0
 
 
@@ -132,6 +133,7 @@ def test_overload_answers_429_and_a_slow_request_504(tight_service) -> None:  # 
         time.sleep(0.01)
     worker.join(timeout=60)
     assert second is not None and second.status_code == 429, "a second request while one is in flight must be refused"
+    assert second.json()["error"] == "too_many_requests" and "BIOMED_MAX_CONCURRENCY" in second.json()["detail"]
     assert first["r"].status_code == 504 and first["r"].json()["error"] == "timeout"
     # It recovers at once: the abandoned request's remaining ISM rows are dropped, not run ahead of this one.
     assert tight_service.post("/predict_dna", json={"sequences": ["ACGT"]}).status_code == 200

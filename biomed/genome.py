@@ -12,7 +12,9 @@ import io
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Iterable, Iterator
+
+from biomed.errors import MalformedInput, TooLarge
 
 ACGT = frozenset("ACGT")
 _TO_N = str.maketrans({c: "N" for c in "RYSWKMBDHVU"})
@@ -37,29 +39,65 @@ class FastaRecord:
     header: str  # the whole header line without '>'
     sequence: str  # without whitespace, case kept
     line: int  # line number of the header (1-based)
+    number: int = 1  # position of the record in its file (1-based)
 
     @property
     def id(self) -> str:
-        return (self.header.split() or [f"line{self.line}"])[0]
+        """The header's first word; ``record<N>`` when the header is empty."""
+        return (self.header.split() or [f"record{self.number}"])[0]
+
+
+class FastaError(GenomeError, MalformedInput):
+    """A FASTA text that cannot be parsed (a 400 in the service)."""
+
+
+def parse_fasta(lines: Iterable[str], source: str = "the FASTA file", max_records: int | None = None,
+                max_header: int | None = None) -> Iterator[FastaRecord]:
+    """The records of FASTA text, one at a time: the one FASTA reader of training, the CLI and the service.
+
+    Blank lines and ``;`` comments are skipped; sequence lines are joined without whitespace.
+    Counts are checked while parsing, before the next record is built.
+
+    Args:
+        lines: the text's lines (a file handle or ``io.StringIO``: read lazily).
+        source: how to name the text in an error.
+        max_records: refuse (``TooLarge``) a text with more records.
+        max_header: refuse (``TooLarge``) a header line longer than this many characters.
+
+    Raises:
+        FastaError: sequence before the first header, or no record at all.
+        TooLarge: over ``max_records`` or ``max_header``.
+    """
+    header: str | None = None
+    parts: list[str] = []
+    start = count = 0
+    for number, line in enumerate(lines, start=1):
+        line = line.strip()
+        if not line or line.startswith(";"):
+            continue
+        if line.startswith(">"):
+            if header is not None:
+                yield FastaRecord(header, "".join(parts), start, count)
+            count += 1
+            if max_records is not None and count > max_records:
+                raise TooLarge(f"{source} has more than {max_records} records; accepted: at most {max_records}")
+            if max_header is not None and len(line) - 1 > max_header:
+                raise TooLarge(f"{source}: the header on line {number} has {len(line) - 1} characters; accepted: at "
+                               f"most {max_header}")
+            header, parts, start = line[1:].strip(), [], number
+        elif header is None:
+            raise FastaError(f"{source}: line {number} has sequence before any '>' header")
+        else:
+            parts.append(line)
+    if header is None:
+        raise FastaError(f"{source} has no records ('>' header lines)")
+    yield FastaRecord(header, "".join(parts), start, count)
 
 
 def read_fasta(path: str | Path) -> list[FastaRecord]:
     """Every record of a FASTA file (plain or gzip)."""
-    records: list[tuple[str, int, list[str]]] = []
     with open_text(path) as f:
-        for number, line in enumerate(f, start=1):
-            line = line.strip()
-            if not line or line.startswith(";"):
-                continue
-            if line.startswith(">"):
-                records.append((line[1:].strip(), number, []))
-            elif not records:
-                raise GenomeError(f"{Path(path).name}: line {number} has sequence before any '>' header")
-            else:
-                records[-1][2].append(line)
-    if not records:
-        raise GenomeError(f"{Path(path).name}: no FASTA records ('>' header lines)")
-    return [FastaRecord(header, "".join(parts), number) for header, number, parts in records]
+        return list(parse_fasta(f, Path(path).name))
 
 
 class Reference:

@@ -8,15 +8,17 @@ from typing import Iterable, Iterator, Sequence, TypeVar
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from biomed.flags import parse_flag
+
 T = TypeVar("T")
 
 
 def enabled() -> bool:
     """Bars show on a terminal; ``BIOMED_PROGRESS=0`` or a non-TTY turns them off."""
-    flag = os.environ.get("BIOMED_PROGRESS")
-    if flag is not None:
-        return flag not in ("0", "false", "no")
-    return sys.stderr.isatty()
+    try:
+        return parse_flag(os.environ.get("BIOMED_PROGRESS"), sys.stderr.isatty(), "BIOMED_PROGRESS")
+    except ValueError:
+        return sys.stderr.isatty()  # a progress bar is not worth failing a run over
 
 
 def make_progress() -> Progress:

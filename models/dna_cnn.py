@@ -46,6 +46,6 @@ class DeepBind(nn.Module):
 
 
 def deepbind(num_tasks: int = 1, filters: int = 64, filter_width: int = 19, hidden: int = 0, dropout: float = 0.2,
-             batch_norm: bool = True, pool: str = "maxmean", **_: object) -> DeepBind:
+             batch_norm: bool = True, pool: str = "maxmean") -> DeepBind:
     """DeepBind-style CNN; 19-bp filters hold a whole CTCF/TP53-sized motif; linear head by default."""
     return DeepBind(num_tasks, filters, filter_width, hidden, dropout, batch_norm, pool)

@@ -30,6 +30,6 @@ class DanQ(nn.Module):
         return self.head(pooled)  # (N, tasks)
 
 
-def danq(num_tasks: int = 1, filters: int = 32, filter_width: int = 19, pool: int = 4, hidden: int = 32, dropout: float = 0.2, **_: object) -> DanQ:
+def danq(num_tasks: int = 1, filters: int = 32, filter_width: int = 19, pool: int = 4, hidden: int = 32, dropout: float = 0.2) -> DanQ:
     """DanQ-style CNN + BiLSTM, scaled down for CPU training."""
     return DanQ(num_tasks, filters, filter_width, pool, hidden, dropout)

@@ -74,11 +74,11 @@ def _residual(in_channels: int, num_classes: int, widths: tuple[int, ...], dropo
     return ImageClassifier(nn.Sequential(stem, *blocks), c, num_classes, dropout)
 
 
-def cnn(in_channels: int = 1, num_classes: int = 2, dropout: float = 0.2, **_: object) -> ImageClassifier:
+def cnn(in_channels: int = 1, num_classes: int = 2, dropout: float = 0.2) -> ImageClassifier:
     """Plain CNN: four conv/BN/ReLU/max-pool/dropout blocks (16-32-64-64 channels)."""
     return _plain(in_channels, num_classes, (16, 32, 64, 64), dropout)
 
 
-def resnet(in_channels: int = 1, num_classes: int = 2, dropout: float = 0.2, **_: object) -> ImageClassifier:
+def resnet(in_channels: int = 1, num_classes: int = 2, dropout: float = 0.2) -> ImageClassifier:
     """ResNet-style: a stem and four basic residual blocks (16-32-64-128), stride 2 after the first."""
     return _residual(in_channels, num_classes, (16, 32, 64, 128), dropout)

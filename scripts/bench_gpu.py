@@ -11,7 +11,7 @@ does), each once with host numpy arrays (the copy to and from the GPU counted in
 once with I/O binding (input and output as device OrtValues: compute only); PyTorch eager on CUDA
 beside them when torch sees a GPU; TensorRT fp16 with ``--tensorrt``. Samples/s are set against
 the ceiling ``peak FLOP/s / FLOPs per sample`` (FLOPs counted from the ONNX graph, peak from
-``biomed.bench.flops.GPU_PEAKS`` for the GPU nvidia-smi names, or ``--gpu NAME``).
+``bench.flops.GPU_PEAKS`` for the GPU nvidia-smi names, or ``--gpu NAME``).
 
 Without a GPU, ``--dry-run`` runs the same code on the CPU provider with tiny timings (``--gpu``
 still picks the peaks the ceiling column uses), which is what CI and ``--help`` check.
@@ -35,7 +35,7 @@ import onnxruntime as ort
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from biomed import metadata  # noqa: E402
-from biomed.bench.flops import count_flops, peak_for  # noqa: E402
+from bench.flops import count_flops, peak_for  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

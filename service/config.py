@@ -1,15 +1,17 @@
-"""Service settings, read from the environment once at start-up into a frozen dataclass."""
+"""Service settings, read from the environment into a frozen dataclass.
+
+``ServiceConfig.from_env()`` is the only reader of ``BIOMED_*`` variables in the server: the
+engine reads it once at start-up and hands it to everything else.
+"""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import Mapping
 
-DEFAULT_MODELS = ("demo-image", "demo-dna")
-
-
-def _flag(value: str | None) -> bool:
-    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+from biomed.flags import parse_flag
+from biomed.store import DEMO_MODELS
 
 
 def _list(value: str | None, default: tuple[str, ...]) -> tuple[str, ...]:
@@ -19,9 +21,9 @@ def _list(value: str | None, default: tuple[str, ...]) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class ServiceConfig:
-    """Everything the service reads from its environment (documented in the README)."""
+    """Everything the service reads from its environment (documented in docs/api.md)."""
 
-    models: tuple[str, ...] = DEFAULT_MODELS
+    models: tuple[str, ...] = DEMO_MODELS
     providers: tuple[str, ...] = ("cuda", "cpu")  # preference order; "tensorrt" is opt-in
     require_gpu: bool = False
     gpu_mem_limit_mb: int = 0  # 0: no cap
@@ -40,9 +42,17 @@ class ServiceConfig:
     intra_op_threads: int = 0  # 0: onnxruntime's default (all cores)
     preprocess_threads: int = 4
     cors_origins: tuple[str, ...] = ()  # CORS is off unless origins are named
+    workers: int = 1  # BentoML worker processes
+    request_timeout_s: float = 60.0  # 504 when no response has started by then
+    max_concurrency: int = 256  # requests in flight per worker; 429 past it
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> "ServiceConfig":
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "ServiceConfig":
+        """Read every ``BIOMED_*`` setting (``env`` defaults to ``os.environ``).
+
+        Raises:
+            ValueError: naming the variable whose value is not a number or not a flag.
+        """
         e = os.environ if env is None else env
 
         def num(name: str, default: float, kind: type = int) -> float:
@@ -55,9 +65,9 @@ class ServiceConfig:
                 raise ValueError(f"{name}={raw!r} is not a number") from None
 
         return cls(
-            models=_list(e.get("BIOMED_MODELS"), DEFAULT_MODELS),
+            models=_list(e.get("BIOMED_MODELS"), DEMO_MODELS),
             providers=tuple(p.lower() for p in _list(e.get("BIOMED_PROVIDERS"), ("cuda", "cpu"))),
-            require_gpu=_flag(e.get("BIOMED_REQUIRE_GPU")),
+            require_gpu=parse_flag(e.get("BIOMED_REQUIRE_GPU"), False, "BIOMED_REQUIRE_GPU"),
             gpu_mem_limit_mb=int(num("BIOMED_GPU_MEM_LIMIT_MB", 0)),
             trt_cache_dir=e.get("BIOMED_TRT_CACHE_DIR", "/tmp/biomed-trt"),
             api_token=e.get("BIOMED_API_TOKEN", ""),
@@ -74,4 +84,7 @@ class ServiceConfig:
             intra_op_threads=int(num("BIOMED_INTRA_OP_THREADS", 0)),
             preprocess_threads=int(num("BIOMED_PREPROCESS_THREADS", 4)),
             cors_origins=_list(e.get("BIOMED_CORS_ORIGINS"), ()),
+            workers=int(num("BIOMED_WORKERS", 1)),
+            request_timeout_s=float(num("BIOMED_REQUEST_TIMEOUT_S", 60.0, float)),
+            max_concurrency=int(num("BIOMED_MAX_CONCURRENCY", 256)),
         )

@@ -1,4 +1,4 @@
-"""The service's Prometheus metrics (CONTRACT.md), safe under BentoML's multi-worker mode.
+"""The service's Prometheus metrics (docs/api.md), safe under BentoML's multi-worker mode.
 
 prometheus_client is imported on first use, inside the worker, after BentoML has
 set ``PROMETHEUS_MULTIPROC_DIR``; otherwise the values would never reach ``/metrics``.
@@ -35,7 +35,7 @@ def metrics() -> Metrics:
                                     buckets=LATENCY_BUCKETS),
         batch_size=Histogram("biomed_batch_size", "rows per inference call (adaptive batching)", ["model"],
                              buckets=BATCH_BUCKETS),
-        predictions=Counter("biomed_predictions_total", "predictions returned, by top label", ["model", "label"]),
+        predictions=Counter("biomed_predictions_total", "predictions returned: the top label per image frame; each task with p >= 0.5 (or none) per DNA sequence", ["model", "label"]),
         rejected=Counter("biomed_rejected_requests_total", "requests refused with a 4xx", ["endpoint", "reason"]),
         preprocess_seconds=Histogram("biomed_preprocess_seconds", "decode and preprocessing time per request", ["kind"],
                                      buckets=LATENCY_BUCKETS),

@@ -1,4 +1,4 @@
-"""Models at run time: onnxruntime sessions with the provider actually in use, and their batchers."""
+"""Models at run time: onnxruntime sessions with the provider actually in use (kind-agnostic)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,6 @@ import numpy as np
 import onnxruntime as ort
 
 from biomed import metadata
-from biomed.preprocess.image import ImageSpec
-from service.batcher import Batcher
 from service.config import ServiceConfig
 
 log = logging.getLogger("biomed.service")
@@ -95,7 +93,7 @@ def make_session(path: Path, config: ServiceConfig) -> tuple[ort.InferenceSessio
 
 @dataclass
 class LoadedModel:
-    """One served model: its metadata document, session, provider and batcher."""
+    """One served model: its metadata document, session and provider."""
 
     name: str
     version: str
@@ -104,7 +102,6 @@ class LoadedModel:
     sha256: str
     session: ort.InferenceSession
     provider: str
-    batcher: Batcher = field(init=False)
     input_name: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -117,10 +114,6 @@ class LoadedModel:
     @property
     def labels(self) -> list[str]:
         return self.doc["labels"]
-
-    @property
-    def image_spec(self) -> ImageSpec:
-        return ImageSpec.from_dict(self.doc["preprocess"])
 
     def run(self, x: np.ndarray) -> np.ndarray:
         """One synchronous inference call (the batcher's worker thread)."""

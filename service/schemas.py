@@ -101,3 +101,7 @@ class ExplainResponse(BaseModel):
     probability: float
     scores: list[list[float]]
     importance: list[float]
+
+
+class ModelsResponse(BaseModel):
+    models: list[dict] = Field(description="one entry per loaded model (see docs/api.md)")

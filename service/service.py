@@ -1,11 +1,10 @@
 """The BentoML service: ``bentoml serve service.service:Biomed`` (what ``biomed serve`` runs).
 
-One class-based service per worker process. At start-up it loads every model in
-``BIOMED_MODELS`` from the model store, builds preprocessing from each model's
-``biomed`` metadata, creates one onnxruntime session per model (TensorRT/CUDA/CPU
-as configured, the provider in use read back), warms each up, and only then
-reports ready. Requests are batched across concurrent callers inside the worker
-(``service/batcher.py``); decoding runs in a thread pool beside inference.
+One class-based service per worker process. At start-up it reads the settings once
+(``ServiceConfig.from_env()``), loads every model in ``BIOMED_MODELS`` from the model
+store, creates one onnxruntime session per model (TensorRT/CUDA/CPU as configured, the
+provider in use read back) and a handler for its kind (``service/handlers/``), warms
+each up, and only then reports ready. The routes come from ``service/routes.py``.
 """
 
 from __future__ import annotations
@@ -21,10 +20,12 @@ import bentoml
 from service import traffic
 from service.config import ServiceConfig
 from service.guard import Guard
-from service.http import build_app
+from service.app import build_app
 from service.runtime import StartupError
 
 log = logging.getLogger("biomed.service")
+# BentoML's own options (workers, timeout, concurrency) are fixed when the class is decorated, at import.
+_BENTOML = ServiceConfig.from_env()
 traffic.install()  # BentoML's request timeout without its retention of every request (service/traffic.py)
 
 
@@ -58,9 +59,8 @@ def _fail_fast(err: Exception) -> None:
 
 @bentoml.service(
     name="biomed-serve",
-    workers=int(os.environ.get("BIOMED_WORKERS", "1")),
-    traffic={"timeout": float(os.environ.get("BIOMED_REQUEST_TIMEOUT_S", "60")),
-             "max_concurrency": int(os.environ.get("BIOMED_MAX_CONCURRENCY", "256"))},
+    workers=_BENTOML.workers,
+    traffic={"timeout": _BENTOML.request_timeout_s, "max_concurrency": _BENTOML.max_concurrency},
     http={"cors": {"enabled": False}},
     endpoints={"livez": "/livez", "readyz": "/readyz"},
     metrics={"enabled": True, "namespace": "bentoml_service"},
@@ -68,7 +68,7 @@ def _fail_fast(err: Exception) -> None:
 )
 @bentoml.asgi_app(build_app(), path="/")
 class Biomed:
-    """Loads the configured models once per worker; the HTTP routes live in ``service/http.py``."""
+    """Loads the configured models once per worker; the HTTP routes live in ``service/routes.py``."""
 
     def __init__(self) -> None:
         from service import engine

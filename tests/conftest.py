@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-# The contract's custom metrics and their labels (CONTRACT.md, "Metrics").
+# The contract's custom metrics and their labels (docs/api.md, "Metrics").
 METRIC_LABELS = {
     "biomed_inference_seconds": {"model", "provider"},
     "biomed_batch_size": {"model"},
@@ -58,7 +58,7 @@ def demo_models(demo_workdir: Path) -> dict[str, str]:
 
     Accuracy is not the point here (see the slow demo-model test); the pipeline is.
     """
-    from biomed.demo.build import build_demo_models
+    from training.demo.build import build_demo_models
     from biomed.store import resolve
 
     build_demo_models(demo_workdir, force=False, quick=True)

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from biomed.bench import load, wrk
-from biomed.bench.flops import count_flops, peak_for
-from biomed.bench.report import table
+from bench import load, wrk
+from bench.flops import count_flops, peak_for
+from bench.report import table
 from tests.tools import REPO, require_tool
 
 WRK_OUTPUT = """\

@@ -1,4 +1,5 @@
-"""`bentoml build` from source: the bento holds the serving code and dependencies only (no torch)."""
+"""`bentoml build` from source: the bento holds the serving code and dependencies only (no torch, CLI, training,
+demo or benchmark code)."""
 
 from __future__ import annotations
 
@@ -32,7 +33,10 @@ def test_bentoml_build_makes_a_torch_free_non_root_bento(demo_models: dict) -> N
     assert "torch" not in dockerfile.lower()
     src = bento / "src"
     assert (src / "service" / "service.py").exists() and (src / "biomed" / "preprocess" / "dicom.py").exists()
-    assert not (src / "models").exists() and not (src / "training").exists()
+    shipped = sorted(str(p.relative_to(src)) for p in src.rglob("*.py"))
+    assert all(p.startswith(("service/", "biomed/")) for p in shipped), shipped
+    assert not [p for p in shipped if p.startswith(("biomed/cli/", "biomed/demo/", "biomed/bench/"))], shipped
+    assert not (src / "models").exists() and not (src / "training").exists() and not (src / "bench").exists()
     assert not list(src.rglob("*.onnx"))
     bento_yaml = (bento / "bento.yaml").read_text()
     assert "demo-image" in bento_yaml and "demo-dna" in bento_yaml

@@ -49,7 +49,7 @@ CRD_REQUIRED = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"): ("selector", "endpoints"),
     ("kubeflow.org/v1", "PyTorchJob"): ("pytorchReplicaSpecs",),
 }
-# Every metric name a rule, panel or adapter rule may use: the service's (CONTRACT.md plus
+# Every metric name a rule, panel or adapter rule may use: the service's (docs/api.md plus
 # the proposed biomed_gpu_required), BentoML 1.4's own, and kube-state-metrics'.
 HISTOGRAMS = {
     "biomed_inference_seconds", "biomed_batch_size", "biomed_preprocess_seconds",

@@ -1,4 +1,4 @@
-"""biomed.demo.dicom_demo: deterministic, balanced, readable synthetic DICOM."""
+"""training.demo.dicom_demo: deterministic, balanced, readable synthetic DICOM."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from biomed.demo.dicom_demo import generate_images
+from training.demo.dicom_demo import generate_images
 from biomed.preprocess.image import ImageSpec, load_image_file
 
 CLASSES = ("normal", "nodule", "cavity")

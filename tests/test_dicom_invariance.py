@@ -33,7 +33,7 @@ def client(demo_models: dict[str, str]):  # type: ignore[no-untyped-def]
 @pytest.fixture(scope="module")
 def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A MONOCHROME2 demo CT slice (16-bit, slope 1, intercept -1024, a lung window), explicit little endian."""
-    from biomed.demo.dicom_demo import generate_images
+    from training.demo.dicom_demo import generate_images
 
     folder = generate_images(tmp_path_factory.mktemp("inv"), n=12, seed=11)
     for path in sorted(folder.rglob("*.dcm")):

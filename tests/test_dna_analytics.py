@@ -32,7 +32,7 @@ COMP = str.maketrans("ACGT", "TGCA")
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    from biomed.demo.dna_demo import generate_dna
+    from training.demo.dna_demo import generate_dna
     from models import DEFAULT_ARCH
     from training.config import TrainConfig
     from training.export import export_run

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from biomed.demo.dna_demo import background, generate_dna
+from training.demo.dna_demo import background, generate_dna
 from biomed.jaspar import find_motif
 from biomed.preprocess.dna import encode, reverse_complement
 

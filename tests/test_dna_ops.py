@@ -1,4 +1,4 @@
-"""service.dna with a fake numpy model: tiling, strands, variant windows, variant effects and ISM."""
+"""biomed.dna_ops with a fake numpy model: tiling, strands, variant windows, variant effects and ISM."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import pytest
 
 from biomed.errors import InputError
 from biomed.preprocess import dna
-from service import dna as dna_ops
+from biomed import dna_ops
 
 L, STRIDE = 40, 20
-PARAMS = dna_ops.DnaParams(L, STRIDE)
+PARAMS = dna_ops.DnaSpec(L, STRIDE)
 LABELS = ["a_rich", "gata", "left_g"]
 MOTIF = "GATA"  # reverse complement TATC: the fake model sees one strand only
 _MOTIF = dna.encode(MOTIF)
@@ -192,7 +192,7 @@ def test_a_variant_scores_the_same_given_on_either_strand() -> None:
     """An even model length has no centre base: both middle placements are scored and averaged."""
     assert dna_ops.variant_offsets(L) == [L // 2 - 1, L // 2] and dna_ops.variant_offsets(41) == [20]
     seq = random_seq(90, seed=5)
-    params = dna_ops.DnaParams(L, L // 2)
+    params = dna_ops.DnaSpec(L, L // 2)
     comp = str.maketrans("ACGT", "TGCA")
     for position in (0, 7, 44, 89):
         ref = seq[position]

@@ -19,8 +19,8 @@ from training.train import fit
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from biomed.demo.dicom_demo import generate_images
-    from biomed.demo.dna_demo import generate_dna
+    from training.demo.dicom_demo import generate_images
+    from training.demo.dna_demo import generate_dna
 
     root = tmp_path_factory.mktemp("export-data")
     return {"image": generate_images(root / "img", n=45, seed=5), "dna": generate_dna(root / "dna", n=200, seed=5, length=100)}
@@ -131,3 +131,73 @@ def test_parity_failure_stops_the_export(runs: dict[str, Path]) -> None:
         model.conv.weight.add_(0.5)  # the graph no longer matches the model
     with pytest.raises(ExportError, match="differs from PyTorch"):
         check_parity(proto, model, x, True)
+
+
+@pytest.mark.parametrize("arch", ["cnn", "resnet", "deepbind", "danq"])
+def test_new_runs_save_only_their_kinds_output_size(arch: str, exported: dict, runs: dict[str, Path]) -> None:
+    from models import OUTPUT_ARG
+
+    doc = exported[arch].doc
+    own = OUTPUT_ARG[doc["kind"]]
+    kwargs = doc["architecture"]["kwargs"]
+    assert kwargs[own] == len(doc["labels"]) and set(OUTPUT_ARG.values()) & set(kwargs) == {own}
+    assert load_run_model(runs[arch])[1]["model_kwargs"] == kwargs
+
+
+def _with_kwargs(path: Path, out: Path, kwargs: dict) -> Path:
+    """A copy of an exported file whose metadata names other builder arguments."""
+    from training.export import embed
+
+    proto = onnx.load(str(path))
+    doc = metadata.read(path)
+    doc["architecture"]["kwargs"] = kwargs
+    embed(proto, doc)
+    onnx.save(proto, str(out))
+    return out
+
+
+@pytest.mark.parametrize("arch", ["cnn", "resnet", "deepbind", "danq"])
+def test_legacy_onnx_metadata_with_both_output_names_still_rebuilds(arch: str, exported: dict, runs: dict[str, Path],
+                                                                    tmp_path: Path) -> None:
+    n = len(exported[arch].doc["labels"])
+    legacy = {**exported[arch].doc["architecture"]["kwargs"], "num_classes": n, "num_tasks": n}  # as exports used to be
+    path = _with_kwargs(exported[arch].path, tmp_path / "legacy.onnx", legacy)
+    assert metadata.read(path)["architecture"]["kwargs"] == legacy
+    x = np.load(runs[arch] / "heldout.npz")["x"]
+    ours = predict(rebuild_from_onnx(path), x, exported[arch].doc["multilabel"], torch.device("cpu"))
+    assert np.abs(ours - run_onnx(path, x)).max() <= 1e-5
+    broken = _with_kwargs(exported[arch].path, tmp_path / "broken.onnx", {**legacy, "dropuot": 0.1})
+    with pytest.raises(TypeError, match="'dropuot'"):
+        rebuild_from_onnx(broken)
+
+
+def _legacy_preprocess(config: TrainConfig, x: np.ndarray) -> dict:
+    """The block as build_metadata wrote it before it used the core specs."""
+    if config.kind == "image":
+        return {"type": "image", "size": list(config.image_size), "channels": int(x.shape[1]),
+                "window": list(config.window) if config.window else None, "interpolation": "bilinear"}
+    length = int(x.shape[1])
+    return {"type": "dna", "alphabet": "ACGTN", "length": length, "stride": config.stride or max(1, length // 2),
+            "reverse_complement": True, "padding": "N, centred"}
+
+
+@pytest.mark.parametrize(("config", "shape"), [
+    (TrainConfig(kind="image", data="d", out="o", arch="cnn"), (4, 1, 64, 64)),
+    (TrainConfig(kind="image", data="d", out="o", arch="resnet", image_size=(48, 32), window=(-600.0, 1500.0)), (4, 1, 48, 32)),
+    (TrainConfig(kind="image", data="d", out="o", arch="cnn", image_size=(32, 32)), (4, 3, 32, 32)),
+    (TrainConfig(kind="dna", data="d.csv", out="o", arch="deepbind"), (4, 101)),
+    (TrainConfig(kind="dna", data="d.fa", out="o", arch="danq", stride=25), (4, 200)),
+    (TrainConfig(kind="dna", data="d.bed", out="o", arch="deepbind"), (4, 1)),
+])
+def test_preprocess_block_is_the_same_document_as_before(config: TrainConfig, shape: tuple[int, ...]) -> None:
+    from training.export import build_metadata
+
+    x = np.zeros(shape, dtype=np.uint8 if config.kind == "dna" else np.float32)
+    best = {"config": json.loads(config.to_json()), "labels": ["a", "b"], "multilabel": config.kind == "dna",
+            "model_kwargs": {"num_tasks" if config.kind == "dna" else "num_classes": 2}}
+    summary = {"epochs_run": 1, "best_epoch": 1, "split": {"train": 2, "val": 1, "test": 1}, "test": {"auroc": {}},
+               "baseline": {}}
+    doc = build_metadata("m", "1", best, summary, x, {})  # validates against the schema
+    expected = _legacy_preprocess(config, x)
+    assert json.dumps(doc["preprocess"]) == json.dumps(expected)  # keys, order, values and types
+    assert doc["input"]["shape"] == ["batch", *shape[1:]]

@@ -71,10 +71,16 @@ def _fuzz(operation, mode: GenerationMode, statuses: Counter) -> int:  # type: i
 
 
 def test_every_operation_survives_fuzzing(schema) -> None:  # type: ignore[no-untyped-def]
+    from service.routes import ROUTES
+
     operations = [result.ok() for result in schema.get_all_operations()]
     labels = {op.label for op in operations}
-    assert labels == {"POST /predict_image", "POST /predict_dna", "POST /predict_fasta", "POST /score_variants",
-                      "POST /explain_dna", "GET /models"}
+    # The document is the route table (schemathesis leaves out the path it loaded the document from).
+    assert labels | {"GET /openapi.json"} == {f"{r.method} {r.path}" for r in ROUTES}
+    assert {"POST /predict_image", "POST /predict_dna", "POST /predict_fasta", "POST /score_variants",
+            "POST /explain_dna", "GET /models"} <= labels
+    ours = {f"{r.method} {r.path}" for r in ROUTES if r.endpoint is not None}  # BentoML's probes are not fuzzed
+    operations = [op for op in operations if op.label in ours]
     statuses: Counter = Counter()
     per_operation = {}
     for op in operations:

@@ -1,6 +1,6 @@
 """The service in-process: BentoML's ``to_asgi()`` app under Starlette's TestClient, with the demo models.
 
-Every endpoint, every error class of CONTRACT.md, the metrics, patient data kept out of the logs,
+Every endpoint, every error class of docs/api.md, the metrics, patient data kept out of the logs,
 no torch in the serving process, and parity with training-side PyTorch on the held-out demo data.
 The auth and tiny-limit variants need a service started with other settings: test_service_auth.py.
 """
@@ -479,7 +479,7 @@ def test_metrics_after_traffic(client, models) -> None:  # type: ignore[no-untyp
 
 
 def test_service_imports_without_torch() -> None:
-    code = ("import service.service, service.engine, service.runtime, service.http, service.dna, sys; "
+    code = ("import service.service, service.engine, service.runtime, service.app, service.handlers, biomed.dna_ops, sys; "
             "bad = sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')); "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=120)

@@ -21,14 +21,14 @@ BIOMED = [sys.executable, "-m", "biomed.cli"]
 
 @pytest.fixture(scope="module")
 def dna_table(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from biomed.demo.dna_demo import generate_dna
+    from training.demo.dna_demo import generate_dna
 
     return generate_dna(tmp_path_factory.mktemp("dna"), n=400, seed=3, length=120)
 
 
 @pytest.fixture(scope="module")
 def image_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from biomed.demo.dicom_demo import generate_images
+    from training.demo.dicom_demo import generate_images
 
     return generate_images(tmp_path_factory.mktemp("img"), n=60, seed=3)
 
@@ -115,6 +115,15 @@ def test_tiny_dna_run_writes_metrics_plots_and_checkpoints(dna_table: Path, tmp_
 def test_config_round_trips_through_json() -> None:
     config = TrainConfig(kind="image", data="d", out="o", arch="resnet", window=(40.0, 400.0), image_size=(48, 32))
     assert TrainConfig.from_dict(json.loads(config.to_json())) == config
+
+
+def test_config_with_launch_block_round_trips() -> None:
+    """config.json carries how the run was launched; loading it back (as --resume does) ignores that key."""
+    config = TrainConfig(kind="dna", data="d.csv", out="o", arch="deepbind", stride=50)
+    launch = {"world_size": 2, "backend": "gloo", "device": "cpu"}
+    saved = json.loads(config.to_json(launch=launch))
+    assert saved["launch"] == launch and "launch" not in json.loads(config.to_json())
+    assert TrainConfig.from_dict(saved) == config
 
 
 def test_cli_help_for_every_command() -> None:

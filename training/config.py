@@ -34,12 +34,17 @@ class TrainConfig:
     workers: int = 0
     reference: str | None = None  # reference FASTA for BED training data
 
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True)
+    def to_json(self, launch: dict[str, Any] | None = None) -> str:
+        """The fields as JSON; ``launch`` (how the run was started: world size, backend, device) is
+        added under its own key for ``config.json``. ``from_dict`` ignores it, so ``--resume`` still loads such a file."""
+        data = asdict(self)
+        if launch is not None:
+            data["launch"] = launch
+        return json.dumps(data, indent=2, sort_keys=True)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
-        """Rebuild from ``asdict`` output (JSON turns tuples into lists)."""
+        """Rebuild from ``asdict`` output (JSON turns tuples into lists); unknown keys (``launch``) are ignored."""
         data = dict(data)
         data["image_size"] = tuple(data.get("image_size", (64, 64)))
         if data.get("window") is not None:

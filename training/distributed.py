@@ -14,11 +14,16 @@ class Context:
     rank: int
     world: int
     device: torch.device
+    backend: str | None = None  # the process group's (gloo, nccl); None for a single process
 
     @property
     def main(self) -> bool:
         """Only rank 0 writes checkpoints, plots and exports."""
         return self.rank == 0
+
+    def launch(self) -> dict:
+        """How the run was launched, for ``config.json`` and ``metrics.json``: world size, backend, device type."""
+        return {"world_size": self.world, "backend": self.backend, "device": self.device.type}
 
 
 def setup() -> Context:
@@ -33,7 +38,8 @@ def setup() -> Context:
         device = torch.device("cpu")
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Context(rank, world, device)
+    backend = str(dist.get_backend()) if world > 1 and dist.is_initialized() else None
+    return Context(rank, world, device, backend)
 
 
 def mean_across(value: float, ctx: Context) -> float:

@@ -10,7 +10,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-_COMPLEMENT = torch.tensor([3, 2, 1, 0, 4], dtype=torch.uint8)
+from biomed.preprocess import dna
+
+_COMPLEMENT = torch.from_numpy(dna.COMPLEMENT)  # the serving side's table (biomed.preprocess.dna)
 
 
 def augment_images(x: torch.Tensor, max_shift: int = 4, jitter: float = 0.05) -> torch.Tensor:

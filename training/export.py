@@ -27,7 +27,9 @@ from torch import nn
 
 import biomed
 from biomed import metadata
-from models import build_model
+from biomed.preprocess.dna import DnaSpec
+from biomed.preprocess.image import ImageSpec
+from models import build_model, saved_kwargs
 from training import checkpoint, metrics
 from training.config import TrainConfig
 from training.engine import predict
@@ -71,7 +73,7 @@ def load_run_model(run: Path) -> tuple[nn.Module, dict]:
         raise FileNotFoundError(f"{run} has no {checkpoint.BEST}; train first with `biomed train`")
     best = checkpoint.load(run / checkpoint.BEST)
     config = TrainConfig.from_dict(best["config"])
-    model = build_model(config.kind, config.arch, **best["model_kwargs"])
+    model = build_model(config.kind, config.arch, **saved_kwargs(config.kind, best["model_kwargs"]))
     model.load_state_dict(best["model"])
     return model.eval(), best
 
@@ -167,24 +169,31 @@ def code_version() -> str:
     return f"{biomed.__version__}+{sha}" if sha else biomed.__version__
 
 
+def _image_spec(config: TrainConfig, x: np.ndarray) -> ImageSpec:
+    """The image preprocessing of a run: its size and window; channels from the held-out (N, C, H, W) inputs."""
+    return ImageSpec(size=tuple(config.image_size), channels=int(x.shape[1]), window=config.window)
+
+
+def _dna_spec(config: TrainConfig, x: np.ndarray) -> DnaSpec:
+    """The DNA preprocessing of a run: the model's length from the held-out (N, L) codes, stride default half of it."""
+    length = int(x.shape[1])
+    return DnaSpec(length, config.stride or max(1, length // 2))
+
+
+# The metadata's ``preprocess`` block per kind: the core spec the server rebuilds its preprocessing from.
+PREPROCESS_SPECS = {"image": _image_spec, "dna": _dna_spec}
+
+
 def build_metadata(name: str, version: str, best: dict, summary: dict, x: np.ndarray, export_info: dict) -> dict:
-    """The ``biomed`` document of CONTRACT.md, from the checkpoint and the run's metrics."""
+    """The ``biomed`` document (docs/api.md, "The model artifact"), from the checkpoint and the run's metrics."""
     config = TrainConfig.from_dict(best["config"])
-    if config.kind == "image":
-        preprocess = {"type": "image", "size": list(config.image_size), "channels": int(x.shape[1]),
-                      "window": list(config.window) if config.window else None, "interpolation": "bilinear"}
-        shape: list = ["batch", *map(int, x.shape[1:])]
-    else:
-        length = int(x.shape[1])
-        preprocess = {"type": "dna", "alphabet": "ACGTN", "length": length, "stride": config.stride or max(1, length // 2),
-                      "reverse_complement": True, "padding": "N, centred"}
-        shape = ["batch", length]
+    spec = PREPROCESS_SPECS[config.kind](config, x)
     doc = {
         "schema": metadata.SCHEMA_VERSION, "name": name, "version": version, "kind": config.kind,
         "labels": list(best["labels"]), "multilabel": bool(best["multilabel"]),
-        "input": {"name": INPUT_NAME, "shape": shape, "dtype": str(x.dtype)},
+        "input": {"name": INPUT_NAME, "shape": ["batch", *map(int, x.shape[1:])], "dtype": str(x.dtype)},
         "output": {"name": OUTPUT_NAME, "activation": "sigmoid" if best["multilabel"] else "softmax"},
-        "preprocess": preprocess,
+        "preprocess": spec.to_dict(),
         "architecture": {"arch": config.arch, "kwargs": best["model_kwargs"]},
         "training": {"data": Path(config.data).name, "epochs": summary["epochs_run"], "best_epoch": summary["best_epoch"],
                      "seed": config.seed, "split": summary["split"], "metrics": summary["test"],
@@ -220,7 +229,7 @@ def rebuild_from_onnx(path: str | Path) -> nn.Module:
     from onnx import numpy_helper
 
     doc = metadata.read(path)
-    model = build_model(doc["kind"], doc["architecture"]["arch"], **doc["architecture"]["kwargs"])
+    model = build_model(doc["kind"], doc["architecture"]["arch"], **saved_kwargs(doc["kind"], doc["architecture"]["kwargs"]))
     proto = onnx.load(str(path))
     weights = {i.name.removeprefix("model."): torch.from_numpy(numpy_helper.to_array(i).copy())
                for i in proto.graph.initializer if i.name.startswith("model.")}

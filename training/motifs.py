@@ -20,7 +20,7 @@ from torch import nn
 
 from biomed import jaspar
 from training.config import TrainConfig
-from training.data import load_dna_table
+from training.data import load_dna
 
 PSEUDOCOUNT = 0.5  # per base and column, added to the site counts
 MIN_COLUMN_BITS = 0.3  # flanking columns below this information content are trimmed
@@ -124,11 +124,15 @@ def filter_pwms(
 
 
 def training_codes(run: Path) -> np.ndarray:
-    """(N, L) uint8 codes of the run's TRAINING split: its data table and saved ``split.json``."""
+    """(N, L) uint8 codes of the run's TRAINING split: its data and saved ``split.json``.
+
+    The data is read as training read it (``training.data.load_dna``, by suffix): a CSV table,
+    a FASTA with header labels, or a BED with the run's ``--reference``.
+    """
     config = TrainConfig.load(run)
     if config.kind != "dna":
         raise ValueError(f"{run}: motifs need a DNA run; this one is {config.kind!r}")
-    data = load_dna_table(config.data)
+    data = load_dna(config.data, config.reference)
     split = json.loads((run / "split.json").read_text())
     return data.x[np.asarray(split["train"], dtype=np.int64)]
 

@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from biomed.preprocess.image import ImageSpec
 from biomed.progress import make_progress
-from models import build_model
+from models import OUTPUT_ARG, build_model, saved_kwargs
 from training import checkpoint, distributed, metrics, plots
 from training.config import TrainConfig
 from training.data import Dataset, load_dna, load_images, split_indices
@@ -41,9 +41,12 @@ def load_data(config: TrainConfig) -> Dataset:
 
 
 def model_kwargs(config: TrainConfig, data: Dataset) -> dict:
-    """Builder arguments, saved with the weights so the model can be rebuilt."""
-    n = len(data.labels)
-    return {"num_classes": n, "num_tasks": n, "dropout": config.dropout, **config.model_kwargs}
+    """Builder arguments, saved with the weights so the model can be rebuilt.
+
+    The output size goes under the kind's own name (image: ``num_classes``, DNA: ``num_tasks``);
+    builders reject arguments they do not take.
+    """
+    return {OUTPUT_ARG[config.kind]: len(data.labels), "dropout": config.dropout, **config.model_kwargs}
 
 
 def make_loader(data: Dataset, config: TrainConfig, ctx: distributed.Context) -> tuple[DataLoader, DistributedSampler]:
@@ -84,7 +87,7 @@ def _fit(config: TrainConfig, ctx: distributed.Context, resume: bool) -> dict:
     model: nn.Module = build_model(config.kind, config.arch, **kwargs).to(ctx.device)
     if ctx.main:
         run.mkdir(parents=True, exist_ok=True)
-        (run / "config.json").write_text(config.to_json())
+        (run / "config.json").write_text(config.to_json(launch=ctx.launch()))
         _save_split(run, data, split)
     if ctx.world > 1:
         model = DistributedDataParallel(model)
@@ -98,7 +101,7 @@ def _fit(config: TrainConfig, ctx: distributed.Context, resume: bool) -> dict:
     _epochs(config, ctx, model, optimizer, scheduler, train, val, loop, meta)
     if not ctx.main:
         return {}
-    return _report(config, run, data, train, test, meta, loop)
+    return _report(config, run, data, train, test, meta, loop, ctx.launch())
 
 
 def _restore(run: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: object) -> dict:
@@ -166,10 +169,11 @@ def _validate(model: nn.Module, val: Dataset, loss_fn: nn.Module, device: torch.
     return {"val_loss": loss, "val_auroc": metrics.score(val.y, probs, val.labels, val.multilabel)["auroc_macro"]}
 
 
-def _report(config: TrainConfig, run: Path, data: Dataset, train: Dataset, test: Dataset, meta: dict, loop: dict) -> dict:
-    """Held-out metrics of the best checkpoint beside the baseline; plots; ``metrics.json``."""
+def _report(config: TrainConfig, run: Path, data: Dataset, train: Dataset, test: Dataset, meta: dict, loop: dict,
+            launch: dict) -> dict:
+    """Held-out metrics of the best checkpoint beside the baseline; plots; ``metrics.json`` (with ``launch``)."""
     best = checkpoint.load(run / checkpoint.BEST)
-    model = build_model(config.kind, config.arch, **best["model_kwargs"])
+    model = build_model(config.kind, config.arch, **saved_kwargs(config.kind, best["model_kwargs"]))
     model.load_state_dict(best["model"])
     probs = predict(model, test.x, test.multilabel, torch.device("cpu"))
     base = metrics.logistic_baseline(train.x, train.y, test.x, config.kind, test.multilabel, config.seed)
@@ -182,6 +186,7 @@ def _report(config: TrainConfig, run: Path, data: Dataset, train: Dataset, test:
         "skipped": data.skipped,
         "labels": data.labels,
         "multilabel": data.multilabel,
+        "launch": launch,
     }
     (run / "metrics.json").write_text(json.dumps(summary, indent=2))
     targets = test.y if test.multilabel else np.eye(len(test.labels))[test.y]
@@ -193,10 +198,24 @@ def _report(config: TrainConfig, run: Path, data: Dataset, train: Dataset, test:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m training.train image|dna ...`` (what torchrun launches); same flags as ``biomed train``."""
-    from biomed.cli import main as cli_main
+    """``python -m training.train image|dna ...``: what torchrun launches (``biomed train --nproc N``), same flags."""
+    import argparse
 
-    return cli_main(["train", *(sys.argv[1:] if argv is None else argv)])
+    from training.args import add_arguments, config_from, print_summary
+
+    parser = argparse.ArgumentParser(prog="python -m training.train", description="One training run (a rank under torchrun).")
+    add_arguments(parser)
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        config = config_from(args)
+        summary = fit(config, resume=bool(args.resume))
+    except (ValueError, TypeError, LookupError, FileNotFoundError, NotADirectoryError, RuntimeError) as err:
+        print(f"training.train: error: {str(err).splitlines()[0] if str(err) else type(err).__name__}", file=sys.stderr)
+        return 1
+    if summary:
+        print_summary(config.out, summary)
+    return 0
 
 
 if __name__ == "__main__":

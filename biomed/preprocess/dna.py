@@ -23,7 +23,7 @@ for _code, _base in enumerate(ALPHABET):
     _LUT[ord(_base.lower())] = _code
 
 # Complement of each code: A<->T, C<->G, N->N.
-_COMPLEMENT = np.array([3, 2, 1, 0, 4], dtype=np.uint8)
+COMPLEMENT = np.array([3, 2, 1, 0, 4], dtype=np.uint8)
 
 
 class InvalidSequence(InputError):
@@ -71,7 +71,7 @@ def decode(codes: np.ndarray) -> str:
 
 def reverse_complement(codes: np.ndarray) -> np.ndarray:
     """Reverse complement along the last axis; works on (L,) and (N, L)."""
-    return _COMPLEMENT[codes[..., ::-1]]
+    return COMPLEMENT[codes[..., ::-1]]
 
 
 def pad_centre(codes: np.ndarray, length: int) -> np.ndarray:
@@ -83,6 +83,31 @@ def pad_centre(codes: np.ndarray, length: int) -> np.ndarray:
     out = np.full(length, N_CODE, dtype=np.uint8)
     out[left : left + codes.shape[-1]] = codes
     return out
+
+
+@dataclass(frozen=True)
+class DnaSpec:
+    """What a DNA model takes; stored as JSON in the ONNX metadata (``preprocess``).
+
+    Attributes:
+        length: The model's window in bases (shorter sequences are N-padded, longer ones tiled).
+        stride: The largest step between tiled windows of a long sequence.
+    """
+
+    length: int
+    stride: int
+
+    def __post_init__(self) -> None:
+        if self.length < 1 or self.stride < 1:
+            raise ValueError(f"length {self.length} and stride {self.stride} must both be >= 1")
+
+    def to_dict(self) -> dict[str, object]:
+        return {"type": "dna", "alphabet": ALPHABET, "length": self.length, "stride": self.stride,
+                "reverse_complement": True, "padding": "N, centred"}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, object]) -> "DnaSpec":
+        return cls(int(d["length"]), int(d["stride"]))  # type: ignore[call-overload]
 
 
 @dataclass(frozen=True)

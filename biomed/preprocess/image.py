@@ -64,8 +64,8 @@ class ImageSpec:
             )
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict (tuples become lists)."""
-        d = asdict(self)
+        """A JSON-ready dict (tuples become lists), as the metadata's ``preprocess`` block."""
+        d = {"type": "image", **asdict(self)}
         d["size"] = list(self.size)
         d["window"] = list(self.window) if self.window is not None else None
         return d
@@ -73,7 +73,7 @@ class ImageSpec:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ImageSpec:
         """Rebuild from ``to_dict()`` output (lists accepted for tuples)."""
-        window = d.get("window")
+        window = d.get("window")  # "type" is the kind's, not a field
         return cls(
             size=tuple(int(v) for v in d.get("size", (64, 64))),  # type: ignore[arg-type]
             channels=int(d.get("channels", 1)),

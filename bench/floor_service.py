@@ -1,9 +1,9 @@
 """The framework's floor: a BentoML service that takes the same requests as ours and returns a constant.
 
-``bentoml serve biomed.bench.floor_service:Floor`` (``biomed bench`` starts it). Two styles:
+``bentoml serve bench.floor_service:Floor`` (``biomed bench`` starts it). Two styles:
 
 - ``/mounted/predict_image``, ``/mounted/predict_dna``: Starlette routes mounted in the service,
-  the way ``service/http.py`` is (the body read and the multipart or JSON parsed, nothing else);
+  the way the native door (``service/doors/``) is (the body read and the multipart or JSON parsed, nothing else);
 - ``/api_image``, ``/api_dna``: ``@bentoml.api`` methods, BentoML's own request parsing
   (an upload becomes a temp file; JSON is validated into the signature).
 

@@ -12,11 +12,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-from biomed.bench import cases, load, machine, report
-from biomed.bench.inputs import Model, ct_slice, dna_body, load_model
-from biomed.bench.server import Server
+from bench import cases, load, machine, report
+from bench.inputs import Model, ct_slice, dna_body, load_model
+from bench.server import Server
 
-log = logging.getLogger("biomed.bench")
+log = logging.getLogger("bench")
 KINDS = ("image", "dna")
 
 
@@ -64,7 +64,7 @@ def _kinds(text: str) -> tuple[str, ...]:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from biomed.bench import wrk
+    from bench import wrk
 
     kinds = _kinds(args.models)
     wrk.wrk_path()  # fail early, with the install hint
@@ -143,7 +143,7 @@ def _served(runner: Runner, results: dict, models: dict[str, Model], targets: di
     env = {"BIOMED_MODELS": ",".join(m.ref for m in models.values()), "BIOMED_API_TOKEN": "", "BIOMED_WORKERS": "1"}
     service = Server("service.service:Biomed", env, work / "service.log")
     unbatched = Server("service.service:Biomed", {**env, **load.UNBATCHED_ENV}, work / "unbatched.log")
-    floor = Server("biomed.bench.floor_service:Floor", {}, work / "floor.log")
+    floor = Server("bench.floor_service:Floor", {}, work / "floor.log")
     startup: dict = {}
     try:
         if runner.case("service start", service.start) is None:

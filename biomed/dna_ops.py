@@ -1,33 +1,23 @@
-"""DNA requests: tiling, reverse-complement averaging, variant effects and in-silico mutagenesis.
+"""DNA operations, torch-free: tiled prediction, reverse-complement averaging, variant effects, in-silico mutagenesis.
 
-Every function turns its whole request into one array of model windows and
-hands it to the model's batcher in a single submission, so a 1 kb ISM
-(~3,000 mutants) runs as a few large batches, never one call per variant.
+Shared by the service's DNA handler (``predict`` is the model's batcher) and the command line
+(``predict`` runs onnxruntime directly). Every function turns its whole request into one array
+of model windows and hands it to ``predict`` in a single call, so a 1 kb ISM (~3,000 mutants)
+runs as a few large batches, never one call per variant.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Awaitable, Callable
 
 import numpy as np
 
 from biomed.errors import InputError
 from biomed.preprocess import dna
+from biomed.preprocess.dna import DnaSpec
 
 Predict = Callable[[np.ndarray], Awaitable[np.ndarray]]  # (N, L) uint8 -> (N, T) probabilities
 EPS = 1e-7
-
-
-@dataclass(frozen=True)
-class DnaParams:
-    length: int
-    stride: int
-
-    @classmethod
-    def of(cls, doc: dict) -> "DnaParams":
-        p = doc["preprocess"]
-        return cls(int(p["length"]), int(p["stride"]))
 
 
 async def score_windows(predict: Predict, windows: np.ndarray, reverse_complement: bool) -> np.ndarray:
@@ -43,7 +33,7 @@ def _labelled(labels: list[str], row: np.ndarray) -> dict[str, float]:
     return {label: float(v) for label, v in zip(labels, row)}
 
 
-async def predict_sequences(predict: Predict, labels: list[str], params: DnaParams, items: list[tuple[str, str]],
+async def predict_sequences(predict: Predict, labels: list[str], params: DnaSpec, items: list[tuple[str, str]],
                             reverse_complement: bool) -> list[dict]:
     """One prediction per sequence: the per-task max over its windows, and the windows when there are several."""
     tiled = []
@@ -89,7 +79,7 @@ def logit(p: np.ndarray) -> np.ndarray:
     return np.log(p / (1 - p))
 
 
-async def score_variants(predict: Predict, labels: list[str], params: DnaParams, variants: list[dict],
+async def score_variants(predict: Predict, labels: list[str], params: DnaSpec, variants: list[dict],
                          reverse_complement: bool) -> list[dict]:
     """Ref and alt probabilities of SNVs, their difference and log-odds difference, all in one batch."""
     ref_rows, alt_rows, ids = [], [], []
@@ -132,7 +122,7 @@ def _mutants(window: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray, np.
     return mutants, alts
 
 
-async def explain(predict: Predict, labels: list[str], params: DnaParams, sequence: str, task: str | None,
+async def explain(predict: Predict, labels: list[str], params: DnaSpec, sequence: str, task: str | None,
                   reverse_complement: bool) -> dict:
     """In-silico mutagenesis: the change in one task's probability for every base substitution.
 

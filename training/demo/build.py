@@ -19,8 +19,8 @@ def build_demo_models(workdir: Path, force: bool = False, quick: bool = False) -
     if has_models(DEMO_MODELS) and not force:
         print(f"model store already has {', '.join(DEMO_MODELS)}; use --force to rebuild")
         return []
-    from biomed.demo.dicom_demo import generate_images
-    from biomed.demo.dna_demo import generate_dna
+    from training.demo.dicom_demo import generate_images
+    from training.demo.dna_demo import generate_dna
     from models import DEFAULT_ARCH
     from training.config import TrainConfig
     from training.export import export_run

@@ -6,18 +6,19 @@ import os
 import shutil
 import sys
 
-from biomed.store import DEMO_MODELS, has_models
+from biomed.store import has_models
+from service.config import ServiceConfig
 
 
 def serve(port: int, host: str, workers: int | None, models: str | None) -> int:
-    """Replace this process with ``bentoml serve service.service:Biomed``."""
-    env = os.environ
+    """Replace this process with ``bentoml serve service.service:Biomed``; the flags go to its environment."""
+    env = dict(os.environ)
     if models:
         env["BIOMED_MODELS"] = models
     if workers:
         env["BIOMED_WORKERS"] = str(workers)
-    refs = env.get("BIOMED_MODELS") or ",".join(DEMO_MODELS)
-    wanted = tuple(m.strip().split(":")[0] for m in refs.split(",") if m.strip())
+    config = ServiceConfig.from_env(env)  # the server reads the same; a bad setting fails here, before the exec
+    wanted = tuple(ref.split(":")[0] for ref in config.models)
     if not has_models(wanted):
         raise LookupError(f"the model store lacks some of {', '.join(wanted)}; run `make demo-models` or `biomed export`")
     bentoml = shutil.which("bentoml", path=os.path.dirname(sys.executable)) or "bentoml"

@@ -55,7 +55,7 @@ def ct_slice(out: Path, size: int = 512) -> Path:
     import pydicom
     from PIL import Image
 
-    from biomed.demo.dicom_demo import generate_images
+    from training.demo.dicom_demo import generate_images
 
     with tempfile.TemporaryDirectory() as tmp:
         generate_images(Path(tmp), n=2, seed=7, classes=("nodule",))

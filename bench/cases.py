@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from biomed.bench.inputs import Model, random_sequence
+from bench.inputs import Model, random_sequence
 from biomed.preprocess import dna
 from biomed.preprocess.image import Limits, load_image
 

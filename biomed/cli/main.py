@@ -21,29 +21,13 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def _window(text: str) -> tuple[float, float]:
-    try:
-        center, width = (float(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"window {text!r} must be CENTER,WIDTH, e.g. -600,1500") from None
-    return center, width
-
-
-def _size(text: str) -> tuple[int, int]:
-    try:
-        parts = [int(v) for v in text.lower().replace("x", ",").split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size {text!r} must be N or H,W") from None
-    return (parts[0], parts[0]) if len(parts) == 1 else (parts[0], parts[1])
-
-
 def cmd_demo_data(args: argparse.Namespace) -> int:
     if args.kind == "image":
-        from biomed.demo.dicom_demo import generate_images
+        from training.demo.dicom_demo import generate_images
 
         out = generate_images(Path(args.out), n=args.n or 600, seed=args.seed)
     else:
-        from biomed.demo.dna_demo import generate_dna
+        from training.demo.dna_demo import generate_dna
 
         motifs = tuple(m.strip() for m in args.motifs.split(",") if m.strip())
         out = generate_dna(Path(args.out), motifs=motifs, length=args.length, n=args.n or 3000, seed=args.seed)
@@ -51,26 +35,11 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
     return 0
 
 
-def train_config(args: argparse.Namespace):  # -> TrainConfig
-    from models import DEFAULT_ARCH
-    from training.config import TrainConfig
-
-    if args.resume:
-        return TrainConfig.load(args.resume)
-    if not args.kind or not args.data or not args.out:
-        raise ValueError("train needs KIND (image or dna), --data and --out, or --resume RUN")
-    values = {"kind": args.kind, "data": args.data, "out": args.out, "arch": args.arch or DEFAULT_ARCH[args.kind]}
-    for name in ("epochs", "seed", "batch_size", "lr", "weight_decay", "dropout", "patience", "image_size", "window", "stride", "amp",
-                 "reference"):
-        if getattr(args, name) is not None:
-            values[name] = getattr(args, name)
-    return TrainConfig(**values)
-
-
 def cmd_train(args: argparse.Namespace) -> int:
-    config = train_config(args)
     from models import build_model
+    from training.args import config_from, print_summary
 
+    config = config_from(args)
     build_model(config.kind, config.arch)  # fail fast on an unknown arch
     if args.nproc > 1 and "LOCAL_RANK" not in os.environ:
         return _torchrun(args)
@@ -78,38 +47,20 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     summary = fit(config, resume=bool(args.resume))
     if summary:
-        _print_summary(config.out, summary)
+        print_summary(config.out, summary)
     return 0
 
 
 def _torchrun(args: argparse.Namespace) -> int:
-    """Re-launch this command under torchrun, one process per rank, on this host."""
+    """Launch the training module under torchrun, one process per rank, on this host."""
     import subprocess
 
-    argv = list(args.argv[args.argv.index("train") + 1 :])
-    for i, arg in enumerate(argv):
-        if arg == "--nproc":
-            del argv[i : i + 2]
-            break
-        if arg.startswith("--nproc="):
-            del argv[i]
-            break
+    from training.args import without_nproc
+
+    argv = without_nproc(list(args.argv[args.argv.index("train") + 1 :]))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}",
            "-m", "training.train", *argv]
     return subprocess.call(cmd)
-
-
-def _print_summary(out: str, summary: dict) -> None:
-    test, base = summary["test"], summary["baseline"]
-    print(f"run: {out}")
-    print(f"held-out test ({summary['split']['test']} samples): AUROC {test['auroc_macro']:.3f}  AUPRC {test['auprc_macro']:.3f}  "
-          f"accuracy {test['accuracy']:.3f}")
-    print(f"logistic-regression baseline:          AUROC {base['auroc_macro']:.3f}  AUPRC {base['auprc_macro']:.3f}  "
-          f"accuracy {base['accuracy']:.3f}")
-    for label, value in test["auroc"].items():
-        print(f"  {label:<12} AUROC {value:.3f} (baseline {base['auroc'].get(label, float('nan')):.3f})")
-    if summary.get("skipped"):
-        print(f"skipped unreadable inputs: {sum(summary['skipped'].values())} ({summary['skipped']})")
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -137,7 +88,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_demo_models(args: argparse.Namespace) -> int:
-    from biomed.demo.build import build_demo_models
+    from training.demo.build import build_demo_models
 
     for tag in build_demo_models(Path(args.workdir), force=args.force, quick=args.quick):
         print(tag)
@@ -145,32 +96,16 @@ def cmd_demo_models(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from biomed.serve import serve
+    from biomed.cli.serve import serve
 
     return serve(port=args.port, host=args.host, workers=args.workers, models=args.models)
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
+    from training.args import add_arguments
+
     p = sub.add_parser("train", help="train an image or DNA model", description="Train with held-out splits, early stopping and a baseline.")
-    p.add_argument("kind", nargs="?", choices=["image", "dna"])
-    p.add_argument("--data", help="image folder (one sub-folder per class) or CSV path,label; DNA: table sequence,<tasks>..., "
-                   "FASTA with TASK=0/1 header labels (.fa/.fasta[.gz]) or BED with label columns (.bed, needs --reference)")
-    p.add_argument("--out", help="run folder for checkpoints, metrics and plots")
-    p.add_argument("--arch", help="image: cnn, resnet; dna: deepbind, danq")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
-    p.add_argument("--weight-decay", type=float)
-    p.add_argument("--dropout", type=float)
-    p.add_argument("--patience", type=int, help="early-stopping patience in epochs")
-    p.add_argument("--image-size", type=_size, help="H,W the images are resized to (default 64)")
-    p.add_argument("--window", type=_window, help="fixed VOI window CENTER,WIDTH for every image (default: each file's own)")
-    p.add_argument("--stride", type=int, help="DNA: tiling stride for long sequences at serving time")
-    p.add_argument("--reference", metavar="REF.fa", help="DNA: reference FASTA the BED intervals of --data are read from")
-    p.add_argument("--amp", choices=["auto", "off", "bf16", "fp16"], help="mixed precision on CUDA (off on CPU)")
-    p.add_argument("--nproc", type=int, default=1, help="processes for DistributedDataParallel (torchrun)")
-    p.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its last checkpoint")
+    add_arguments(p)
     p.set_defaults(func=cmd_train)
 
 
@@ -221,12 +156,11 @@ def build_parser() -> argparse.ArgumentParser:
 def _extra_commands() -> list[Callable[[argparse._SubParsersAction], None]]:
     """Commands defined next to their implementation (analysis, benchmarks)."""
     found = []
-    for module in ("biomed.analysis_cli", "biomed.dna_cli", "biomed.bench.cli"):
-        try:
-            found.append(__import__(module, fromlist=["register"]).register)
-        except ImportError:
-            continue
-    return found
+    for module in ("biomed.cli.analysis", "biomed.cli.dna"):
+        found.append(__import__(module, fromlist=["register"]).register)
+    from biomed.cli.bench import register
+
+    return [*found, register]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -236,7 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
-    except (ValueError, LookupError, FileNotFoundError, NotADirectoryError, RuntimeError) as err:
+    except (ValueError, TypeError, LookupError, FileNotFoundError, NotADirectoryError, RuntimeError) as err:
         message = str(err).splitlines()[0] if str(err) else type(err).__name__
         print(f"biomed: error: {message}", file=sys.stderr)
         return 1

@@ -1,7 +1,7 @@
 """``biomed explain`` and ``biomed score-variants``: DNA analytics from the command line.
 
 Both run an exported DNA model from the store with onnxruntime on the CPU, through
-the very functions behind ``/explain_dna`` and ``/score_variants`` (``service/dna.py``),
+the very functions behind ``/explain_dna`` and ``/score_variants`` (``biomed/dna_ops.py``),
 with a synchronous predictor in place of the server's batcher. No torch.
 """
 
@@ -60,8 +60,8 @@ def load_dna_model(ref: str) -> "LoadedModel":
     return model
 
 
-def predictor(model: "LoadedModel"):  # -> service.dna.Predict
-    """The ``predict`` callable of ``service/dna.py``: synchronous session runs of at most CHUNK_ROWS windows."""
+def predictor(model: "LoadedModel"):  # -> biomed.dna_ops.Predict
+    """The ``predict`` callable of ``biomed/dna_ops.py``: synchronous session runs of at most CHUNK_ROWS windows."""
 
     async def predict(rows: np.ndarray) -> np.ndarray:
         return np.concatenate([model.run(rows[i : i + CHUNK_ROWS]) for i in range(0, len(rows), CHUNK_ROWS)])
@@ -88,11 +88,12 @@ def _explain_input(args: argparse.Namespace) -> tuple[str, str]:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from service import dna as dna_ops
+    from biomed import dna_ops
+    from biomed.preprocess.dna import DnaSpec
 
     name, sequence = _explain_input(args)
     model = load_dna_model(args.model)
-    result = asyncio.run(dna_ops.explain(predictor(model), model.labels, dna_ops.DnaParams.of(model.doc), sequence,
+    result = asyncio.run(dna_ops.explain(predictor(model), model.labels, DnaSpec.from_dict(model.doc["preprocess"]), sequence,
                                          args.task, args.rc))
     plot_explain(sequence.upper(), result, f"{name} — {model.name}:{model.version}", Path(args.out))
     importance = np.asarray(result["importance"])
@@ -159,9 +160,10 @@ async def _score(model: "LoadedModel", genome: "Reference", variants: list["Vari
     """One result per variant (None where REF does not match the reference), in chunks under a progress bar."""
     from biomed.genome import window_for
     from biomed.progress import make_progress
-    from service import dna as dna_ops
+    from biomed import dna_ops
+    from biomed.preprocess.dna import DnaSpec
 
-    params, predict = dna_ops.DnaParams.of(model.doc), predictor(model)
+    params, predict = DnaSpec.from_dict(model.doc["preprocess"]), predictor(model)
     results: list[dict | None] = []
     with make_progress() as progress:
         bar = progress.add_task("scoring variants", total=len(variants), status="")

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:
@@ -41,7 +41,7 @@ def http(method: str, url: str, body: bytes | None = None, content_type: str = "
 class Server:
     """A ``bentoml serve`` process group on a free port; ``startup_s`` is spawn to the first 200 on /readyz."""
 
-    target: str  # "service.service:Biomed" or "biomed.bench.floor_service:Floor"
+    target: str  # "service.service:Biomed" or "bench.floor_service:Floor"
     env: dict[str, str]
     log: Path
     port: int = 0

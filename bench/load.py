@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from biomed.bench import wrk
-from biomed.bench.inputs import Model, random_sequence
-from biomed.bench.server import Server, http, post_json
+from bench import wrk
+from bench.inputs import Model, random_sequence
+from bench.server import Server, http, post_json
 
 # Batching off: one request per inference call. An image request is one row; a DNA request
 # of one sequence is two rows (forward and reverse strand), so 2 rows per call is one request.

@@ -1,0 +1,94 @@
+"""What every handler shares: its model, the model's batcher, the preprocessing pool and the metrics.
+
+A handler is the one place that knows, for its kind of model, how input becomes rows
+(decode, preprocess), how rows go through the batcher, and how outputs become results.
+Front doors (``service/doors/``) parse their protocol, call a handler and format its answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar, Iterator, TypeVar
+
+import numpy as np
+
+from service.batcher import Batcher
+from service.config import ServiceConfig
+from service.metrics import Metrics
+from service.runtime import LoadedModel
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Shared:
+    """What the engine lends every handler: the settings, the metrics and the preprocessing threads."""
+
+    config: ServiceConfig
+    metrics: Metrics
+    pool: ThreadPoolExecutor
+
+
+class Handler:
+    """One loaded model and the request logic of its kind (subclasses: one per ``kind``)."""
+
+    kind: ClassVar[str]
+
+    def __init__(self, model: LoadedModel, shared: Shared) -> None:
+        self.model = model
+        self.shared = shared
+        self.config = shared.config
+        self.metrics = shared.metrics
+        histogram = shared.metrics.inference_seconds.labels(model=model.name, provider=model.provider)
+        batch_sizes = shared.metrics.batch_size.labels(model=model.name)
+
+        def on_batch(rows: int, seconds: float) -> None:
+            histogram.observe(seconds)
+            batch_sizes.observe(rows)
+
+        self.batcher = Batcher(model.run, max_batch_size=self.max_batch_size(shared.config),
+                               max_latency_ms=shared.config.max_latency_ms, on_batch=on_batch)
+
+    @classmethod
+    def max_batch_size(cls, config: ServiceConfig) -> int:
+        """Rows per inference call for this kind."""
+        raise NotImplementedError
+
+    @property
+    def name(self) -> str:
+        return self.model.name
+
+    @property
+    def labels(self) -> list[str]:
+        return self.model.labels
+
+    def answer(self, **fields: Any) -> dict:
+        """A response body: the model's name and version, then ``fields``."""
+        return {"model": self.model.name, "version": self.model.version, **fields}
+
+    async def in_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run CPU work (decoding, preprocessing) in the shared pool, off the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self.shared.pool, fn, *args)
+
+    @contextlib.contextmanager
+    def admitting(self) -> Iterator[None]:
+        """Mark a request as on its way to the batcher, so a forming batch may wait for it."""
+        self.batcher.incoming += 1
+        try:
+            yield
+        finally:
+            self.batcher.incoming -= 1
+
+    async def run(self, rows: np.ndarray) -> np.ndarray:
+        """Model outputs (N, labels) for (N, ...) rows, through the batcher."""
+        return await self.batcher.submit(rows)
+
+    def count_predictions(self, labels: list[str]) -> None:
+        for label in labels:
+            self.metrics.predictions.labels(model=self.model.name, label=label).inc()
+
+    def close(self) -> None:
+        self.batcher.close()

@@ -1,0 +1,84 @@
+"""DNA models: sequences become model-length windows (both strands); outputs become per-task results.
+
+The sequence operations themselves (tiling, variant windows, ISM rows) are the core's
+(``biomed/dna_ops.py``); this handler adds the request caps, the batcher and the metrics.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+from biomed import dna_ops
+from biomed.errors import TooLarge
+from biomed.preprocess.dna import DnaSpec
+from service.config import ServiceConfig
+from service.handlers.base import Handler, Shared
+from service.runtime import LoadedModel
+
+
+class DnaHandler(Handler):
+    kind = "dna"
+
+    def __init__(self, model: LoadedModel, shared: Shared) -> None:
+        super().__init__(model, shared)
+        self.spec = DnaSpec.from_dict(model.doc["preprocess"])
+
+    @classmethod
+    def max_batch_size(cls, config: ServiceConfig) -> int:
+        return config.max_dna_batch_size
+
+    def _predictor(self, started: float) -> Callable[[np.ndarray], Any]:
+        """The batcher's submit, recording the request's encoding time on its first call."""
+        seen = False
+
+        async def predict(rows: np.ndarray) -> np.ndarray:
+            nonlocal seen
+            if not seen:
+                self.metrics.preprocess_seconds.labels(kind="dna").observe(time.perf_counter() - started)
+                seen = True
+            return await self.run(rows)
+
+        return predict
+
+    def check_caps(self, items: list[tuple[str, str]]) -> None:
+        """Refuse (413) more sequences or bases than ``BIOMED_MAX_SEQUENCES`` / ``BIOMED_MAX_BASES``."""
+        cfg = self.config
+        if len(items) > cfg.max_sequences:
+            raise TooLarge(f"{len(items)} sequences in one request; the limit is {cfg.max_sequences} (BIOMED_MAX_SEQUENCES)")
+        bases = sum(len(s) for _, s in items)
+        if bases > cfg.max_bases:
+            raise TooLarge(f"{bases} bases in one request; the limit is {cfg.max_bases} (BIOMED_MAX_BASES)")
+
+    async def predict_sequences(self, items: list[tuple[str, str]], reverse_complement: bool, started: float) -> dict:
+        """``/predict_dna``, ``/predict_fasta``: per sequence the per-task max over its windows."""
+        self.check_caps(items)
+        predictions = await dna_ops.predict_sequences(self._predictor(started), self.labels, self.spec, items,
+                                                      reverse_complement)
+        self.count_predictions([t for p in predictions for t in _positive(p["probabilities"])])
+        return self.answer(predictions=predictions)
+
+    async def score_variants(self, variants: list[dict], reverse_complement: bool, started: float) -> dict:
+        """``/score_variants``: ref and alt probabilities of SNVs, their difference and log-odds difference."""
+        if len(variants) > self.config.max_variants:
+            raise TooLarge(f"{len(variants)} variants in one request; the limit is {self.config.max_variants} "
+                           "(BIOMED_MAX_VARIANTS)")
+        self.check_caps([(str(i), v["sequence"]) for i, v in enumerate(variants)])
+        scores = await dna_ops.score_variants(self._predictor(started), self.labels, self.spec, variants,
+                                              reverse_complement)
+        return self.answer(variants=scores)
+
+    async def explain(self, sequence: str, task: str | None, reverse_complement: bool, started: float) -> dict:
+        """``/explain_dna``: in-silico mutagenesis of one sequence."""
+        limit = self.config.max_explain_bases
+        if len(sequence) > limit:
+            raise TooLarge(f"sequence of {len(sequence)} bases; explain takes at most {limit} (BIOMED_MAX_EXPLAIN_BASES)")
+        result = await dna_ops.explain(self._predictor(started), self.labels, self.spec, sequence, task,
+                                       reverse_complement)
+        return self.answer(**result)
+
+
+def _positive(probabilities: dict[str, float]) -> list[str]:
+    return [t for t, p in probabilities.items() if p >= 0.5] or ["none"]

@@ -1,0 +1,89 @@
+"""The arguments of ``biomed train`` (and of ``torchrun -m training.train``), parsed once into a ``TrainConfig``."""
+
+from __future__ import annotations
+
+import argparse
+
+from training.config import TrainConfig
+
+# Flags copied into TrainConfig when given (argparse dest == field name).
+_FIELDS = ("epochs", "seed", "batch_size", "lr", "weight_decay", "dropout", "patience", "image_size", "window", "stride",
+           "amp", "reference")
+
+
+def _window(text: str) -> tuple[float, float]:
+    try:
+        center, width = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"window {text!r} must be CENTER,WIDTH, e.g. -600,1500") from None
+    return center, width
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        parts = [int(v) for v in text.lower().replace("x", ",").split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size {text!r} must be N or H,W") from None
+    return (parts[0], parts[0]) if len(parts) == 1 else (parts[0], parts[1])
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags of a training run (shared by ``biomed train`` and ``python -m training.train``)."""
+    p.add_argument("kind", nargs="?", choices=["image", "dna"])
+    p.add_argument("--data", help="image folder (one sub-folder per class) or CSV path,label; DNA: table sequence,<tasks>..., "
+                   "FASTA with TASK=0/1 header labels (.fa/.fasta[.gz]) or BED with label columns (.bed, needs --reference)")
+    p.add_argument("--out", help="run folder for checkpoints, metrics and plots")
+    p.add_argument("--arch", help="image: cnn, resnet; dna: deepbind, danq")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--dropout", type=float)
+    p.add_argument("--patience", type=int, help="early-stopping patience in epochs")
+    p.add_argument("--image-size", type=_size, help="H,W the images are resized to (default 64)")
+    p.add_argument("--window", type=_window, help="fixed VOI window CENTER,WIDTH for every image (default: each file's own)")
+    p.add_argument("--stride", type=int, help="DNA: tiling stride for long sequences at serving time")
+    p.add_argument("--reference", metavar="REF.fa", help="DNA: reference FASTA the BED intervals of --data are read from")
+    p.add_argument("--amp", choices=["auto", "off", "bf16", "fp16"], help="mixed precision on CUDA (off on CPU)")
+    p.add_argument("--nproc", type=int, default=1, help="processes for DistributedDataParallel (torchrun)")
+    p.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its last checkpoint")
+
+
+def config_from(args: argparse.Namespace) -> TrainConfig:
+    """The run's configuration: the saved one for ``--resume``, else the flags over the defaults."""
+    from models import DEFAULT_ARCH
+
+    if args.resume:
+        return TrainConfig.load(args.resume)
+    if not args.kind or not args.data or not args.out:
+        raise ValueError("train needs KIND (image or dna), --data and --out, or --resume RUN")
+    values = {"kind": args.kind, "data": args.data, "out": args.out, "arch": args.arch or DEFAULT_ARCH[args.kind]}
+    values.update({name: getattr(args, name) for name in _FIELDS if getattr(args, name) is not None})
+    return TrainConfig(**values)
+
+
+def without_nproc(argv: list[str]) -> list[str]:
+    """``argv`` less its ``--nproc N`` (torchrun's own flag takes its place)."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            out.append(arg)
+    return out
+
+
+def print_summary(out: str, summary: dict) -> None:
+    test, base = summary["test"], summary["baseline"]
+    print(f"run: {out}")
+    print(f"held-out test ({summary['split']['test']} samples): AUROC {test['auroc_macro']:.3f}  AUPRC {test['auprc_macro']:.3f}  "
+          f"accuracy {test['accuracy']:.3f}")
+    print(f"logistic-regression baseline:          AUROC {base['auroc_macro']:.3f}  AUPRC {base['auprc_macro']:.3f}  "
+          f"accuracy {base['accuracy']:.3f}")
+    for label, value in test["auroc"].items():
+        print(f"  {label:<12} AUROC {value:.3f} (baseline {base['auroc'].get(label, float('nan')):.3f})")
+    if summary.get("skipped"):
+        print(f"skipped unreadable inputs: {sum(summary['skipped'].values())} ({summary['skipped']})")

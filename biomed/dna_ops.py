@@ -20,6 +20,23 @@ Predict = Callable[[np.ndarray], Awaitable[np.ndarray]]  # (N, L) uint8 -> (N, T
 EPS = 1e-7
 
 
+def sequence_rows(lengths: list[int], spec: DnaSpec, reverse_complement: bool) -> int:
+    """Model rows ``predict_sequences`` submits for sequences of these lengths (before building any)."""
+    strands = 2 if reverse_complement else 1
+    return strands * sum(len(dna.window_starts(n, spec.length, spec.stride)) for n in lengths)
+
+
+def variant_rows(count: int, spec: DnaSpec, reverse_complement: bool) -> int:
+    """Model rows ``score_variants`` submits for ``count`` variants: ref and alt, each placement, each strand."""
+    return count * 2 * len(variant_offsets(spec.length)) * (2 if reverse_complement else 1)
+
+
+def explain_rows(length: int, spec: DnaSpec, reverse_complement: bool) -> int:
+    """At most the model rows ``explain`` submits for a sequence of ``length`` bases."""
+    windows = len(dna.window_starts(length, spec.length, spec.stride))
+    return windows * (1 + 3 * min(length, spec.length)) * (2 if reverse_complement else 1)
+
+
 async def score_windows(predict: Predict, windows: np.ndarray, reverse_complement: bool) -> np.ndarray:
     """Probabilities (N, T) of (N, L) windows; forward and reverse strands in one batch, averaged."""
     if not reverse_complement:
@@ -91,6 +108,9 @@ async def score_variants(predict: Predict, labels: list[str], params: DnaSpec, v
             raise InputError(f"variant {name!r}: position {pos} is outside its sequence of {len(codes)} bases (0-based)",
                              code="position_out_of_range")
         ref, alt = dna.encode(v["ref"], name=f"{name} ref"), dna.encode(v["alt"], name=f"{name} alt")
+        if ref[0] == dna.N_CODE:
+            raise InputError(f"variant {name!r}: ref must be A, C, G or T (an N base has no allele to score against)",
+                             code="invalid_ref")
         if ref[0] != codes[pos]:
             raise InputError(f"variant {name!r}: ref {v['ref'].upper()!r} does not match the sequence base "
                              f"{dna.decode(codes[pos:pos + 1])!r} at position {pos}", code="ref_mismatch")

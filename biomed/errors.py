@@ -42,3 +42,10 @@ class UnsupportedMedia(InputError):
 
     status = 415
     code = "unsupported_media_type"
+
+
+class Overloaded(InputError):
+    """The server is busy with other work right now; the same request may succeed shortly (429)."""
+
+    status = 429
+    code = "too_many_requests"

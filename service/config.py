@@ -14,6 +14,10 @@ from biomed.flags import parse_flag
 from biomed.store import DEMO_MODELS
 
 
+BASELINE_BYTES = 400 * 2**20  # a worker at rest: Python, BentoML, onnxruntime, two demo-sized models (measured ~340 MB)
+SLACK_BYTES = 128 * 2**20  # responses being written, parsed JSON within its value cap, allocator overhead
+
+
 def _list(value: str | None, default: tuple[str, ...]) -> tuple[str, ...]:
     items = tuple(v.strip() for v in (value or "").split(",") if v.strip())
     return items or default
@@ -45,6 +49,27 @@ class ServiceConfig:
     workers: int = 1  # BentoML worker processes
     request_timeout_s: float = 60.0  # 504 when no response has started by then
     max_concurrency: int = 256  # requests in flight per worker; 429 past it
+    max_decoded_bytes: int = 256 * 2**20  # decoded pixel bytes of one file (samples x bits x frames)
+    max_decoding_bytes: int = 1024 * 2**20  # what all decodes in flight may hold together (429 past it)
+    max_dicom_elements: int = 100_000  # data elements of one DICOM dataset
+    max_request_rows: int = 131_072  # model rows one request may queue
+    max_queued_bytes: int = 64 * 2**20  # bytes of model rows one model's queue may hold (429 past it)
+    max_body_bytes: int = 256 * 2**20  # request bodies one worker holds at once (429 past it)
+    body_timeout_s: float = 30.0  # the whole request body must arrive within this (408)
+    body_min_rate: int = 16 * 1024  # bytes/s a body must keep up after its first 2 s (408)
+    small_upload_bytes: int = 256 * 1024  # uploads up to this decode on their own threads (the fast lane)
+
+    def memory_bound(self, models: int | None = None) -> int:
+        """The worst-case resident memory of one worker under these limits (docs/reliability.md, "Memory model").
+
+        Each term is a bound the service enforces: request bodies held at once (each also parsed
+        into a multipart part and the file read from it), what all image decodes may reserve, and
+        per model a queue of model rows with the copies made while building them (strands,
+        placements, ISM mutants) and their outputs.
+        """
+        n = len(self.models) if models is None else models
+        return BASELINE_BYTES + 3 * self.max_body_bytes + self.max_decoding_bytes + n * 3 * self.max_queued_bytes \
+            + SLACK_BYTES
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "ServiceConfig":
@@ -87,4 +112,13 @@ class ServiceConfig:
             workers=int(num("BIOMED_WORKERS", 1)),
             request_timeout_s=float(num("BIOMED_REQUEST_TIMEOUT_S", 60.0, float)),
             max_concurrency=int(num("BIOMED_MAX_CONCURRENCY", 256)),
+            max_decoded_bytes=int(num("BIOMED_MAX_DECODED_MB", 256, float) * 2**20),
+            max_decoding_bytes=int(num("BIOMED_MAX_DECODING_MB", 1024, float) * 2**20),
+            max_dicom_elements=int(num("BIOMED_MAX_DICOM_ELEMENTS", 100_000)),
+            max_request_rows=int(num("BIOMED_MAX_REQUEST_ROWS", 131_072)),
+            max_queued_bytes=int(num("BIOMED_MAX_QUEUED_MB", 64, float) * 2**20),
+            max_body_bytes=int(num("BIOMED_MAX_BODIES_MB", 256, float) * 2**20),
+            body_timeout_s=float(num("BIOMED_BODY_TIMEOUT_S", 30.0, float)),
+            body_min_rate=int(num("BIOMED_BODY_MIN_KBPS", 16, float) * 1024),
+            small_upload_bytes=int(num("BIOMED_SMALL_UPLOAD_KB", 256, float) * 1024),
         )

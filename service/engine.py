@@ -7,8 +7,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 from biomed.errors import InputError
+from biomed.preprocess.budget import DecodeBudget
 from service.config import ServiceConfig
 from service.handlers import HANDLERS, Handler, Shared
+from service.memory import Trimmer
 from service.metrics import metrics
 from service.runtime import LoadedModel, StartupError, load_model, warm_up
 
@@ -37,9 +39,11 @@ class Engine:
         self.config = config
         self.metrics = metrics()
         self.handlers: dict[str, Handler] = {}
+        self.trimmer = Trimmer()
         self.ready = False
-        self._pool = ThreadPoolExecutor(config.preprocess_threads, thread_name_prefix="preprocess")
-        shared = Shared(config, self.metrics, self._pool)
+        self._pools = (ThreadPoolExecutor(config.preprocess_threads, thread_name_prefix="preprocess"),
+                       ThreadPoolExecutor(max(1, config.preprocess_threads // 2), thread_name_prefix="preprocess-small"))
+        shared = Shared(config, self.metrics, *self._pools, DecodeBudget(config.max_decoding_bytes))
         self.metrics.gpu_required.set(1 if config.require_gpu else 0)
         for ref in config.models:
             model = load_model(ref, config)
@@ -47,8 +51,9 @@ class Engine:
                 raise StartupError(f"model {model.name} is configured twice in BIOMED_MODELS")
             if model.kind not in HANDLERS:
                 raise StartupError(f"model {model.name}: kind {model.kind!r} has no handler; known: {', '.join(HANDLERS)}")
-            warm_up(model)
-            self.handlers[model.name] = HANDLERS[model.kind](model, shared)
+            handler = HANDLERS[model.kind]
+            warm_up(model, handler.max_batch_size(config))
+            self.handlers[model.name] = handler(model, shared)
             self.metrics.model_info.labels(model=model.name, version=model.version, provider=model.provider,
                                            sha256=model.sha256).set(1)
         if not self.handlers:
@@ -81,7 +86,8 @@ class Engine:
     def close(self) -> None:
         for handler in self.handlers.values():
             handler.close()
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        for pool in self._pools:
+            pool.shutdown(wait=False, cancel_futures=True)
 
 
 def start(config: ServiceConfig) -> Engine:

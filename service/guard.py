@@ -1,33 +1,96 @@
-"""ASGI middleware for the whole service: bearer-token auth (constant-time) and optional CORS.
+"""ASGI middleware in front of every route: admission, in the order that costs the service least.
 
-The settings come from the engine (read once at start-up); which paths are open comes from the route table.
+1. Framing: a request with both ``Content-Length`` and ``Transfer-Encoding`` is refused (400):
+   two framings of one body are how requests are smuggled past a proxy.
+2. Auth: every route not marked open in the route table needs ``Authorization: Bearer
+   <BIOMED_API_TOKEN>`` when a token is set (compared in constant time), before any body is read.
+3. The body, read whole into memory before the request counts as in flight: capped
+   (``BIOMED_MAX_UPLOAD_MB``, 413), on time (within ``BIOMED_BODY_TIMEOUT_S`` and at
+   ``BIOMED_BODY_MIN_KBPS`` or faster after its first 2 s, else 408), and within what all bodies
+   held by this worker may take together (``BIOMED_MAX_BODIES_MB``, else 429). A slow upload
+   therefore holds a connection for a few seconds, never a concurrency slot.
+4. The concurrency slot: past ``BIOMED_MAX_CONCURRENCY`` requests in flight (shared out among
+   the workers) the answer is 429 at once. The probes, ``/metrics`` and the page are not counted.
+
+Every response says ``Content-Security-Policy: default-src 'self'``, ``X-Content-Type-Options:
+nosniff`` and ``Referrer-Policy: no-referrer``; BentoML's own document paths (``/docs.json``,
+``/schema.json``) are answered with ours. Settings come from the engine (read once at start-up);
+what is open comes from the route table.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
+import math
+import re
 from typing import Any, Awaitable, Callable
 
+from biomed.errors import InputError, MalformedInput, Overloaded, TooLarge
 from service import routes
+from service.config import ServiceConfig
 from service.engine import current
 
 Scope = dict[str, Any]
+Message = dict[str, Any]
 ASGIApp = Callable[[Scope, Callable, Callable], Awaitable[None]]
+
+SECURITY_HEADERS = [(b"content-security-policy", b"default-src 'self'"), (b"x-content-type-options", b"nosniff"),
+                    (b"referrer-policy", b"no-referrer")]
+BODY_GRACE_S = 2.0  # the minimum body rate applies after this much of a body's time
+NO_BODY = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+class BodyTimeout(InputError):
+    status = 408
+    code = "request_timeout"
+
+
+class ClientGone(Exception):
+    """The client closed the connection while sending its body."""
+
+
+async def _answer(send: Callable, status: int, error: str, detail: str, extra: list | None = None) -> None:
+    body = json.dumps({"error": error, "detail": detail}).encode()
+    await send({"type": "http.response.start", "status": status, "headers": [
+        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *(extra or [])]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _replay(body: bytes, receive: Callable[[], Awaitable[Message]]) -> Callable[[], Awaitable[Message]]:
+    """A ``receive`` that gives the buffered body first, then whatever the connection says (a disconnect).
+
+    It keeps no reference to the body once given: the door's copy is the only one left.
+    """
+    pending = [body]
+
+    async def replay() -> Message:
+        if pending:
+            return {"type": "http.request", "body": pending.pop(), "more_body": False}
+        return await receive()
+
+    return replay
 
 
 class Guard:
-    """Every route not marked open needs ``Authorization: Bearer <BIOMED_API_TOKEN>`` when a token is set."""
+    """The service's front door keeper (see the module docstring)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
         self._inner: ASGIApp | None = None  # the app, behind CORS when origins are configured
+        self._config = ServiceConfig()
         self._token = b""
+        self._slots = 0  # requests in flight in this worker, at most ``_limit``
+        self._limit = 0
+        self._bodies = 0  # bytes of request bodies held by this worker
 
     def _start(self) -> ASGIApp:
         """Read the engine's settings on the first request (the engine starts after the middleware is built)."""
-        config = current().config
+        config = self._config = current().config
         self._token = config.api_token.encode()
+        self._limit = math.ceil(config.max_concurrency / max(config.workers, 1))
         app = self.app
         if config.cors_origins:
             from starlette.middleware.cors import CORSMiddleware
@@ -37,25 +100,120 @@ class Guard:
         self._inner = app
         return app
 
-    def _authorised(self, scope: Scope) -> bool:
-        if not self._token or scope.get("path", "") in routes.OPEN_PATHS or scope.get("method") == "OPTIONS":
+    def _authorised(self, scope: Scope, headers: dict[bytes, bytes]) -> bool:
+        if not self._token or scope.get("method") == "OPTIONS" or routes.is_open(scope.get("path", "")):
             return True
-        header = dict(scope.get("headers") or []).get(b"authorization", b"")
-        scheme, _, given = header.partition(b" ")
+        scheme, _, given = headers.get(b"authorization", b"").partition(b" ")
         return scheme.lower() == b"bearer" and hmac.compare_digest(given.strip(), self._token)
+
+    def _refuse(self, scope: Scope, reason: str) -> None:
+        route = routes.match(scope.get("path", ""))
+        current().metrics.rejected.labels(endpoint=route.name if route else "other", reason=reason).inc()
 
     async def __call__(self, scope: Scope, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         app = self._inner or self._start()
-        if self._authorised(scope):
-            await app(scope, receive, send)
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *SECURITY_HEADERS]}
+            await send(message)
+
+        headers = dict(scope.get("headers") or [])
+        if b"content-length" in headers and b"transfer-encoding" in headers:
+            self._refuse(scope, "malformed")
+            await _answer(send_with_headers, 400, "malformed", "a request may not carry both Content-Length and "
+                          "Transfer-Encoding; send one")
             return
-        route = routes.match(scope.get("path", ""))
-        current().metrics.rejected.labels(endpoint=route.name if route else "other", reason="unauthorized").inc()
-        body = json.dumps({"error": "unauthorized", "detail": "send Authorization: Bearer <token> (BIOMED_API_TOKEN)"}).encode()
-        await send({"type": "http.response.start", "status": 401, "headers": [
-            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-            (b"www-authenticate", b'Bearer realm="biomed-serve"')]})
-        await send({"type": "http.response.body", "body": body})
+        if not self._authorised(scope, headers):
+            self._refuse(scope, "unauthorized")
+            await _answer(send_with_headers, 401, "unauthorized", "send Authorization: Bearer <token> (BIOMED_API_TOKEN)",
+                          [(b"www-authenticate", b'Bearer realm="biomed-serve"')])
+            return
+        if _CONTROL.search(scope.get("path", "")):  # no route has one; Starlette's mounts would not even match it
+            self._refuse(scope, "not_found")
+            await _answer(send_with_headers, 404, "not_found", "no such endpoint; see GET /openapi.json")
+            return
+        alias = routes.ALIASES.get(scope.get("path", ""))
+        if alias is not None:
+            scope = {**scope, "path": alias, "raw_path": alias.encode()}
+        counted = not routes.is_open(scope["path"])
+        held = 0
+        try:
+            if scope.get("method") not in NO_BODY or b"content-length" in headers or b"transfer-encoding" in headers:
+                try:
+                    body, held = await self._read_body(receive, headers)
+                except InputError as err:
+                    self._refuse(scope, err.code)
+                    await _answer(send_with_headers, err.status, err.code, err.detail)
+                    return
+                except ClientGone:  # nobody will read the answer: it is for the access log and the metrics (499)
+                    self._refuse(scope, "client_closed_request")
+                    await _answer(send_with_headers, 499, "client_closed_request", "the client closed the connection")
+                    return
+                receive = _replay(body, receive)
+                del body  # the replay hands it on and forgets it
+            if counted and self._slots >= self._limit:
+                self._refuse(scope, "too_many_requests")
+                await _answer(send_with_headers, 429, "too_many_requests", f"{self._limit} requests are in flight in "
+                              "this worker (BIOMED_MAX_CONCURRENCY); retry shortly", [(b"retry-after", b"1")])
+                return
+            self._slots += counted
+            try:
+                await app(scope, receive, send_with_headers)
+            finally:
+                self._slots -= counted
+        finally:
+            self._bodies -= held
+
+    def _hold(self, nbytes: int, held: int) -> int:
+        """Count ``nbytes`` more of body bytes held by this worker; refuse past ``BIOMED_MAX_BODIES_MB``."""
+        cap = self._config.max_body_bytes
+        if cap and self._bodies + nbytes > cap:
+            raise Overloaded(f"request bodies in this worker are at their limit ({cap / 2**20:g} MB, BIOMED_MAX_BODIES_MB); "
+                             "retry shortly")
+        self._bodies += nbytes
+        return held + nbytes
+
+    async def _read_body(self, receive: Callable[[], Awaitable[Message]], headers: dict[bytes, bytes]) -> tuple[bytes, int]:
+        """The whole body and the bytes it holds in this worker's body budget (see the module docstring)."""
+        c = self._config
+        cap = c.max_upload_bytes
+        declared = headers.get(b"content-length", b"").decode("latin-1").strip()
+        if declared and not declared.isdigit():
+            raise MalformedInput("Content-Length is not a number")
+        if declared and int(declared) > cap:
+            raise TooLarge(f"request body of {int(declared)} bytes is over the {cap / 2**20:g} MB limit "
+                           "(BIOMED_MAX_UPLOAD_MB)")
+        held = self._hold(int(declared or 0), 0)
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        chunks, size = [], 0
+        try:
+            while True:
+                latest = start + c.body_timeout_s
+                if c.body_min_rate:
+                    latest = min(latest, start + BODY_GRACE_S + size / c.body_min_rate)
+                try:
+                    message = await asyncio.wait_for(receive(), max(latest - loop.time(), 0.001))
+                except asyncio.TimeoutError:
+                    raise BodyTimeout(
+                        f"the request body did not arrive in time ({size} bytes after {loop.time() - start:.1f} s); a "
+                        f"body must arrive within {c.body_timeout_s:g} s (BIOMED_BODY_TIMEOUT_S) and at "
+                        f"{c.body_min_rate // 1024} KB/s or faster after its first 2 s (BIOMED_BODY_MIN_KBPS)") from None
+                if message["type"] == "http.disconnect":
+                    raise ClientGone()
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > cap:
+                    raise TooLarge(f"request body is over the {cap / 2**20:g} MB limit (BIOMED_MAX_UPLOAD_MB)")
+                if size > held:
+                    held = self._hold(size - held, held)
+                chunks.append(chunk)
+                if not message.get("more_body", False):
+                    return b"".join(chunks), held
+        except BaseException:
+            self._bodies -= held
+            raise

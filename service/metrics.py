@@ -23,6 +23,8 @@ class Metrics:
     preprocess_seconds: Any
     model_info: Any
     gpu_required: Any
+    queue_rows: Any
+    queue_seconds: Any
 
 
 @functools.lru_cache(maxsize=1)
@@ -42,4 +44,8 @@ def metrics() -> Metrics:
         model_info=Gauge("biomed_model_info", "loaded models (value 1)", ["model", "version", "provider", "sha256"],
                          multiprocess_mode="livemax"),
         gpu_required=Gauge("biomed_gpu_required", "1 when BIOMED_REQUIRE_GPU is set", [], multiprocess_mode="livemax"),
+        queue_rows=Gauge("biomed_queue_rows", "model rows waiting for an inference call", ["model"],
+                         multiprocess_mode="livesum"),
+        queue_seconds=Histogram("biomed_queue_seconds", "time from a request's rows joining the queue to the start of "
+                                "their first batch", ["model"], buckets=LATENCY_BUCKETS),
     )

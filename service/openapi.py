@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 
 from pydantic import BaseModel
 
@@ -11,7 +12,7 @@ from service import schemas
 from service.routes import ROUTES, Route
 
 _REF = "#/components/schemas/{model}"
-_ERROR_TEXT = {400: "malformed body", 401: "missing or wrong bearer token", 404: "unknown model", 413: "over a size limit",
+_ERROR_TEXT = {400: "malformed body", 401: "missing or wrong bearer token", 404: "not found: an unknown model, path or asset", 413: "over a size limit",
                415: "unsupported media type", 422: "well-formed but invalid input"}
 
 
@@ -50,6 +51,10 @@ def _operation(route: Route, components: dict) -> dict:
     body = _request_body(route, components)
     if body is not None:
         operation["requestBody"] = body
+    parameters = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+                  for name in re.findall(r"\{([^/}]+)\}", route.path)]
+    if parameters:
+        operation["parameters"] = parameters
     if route.open:
         operation["security"] = [{}]
     return operation

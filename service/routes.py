@@ -15,7 +15,7 @@ from typing import Any, Callable
 from pydantic import BaseModel
 
 from service import schemas
-from service.doors import native
+from service.doors import native, page
 
 ERRORS_JSON = (400, 401, 404, 413, 415, 422)
 
@@ -37,10 +37,16 @@ class Route:
     response_media: str = "application/json"
     errors: tuple[int, ...] = ()
     form_fields: dict[str, Any] = field(default_factory=dict)  # extra multipart fields of an upload
+    alias_of: str | None = None  # served as this other path (rewritten by the guard, before BentoML's router)
 
     @property
     def pattern(self) -> re.Pattern[str]:
         return re.compile("^" + re.sub(r"\{[^/}]+\}", "[^/]+", self.path) + "$")
+
+
+def _plain(name: str, endpoint: Callable[..., Any]) -> Callable[..., Any]:
+    """Pages and assets answer for themselves (no JSON error handling around them)."""
+    return endpoint
 
 
 def _native(path: str, name: str, endpoint: Callable[..., Any], summary: str, **kw: Any) -> Route:
@@ -66,6 +72,15 @@ ROUTES: tuple[Route, ...] = (
     _native("/models", "models", native.list_models, "Loaded models: metadata, provider, sha256, metrics",
             response=schemas.ModelsResponse, errors=(401,)),
     _native("/openapi.json", "openapi", native.openapi, "This OpenAPI document", errors=(401,)),
+    # BentoML serves its own documents here; they describe none of our routes, so they answer with ours.
+    Route("/docs.json", "GET", "openapi", "This OpenAPI document (BentoML's usual path)", alias_of="/openapi.json",
+          errors=(401,)),
+    Route("/schema.json", "GET", "openapi", "This OpenAPI document (BentoML's usual path)", alias_of="/openapi.json",
+          errors=(401,)),
+    Route("/", "GET", "page", "This service's page: the endpoints, with links (no data; open)", page.index, _plain,
+          open=True, response_media="text/html"),
+    Route("/ui/{name}", "GET", "page", "The page's assets (open)", page.asset, _plain, open=True,
+          response_media="text/css", errors=(404,)),
     Route("/livez", "GET", "livez", "Liveness: 200 while the process serves", open=True, response_media="text/plain"),
     Route("/readyz", "GET", "readyz", "Readiness: 200 once every model is loaded and warmed up", open=True,
           response_media="text/plain"),
@@ -74,12 +89,30 @@ ROUTES: tuple[Route, ...] = (
     Route("/healthz", "GET", "healthz", "BentoML's health probe (as /livez)", open=True, response_media="text/plain"),
 )
 
-OPEN_PATHS = frozenset(r.path for r in ROUTES if r.open)
+
+def is_open(path: str) -> bool:
+    """Whether ``path`` is served without the bearer token (the probes, /metrics, the page)."""
+    return any(r.open for r in match_any(path))
+
+
+
+ALIASES = {r.path: r.alias_of for r in ROUTES if r.alias_of}
 
 
 def match(path: str) -> Route | None:
-    """The route whose template matches ``path``, if any."""
+    """The first route whose template matches ``path``, if any."""
     for route in ROUTES:
         if route.pattern.match(path):
             return route
     return None
+
+
+def match_any(path: str) -> list[Route]:
+    """Every route whose template matches ``path`` (any method)."""
+    return [r for r in ROUTES if r.pattern.match(path)]
+
+
+def label(path: str) -> str:
+    """The metrics label of a request path: its route's template, or ``other`` (never the raw path)."""
+    route = match(path)
+    return route.path if route is not None else "other"

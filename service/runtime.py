@@ -115,6 +115,14 @@ class LoadedModel:
     def labels(self) -> list[str]:
         return self.doc["labels"]
 
+    @property
+    def row_bytes(self) -> int:
+        """Bytes of one input row (one image frame, one DNA window)."""
+        size = np.dtype(self.doc["input"]["dtype"]).itemsize
+        for dim in self.doc["input"]["shape"][1:]:
+            size *= int(dim)
+        return size
+
     def run(self, x: np.ndarray) -> np.ndarray:
         """One synchronous inference call (the batcher's worker thread)."""
         return self.session.run(None, {self.input_name: x})[0]
@@ -169,11 +177,15 @@ def load_model(ref: str, config: ServiceConfig) -> LoadedModel:
     return model
 
 
-def warm_up(model: LoadedModel) -> None:
-    """One inference with a zero input of the model's shape, batch 2 (catches shape or provider errors early)."""
+def warm_up(model: LoadedModel, max_batch_size: int = 2) -> None:
+    """Inference on zero inputs of the model's shape: batch 2 (catches shape or provider errors early), then the
+    largest batch the server will run, so onnxruntime's memory arena reaches its serving size before ``/readyz``
+    (a burst then leaves no growth behind, and the memory model's baseline includes it)."""
     shape = [2 if isinstance(s, str) else int(s) for s in model.doc["input"]["shape"]]
     x = np.zeros(shape, dtype=np.dtype(model.doc["input"]["dtype"]))
     out = model.run(x)
     if out.shape != (2, len(model.labels)):
         raise StartupError(f"model {model.name}:{model.version}: output shape {out.shape} does not match "
                            f"{len(model.labels)} labels")
+    if max_batch_size > 2:
+        model.run(np.zeros([max_batch_size, *shape[1:]], dtype=x.dtype))

@@ -17,14 +17,14 @@ import warnings
 
 import bentoml
 
-from service import traffic
+from service import memory, traffic
 from service.config import ServiceConfig
 from service.guard import Guard
 from service.app import build_app
 from service.runtime import StartupError
 
 log = logging.getLogger("biomed.service")
-# BentoML's own options (workers, timeout, concurrency) are fixed when the class is decorated, at import.
+# BentoML's own options (workers, timeout) are fixed when the class is decorated, at import.
 _BENTOML = ServiceConfig.from_env()
 traffic.install()  # BentoML's request timeout without its retention of every request (service/traffic.py)
 
@@ -60,7 +60,7 @@ def _fail_fast(err: Exception) -> None:
 @bentoml.service(
     name="biomed-serve",
     workers=_BENTOML.workers,
-    traffic={"timeout": _BENTOML.request_timeout_s, "max_concurrency": _BENTOML.max_concurrency},
+    traffic={"timeout": _BENTOML.request_timeout_s},  # the concurrency limit is service/guard.py's
     http={"cors": {"enabled": False}},
     endpoints={"livez": "/livez", "readyz": "/readyz"},
     metrics={"enabled": True, "namespace": "bentoml_service"},
@@ -74,6 +74,7 @@ class Biomed:
         from service import engine
 
         _quiet_third_party()
+        memory.configure()
         try:
             self.engine = engine.start(ServiceConfig.from_env())
         except (StartupError, ValueError) as err:
@@ -82,6 +83,8 @@ class Biomed:
         for model in self.engine.models.values():
             log.info("serving %s:%s kind=%s provider=%s sha256=%s", model.name, model.version, model.kind,
                      model.provider, model.sha256[:12])
+        log.info("worst-case memory of this worker under its limits: %.0f MB (docs/reliability.md, memory model)",
+                 self.engine.config.memory_bound() / 2**20)
         # Everything loaded so far lives as long as the worker: keep the collector from walking it again on every
         # full collection (~100k objects, 50 ms a pass on this CPU: a stall of the event loop each time).
         gc.collect()

@@ -241,3 +241,49 @@ def test_rows_of_an_abandoned_request_are_not_run() -> None:
     run_async(main)
     assert sum(rec.calls) <= 8 * 3 + 3, rec.calls  # at most the chunks already started, then the small request
     b.close()
+
+
+# --- fairness and admission ---------------------------------------------------------------------------------
+
+def test_a_small_request_is_served_in_the_next_call_behind_large_ones() -> None:
+    """Round robin: each queued request gets a share of every call, so a 2-row request waits one call, not 40."""
+    rec = Recorder(delay_s=0.01)
+    b = batcher(rec, max_batch_size=16)
+
+    async def main() -> None:
+        large = [asyncio.ensure_future(b.submit(rows(10_000 * (i + 1), 160))) for i in range(4)]
+        await asyncio.sleep(0.005)  # the first call is running
+        calls_before = len(rec.calls)
+        small = await b.submit(rows(0, 2))
+        np.testing.assert_array_equal(small, expected(rows(0, 2)))
+        assert len(rec.calls) - calls_before <= 2, rec.calls  # the small one rode in the next call
+        assert not all(f.done() for f in large)
+        for i, f in enumerate(large):
+            np.testing.assert_array_equal(await f, expected(rows(10_000 * (i + 1), 160)))
+
+    try:
+        run_async(main)
+    finally:
+        b.close()
+    assert max(rec.sizes) <= 16 and sum(rec.sizes) == 4 * 160 + 2
+
+
+def test_admission_refuses_oversized_and_overflowing_requests() -> None:
+    from biomed.errors import Overloaded, TooLarge
+
+    b = Batcher(lambda x: x, max_batch_size=8, max_request_rows=100, max_queued_bytes=1000)
+    with pytest.raises(TooLarge, match="BIOMED_MAX_REQUEST_ROWS"):
+        with b.admit(101, 1):
+            pass
+    with pytest.raises(TooLarge, match="BIOMED_MAX_QUEUED_MB"):
+        with b.admit(100, 11):  # 1,100 bytes can never fit
+            pass
+    with b.admit(60, 10):
+        assert b.admitted_bytes == 600
+        with pytest.raises(Overloaded, match="BIOMED_MAX_QUEUED_MB"):
+            with b.admit(50, 10):
+                pass
+        with b.admit(40, 10):
+            assert b.admitted_bytes == 1000
+    assert b.admitted_bytes == 0
+    b.close()

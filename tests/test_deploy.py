@@ -211,6 +211,33 @@ def test_serving_pod_is_hardened_and_probed(rendered: dict[str, list[dict[str, A
     assert annotations["prometheus.io/scrape"] == "true" and annotations["prometheus.io/port"] == "3000"
 
 
+SUPERVISOR_BYTES = 256 * 2**20  # bentoml serve's supervisor process beside the workers
+CUDA_HOST_BYTES = 2 * 2**30  # host memory of a CUDA context with cuDNN (estimate)
+
+
+def _bytes(quantity: str) -> int:
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40}
+    for unit, factor in units.items():
+        if quantity.endswith(unit):
+            return int(float(quantity[: -len(unit)]) * factor)
+    return int(quantity)
+
+
+@pytest.mark.parametrize("overlay", ["cpu", "gpu"])
+def test_the_memory_limit_covers_the_memory_model(rendered: dict[str, list[dict[str, Any]]], overlay: str) -> None:
+    """The pod's memory limit is at least workers x the worst case of one worker under the ConfigMap's limits."""
+    from service.config import ServiceConfig
+
+    docs = rendered[overlay]
+    config = ServiceConfig.from_env(_config(docs))
+    need = config.workers * config.memory_bound() + SUPERVISOR_BYTES
+    if "nvidia.com/gpu" in _serving_container(docs)["resources"]["limits"]:
+        need += CUDA_HOST_BYTES * config.workers
+    limit = _bytes(_serving_container(docs)["resources"]["limits"]["memory"])
+    assert need <= limit, f"{overlay}: the memory model needs {need / 2**30:.2f} GiB, the limit is {limit / 2**30:.2f}"
+    assert limit <= 1.5 * need + 2**30, f"{overlay}: the limit is far above what the model needs"
+
+
 def test_gpu_overlay_requests_a_gpu(rendered: dict[str, list[dict[str, Any]]]) -> None:
     docs = rendered["gpu"]
     pod = _one(docs, "Deployment", "biomed-serve")["spec"]["template"]["spec"]

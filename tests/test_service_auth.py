@@ -87,9 +87,15 @@ def test_probes_and_metrics_stay_open(client, path: str) -> None:  # type: ignor
     assert client.get(path, headers={"Authorization": "Bearer wrong"}).status_code == expected
 
 
-@pytest.mark.parametrize("path", ["/openapi.json", "/docs.json", "/schema.json", "/"])
+@pytest.mark.parametrize("path", ["/openapi.json", "/docs.json", "/schema.json", "/nope"])
 def test_other_paths_need_the_token(client, path: str) -> None:  # type: ignore[no-untyped-def]
     assert client.get(path).status_code == 401
+
+
+@pytest.mark.parametrize("path", ["/", "/ui/style.css"])
+def test_the_page_and_its_assets_are_open_and_hold_no_data(client, path: str) -> None:  # type: ignore[no-untyped-def]
+    r = client.get(path)
+    assert r.status_code == 200 and TOKEN not in r.text and "demo-" not in r.text
 
 
 def test_unauthorized_requests_are_counted(client) -> None:  # type: ignore[no-untyped-def]

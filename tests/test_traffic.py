@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from service.traffic import ConcurrencyLimit, TimeoutMiddleware
+from service.guard import Guard
+from service.traffic import RouteLabelledMetrics, TimeoutMiddleware
 
 
 def _request(app, timeout: float) -> tuple[list[dict], asyncio.AbstractEventLoop]:  # type: ignore[no-untyped-def]
@@ -95,10 +96,22 @@ def test_the_service_app_uses_it_in_place_of_bentomls() -> None:
     finally:
         Biomed.config.clear()
         Biomed.config.update(saved)
-    assert TimeoutMiddleware in stack and ConcurrencyLimit in stack
+    assert TimeoutMiddleware in stack and Guard in stack
     assert not [c for c in stack if c.__name__ == "TimeoutMiddleware" and c is not TimeoutMiddleware]
+    # the concurrency limit is the guard's (counted once the body is in), not BentoML's
     assert not [c for c in stack if c.__name__ == "MaxConcurrencyMiddleware"]
     assert Biomed.config["traffic"]["timeout"] > 0
+
+
+def test_request_metrics_are_labelled_by_route_template() -> None:
+    import service.service  # noqa: F401 - installs the replacements
+    from bentoml._internal.server.http import instruments
+
+    from service.routes import label
+
+    assert instruments.RunnerTrafficMetricsMiddleware is RouteLabelledMetrics
+    assert label("/predict_dna") == "/predict_dna" and label("/ui/style.css") == "/ui/{name}"
+    assert {label(p) for p in ("/x", "/predict_dna/", "/%0aFORGED", "/" + "a" * 5000)} == {"other"}
 
 
 @pytest.fixture()
@@ -108,9 +121,9 @@ def tight_service(demo_models: dict[str, str]):  # type: ignore[no-untyped-def]
     from service.service import Biomed
 
     saved = copy.deepcopy(Biomed.config)
-    Biomed.config["traffic"] = {**Biomed.config["traffic"], "max_concurrency": 1, "timeout": 0.3}
+    Biomed.config["traffic"] = {**Biomed.config["traffic"], "timeout": 0.3}
     try:
-        yield from inprocess_client()
+        yield from inprocess_client({"BIOMED_MAX_CONCURRENCY": "1"})
     finally:
         Biomed.config.clear()
         Biomed.config.update(saved)

@@ -8,24 +8,37 @@ inverted (``1 - x``). Colour images (RGB, YBR_* converted to RGB by pydicom,
 PALETTE COLOR through its palette) are scaled by their bit depth; file windows
 apply to MONOCHROME images only.
 
-Sizes are checked from the header before any pixel is decoded; a deflated
-dataset is inflated with a cap. Nothing here puts patient data into a message.
+Sizes (pixels, frames, decoded bytes) are checked from the header, and each
+compressed frame's codestream header against it (``codestream``), before any
+pixel is decoded; data elements are counted before parsing and a deflated
+dataset is inflated with a cap (``dicom_read``). Frames are then decoded one at
+a time and presented band by band of rows into a ``FrameSink``, so the float32
+working set is one band, not the image; the decode reserves its working set
+from ``Limits.budget``. Every failure is an ``InputError`` (non-finite rescale
+or window values included: they are refused, naming the attribute). Nothing
+here puts patient data into a message.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import math
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, TypeVar, Union
 
 import numpy as np
 from pydicom.dataset import Dataset
-from pydicom.pixels import apply_color_lut
+from pydicom.pixels import apply_color_lut, convert_color_space
 from pydicom.pixels.decoders.base import get_decoder
+from pydicom.pixels.decoders.pylibjpeg import is_available as rle_bounded
 from pydicom.pixels.utils import get_expected_length
-from pydicom.uid import UID, ExplicitVRBigEndian
+from pydicom.uid import UID, ExplicitVRBigEndian, JPEG2000TransferSyntaxes, JPEGLSTransferSyntaxes, RLELossless
 
 from biomed.errors import InputError, MalformedInput, TooLarge, UnsupportedMedia
+from biomed.preprocess.budget import reserve, working_set
+from biomed.preprocess.codestream import check_frames
 from biomed.preprocess.dicom_read import ACCEPTED, PIXEL_KEYWORDS, read, transfer_syntax
 from biomed.preprocess.dicom_voi import Voi, apply_table, apply_voi, frame_rescale, frame_voi, lut_table
+from biomed.preprocess.frames import FrameSink, bands
 
 if TYPE_CHECKING:
     from biomed.preprocess.image import Limits
@@ -35,12 +48,14 @@ _SYNTAXES = (
     "baseline/extended/lossless, JPEG-LS, JPEG 2000 and HTJ2K"
 )
 _MONO = ("MONOCHROME1", "MONOCHROME2")
+_MB = 2**20
+_T = TypeVar("_T")
 
 
 def load_dicom(
-    data: bytes, window: tuple[float, float] | None, limits: Limits
-) -> tuple[np.ndarray, dict[str, Any]]:
-    """Decode and present a DICOM object.
+    data: bytes, window: tuple[float, float] | None, limits: Limits, sink: FrameSink
+) -> dict[str, Any]:
+    """Decode and present a DICOM object into `sink`, one frame (and band of rows) at a time.
 
     Args:
         data: The file's bytes, with or without the Part-10 preamble. Without
@@ -48,31 +63,25 @@ def load_dicom(
             pixel data.
         window: The model's (center, width) in modality units, applied with
             LINEAR_EXACT to MONOCHROME images instead of the file's VOI.
-        limits: Size caps, checked from the header before decoding.
+        limits: Size caps, checked from the header (and each compressed frame's
+            codestream header) before decoding; ``limits.budget`` is reserved
+            for the decode.
+        sink: Receives every frame, presented as float32 (rows, columns,
+            samples) in [0, 1], samples 1 (grey) or 3 (RGB).
 
     Returns:
-        ``(x, info)``: x float32 (frames, rows, columns, samples) in [0, 1],
-        samples 1 (grey) or 3 (RGB); info the response's ``input`` block.
+        The response's ``input`` block.
 
     Raises:
-        InputError: a subclass naming the problem (see ``biomed.errors``).
+        InputError: a subclass naming the problem (see ``biomed.errors``);
+            nothing else escapes.
     """
     ds = read(data, limits)
     ts = transfer_syntax(ds)
-    frames, rows, columns = _check_header(ds, limits)
+    frames, rows, columns, samples, itemsize = _check_header(ds, limits)
     decoder = _decoder(ts)
     _check_length(ds, ts)
-    try:
-        arr, meta = decoder.as_array(ds, as_rgb=True)
-    except MemoryError:
-        raise TooLarge(f"the image is too large to decode; {ACCEPTED} within the limits") from None
-    except Exception as exc:
-        raise InputError(
-            f"the pixel data could not be decoded ({type(exc).__name__}); {ACCEPTED} with "
-            "complete, valid pixel data", code="bad_pixel_data"
-        ) from None
-    samples = int(meta.get("samples_per_pixel", 1))
-    arr = arr.reshape(frames, rows, columns, samples)
+    check_frames(ds, ts, frames, rows, columns, samples, itemsize, limits)
     info = {
         "format": "dicom",
         "modality": str(ds.get("Modality", "") or "") or None,
@@ -82,8 +91,28 @@ def load_dicom(
         "photometric_interpretation": str(ds.get("PhotometricInterpretation", "") or "") or None,
         "transfer_syntax": ts.name,
     }
+    encoded = len(ds[next(k for k in PIXEL_KEYWORDS if k in ds)].value or b"")
+    need = working_set(encoded, rows * columns * samples * itemsize, _codec(ts), sink.output_bytes(frames))
+    with reserve(limits.budget, need):
+        sink.begin(frames)
+        pixels = _decoded_frames(decoder, ds, ts, frames)
+        presenter: _Presenter | None = None
+        try:
+            for index in range(frames):
+                arr, meta = _next_frame(pixels, index, frames)
+                arr = _frame_shape(arr, rows, columns, int(meta.get("samples_per_pixel", samples)))
+                presenter = presenter or _guard(lambda: _presenter(ds, arr, meta, window, ts, frames))
+                _guard(lambda: presenter.add(sink, index, arr))  # noqa: B023 - called at once
+        finally:
+            pixels.close()
+        info.update(_guard(presenter.info))  # type: ignore[union-attr]
+    return info
+
+
+def _guard(step: Callable[[], _T]) -> _T:
+    """Run a presentation step; anything but an InputError becomes a 400/413 naming its type."""
     try:
-        x, extra = _present(ds, arr, str(meta.get("photometric_interpretation", "")), window, ts)
+        return step()
     except InputError:
         raise
     except MemoryError:
@@ -93,12 +122,69 @@ def load_dicom(
             f"the DICOM presentation attributes could not be read ({type(exc).__name__}); "
             f"{ACCEPTED} with valid Modality LUT/VOI LUT/palette attributes", code="malformed_dicom"
         ) from None
-    info.update(extra)
-    return x, info
 
 
-def _check_header(ds: Dataset, limits: Limits) -> tuple[int, int, int]:
-    """Frames, rows and columns from the header, refused when over the limits."""
+def _codec(ts: UID) -> str:
+    """The working-set class of a transfer syntax (see ``biomed.preprocess.budget.FRAME_FACTOR``)."""
+    if not ts.is_encapsulated:
+        return "native"
+    if ts in JPEG2000TransferSyntaxes:
+        return "jpeg2000"
+    if ts in JPEGLSTransferSyntaxes:
+        return "jpeg-ls"
+    return "rle" if ts == RLELossless else "jpeg"
+
+
+def _decoded_frames(decoder: Any, ds: Dataset, ts: UID, frames: int) -> Iterator[tuple[np.ndarray, dict[str, Any]]]:
+    """pydicom's frame-by-frame decoder: no colour conversion (done per band), no excess frames.
+
+    Native frames are read-only views of the pixel data (no copy); RLE uses
+    pylibjpeg-rle, which decodes into a buffer of the header's size.
+    """
+    options: dict[str, Any] = {"as_rgb": False, "allow_excess_frames": False}
+    if not ts.is_encapsulated:
+        options["view_only"] = True
+    if ts == RLELossless:  # pydicom's own RLE decoder grows its output with every run, without bound
+        if not rle_bounded(ts):
+            raise UnsupportedMedia(
+                f"transfer syntax '{ts.name}' needs the pylibjpeg-rle decoder, which is not installed; "
+                f"accepted: {_SYNTAXES}", code="unsupported_transfer_syntax"
+            )
+        options["decoding_plugin"] = "pylibjpeg"
+    return decoder.iter_array(ds, **options)
+
+
+def _next_frame(pixels: Iterator[tuple[np.ndarray, dict[str, Any]]], index: int, frames: int) -> tuple[np.ndarray, dict[str, Any]]:
+    try:
+        return next(pixels)
+    except StopIteration:
+        raise InputError(
+            f"the pixel data holds {index} of the {frames} frames the header describes; {ACCEPTED} with "
+            "complete pixel data", code="bad_pixel_data"
+        ) from None
+    except MemoryError:
+        raise TooLarge(f"the image is too large to decode; {ACCEPTED} within the limits") from None
+    except Exception as exc:
+        raise InputError(
+            f"the pixel data could not be decoded ({type(exc).__name__}); {ACCEPTED} with "
+            "complete, valid pixel data", code="bad_pixel_data"
+        ) from None
+
+
+def _frame_shape(arr: np.ndarray, rows: int, columns: int, samples: int) -> np.ndarray:
+    """One decoded frame as (rows, columns, samples), refused when its size is not the header's."""
+    try:
+        return arr.reshape(rows, columns, samples)
+    except Exception:
+        raise InputError(
+            f"a decoded frame holds {arr.size} values but the header describes {rows}x{columns}x{samples}; "
+            f"{ACCEPTED} with pixel data that matches Rows, Columns and Samples per Pixel",
+            code="bad_pixel_data",
+        ) from None
+
+
+def _check_header(ds: Dataset, limits: Limits) -> tuple[int, int, int, int, int]:
+    """Frames, rows, columns, samples and bytes per decoded sample, refused when over the limits."""
     if not any(k in ds for k in PIXEL_KEYWORDS):
         sop = UID(str(ds.get("SOPClassUID", "") or ""))
         kind = f" ({sop.name})" if sop and sop.name != str(sop) else ""
@@ -128,7 +214,24 @@ def _check_header(ds: Dataset, limits: Limits) -> tuple[int, int, int]:
             f"the DICOM file claims {rows}x{columns} pixels x {frames} frames; accepted: at most "
             f"{limits.max_pixels} pixels in all"
         )
-    return frames, rows, columns
+    itemsize = _itemsize(ds)
+    decoded = rows * columns * frames * samples * itemsize
+    if decoded > limits.max_decoded_bytes:
+        raise TooLarge(
+            f"the DICOM pixel data decodes to {decoded / _MB:.0f} MB ({rows}x{columns} pixels x {frames} "
+            f"frames x {samples} samples x {itemsize} bytes); accepted: at most "
+            f"{limits.max_decoded_bytes / _MB:.0f} MB decoded (BIOMED_MAX_DECODED_MB)"
+        )
+    return frames, rows, columns, samples, itemsize
+
+
+def _itemsize(ds: Dataset) -> int:
+    """Bytes per decoded sample, as pydicom allocates them from Bits Allocated (1 when unreadable)."""
+    try:
+        bits = int(ds.get("BitsAllocated", 8) or 8)
+    except Exception:
+        return 1  # pydicom refuses such a file when decoding
+    return 1 if bits <= 8 else 2 if bits <= 16 else 4 if bits <= 32 else 8
 
 
 def _decoder(ts: UID) -> Any:
@@ -166,29 +269,164 @@ def _check_length(ds: Dataset, ts: UID) -> None:
         )
 
 
-def _present(
-    ds: Dataset, arr: np.ndarray, pi: str, window: tuple[float, float] | None, ts: UID
-) -> tuple[np.ndarray, dict[str, Any]]:
-    """Map decoded pixels (F, R, C, S) to presented float32 in [0, 1] and describe how."""
+_Presenter = Union["_Colour", "_Palette", "_Mono"]
+
+
+def _presenter(
+    ds: Dataset, arr: np.ndarray, meta: dict[str, Any], window: tuple[float, float] | None, ts: UID, frames: int
+) -> _Presenter:
+    """How decoded frames (rows, columns, samples) become presented float32 in [0, 1]."""
+    pi = str(meta.get("photometric_interpretation", ""))
     original = str(ds.get("PhotometricInterpretation", "") or "")
     if arr.shape[-1] == 1 and pi == "PALETTE COLOR":
-        rgb = apply_color_lut(arr[..., 0], ds)
-        scale = np.iinfo(rgb.dtype).max if rgb.dtype.kind in "ui" else 1.0
-        x = rgb.astype(np.float32) * np.float32(1.0 / scale)
-        return np.clip(x, 0.0, 1.0, out=x), _colour_info("PALETTE COLOR -> RGB", scale)
+        return _Palette(ds)
     if arr.shape[-1] == 3:
-        bits = int(ds.get("BitsStored", 0) or 0) or arr.dtype.itemsize * 8
-        scale = float(2**bits - 1)
-        x = arr.astype(np.float32) * np.float32(1.0 / scale)
-        conversion = f"{original} -> RGB" if original.startswith("YBR") else None
-        return np.clip(x, 0.0, 1.0, out=x), _colour_info(conversion, scale)
-    little = ts != ExplicitVRBigEndian
-    x, rescale = _modality(ds, arr, little)
-    x, voi = _voi(ds, x, window, little)
-    inverted = pi == "MONOCHROME1" or (pi not in _MONO and original == "MONOCHROME1")
-    if inverted:
-        np.subtract(1.0, x, out=x)
-    return x, {"rescale": rescale, "window": voi, "inverted": inverted}
+        return _Colour(ds, arr.dtype, pi, original)
+    return _Mono(ds, frames, window, ts != ExplicitVRBigEndian, pi, original, arr.dtype)
+
+
+class _Colour:
+    """RGB (YBR_FULL/YBR_FULL_422 converted by pydicom's own formula, band by band), scaled by the bit depth."""
+
+    def __init__(self, ds: Dataset, dtype: np.dtype, pi: str, original: str) -> None:
+        bits = int(ds.get("BitsStored", 0) or 0) or dtype.itemsize * 8
+        self.scale = float(2**bits - 1)
+        self.ybr = pi in ("YBR_FULL", "YBR_FULL_422")
+        self.conversion = f"{original} -> RGB" if original.startswith("YBR") else None
+
+    def add(self, sink: FrameSink, index: int, arr: np.ndarray) -> None:
+        rows, columns, _ = arr.shape
+        factor = np.float32(1.0 / self.scale)
+
+        def strip(y0: int, y1: int) -> np.ndarray:
+            band = arr[y0:y1]
+            if self.ybr:
+                band = convert_color_space(band, "YBR_FULL", "RGB")
+            x = band.astype(np.float32) * factor
+            return np.clip(x, 0.0, 1.0, out=x)
+
+        sink.add(index, rows, columns, 3, strip)
+
+    def info(self) -> dict[str, Any]:
+        return _colour_info(self.conversion, self.scale)
+
+
+class _Palette:
+    """PALETTE COLOR through its palette, band by band, scaled by the palette's range."""
+
+    def __init__(self, ds: Dataset) -> None:
+        self.ds = ds
+        self.scale: float | int = 1.0
+
+    def add(self, sink: FrameSink, index: int, arr: np.ndarray) -> None:
+        rows, columns, _ = arr.shape
+
+        def strip(y0: int, y1: int) -> np.ndarray:
+            rgb = apply_color_lut(arr[y0:y1, :, 0], self.ds)
+            self.scale = np.iinfo(rgb.dtype).max if rgb.dtype.kind in "ui" else 1.0
+            x = rgb.astype(np.float32) * np.float32(1.0 / self.scale)
+            return np.clip(x, 0.0, 1.0, out=x)
+
+        sink.add(index, rows, columns, 3, strip)
+
+    def info(self) -> dict[str, Any]:
+        return _colour_info("PALETTE COLOR -> RGB", self.scale)
+
+
+class _Mono:
+    """Modality LUT or rescale, then VOI, then MONOCHROME1 inversion, per frame and band of rows.
+
+    A frame's min/max window (when it has no other) comes from the whole
+    frame: a first pass over its bands when it spans more than one.
+    """
+
+    def __init__(
+        self, ds: Dataset, frames: int, window: tuple[float, float] | None, little: bool, pi: str,
+        original: str, dtype: np.dtype,
+    ) -> None:
+        self.params = [frame_rescale(ds, i) for i in range(frames)]
+        self.lut: tuple[int, np.ndarray] | None = None
+        self.float_pixels = dtype.kind == "f"
+        if ds.get("ModalityLUTSequence") and not any(self.params):
+            first, table, bits = lut_table(ds.ModalityLUTSequence[0], little)
+            self.lut = (first, table)
+            self.rescale: dict[str, Any] = {"lut": {"entries": int(table.size), "first_mapped": first, "bits": bits}}
+        else:
+            slope, intercept = self.params[0] or (1.0, 0.0)
+            self.rescale = {"slope": slope, "intercept": intercept}
+            if any(p != self.params[0] for p in self.params):
+                self.rescale["per_frame"] = True
+            if self.float_pixels:
+                self.rescale["float_pixels"] = True
+        per_frame_rescale = any(p != self.params[0] for p in self.params)
+        self.rescale_name = "(0028,1053) Rescale Slope and (0028,1052) Rescale Intercept" + (
+            " (per-frame functional groups)" if per_frame_rescale else "")
+        if window is not None:
+            self.steps: list[tuple[Voi, str]] = [
+                (("window", float(window[0]), float(window[1]), "linear_exact"), "model")]
+        elif "PerFrameFunctionalGroupsSequence" in ds:
+            self.steps = [frame_voi(ds, i, little) for i in range(frames)]
+        else:
+            self.steps = [frame_voi(ds, 0, little)]
+        self.inverted = pi == "MONOCHROME1" or (pi not in _MONO and original == "MONOCHROME1")
+        self.descs: list[dict[str, Any]] = []
+
+    def _modality(self, index: int, a: np.ndarray) -> tuple[np.ndarray, float, float]:
+        """Modality values of a band (float32) and their extremes, refused when not finite."""
+        if self.lut is not None:
+            x = apply_table(a, *self.lut)
+        else:
+            x = a.astype(np.float32)
+            if self.float_pixels:
+                np.nan_to_num(x, copy=False)
+            p = self.params[index]
+            if p is not None:
+                x *= np.float32(p[0])
+                x += np.float32(p[1])
+        lo, hi = (float(x.min()), float(x.max())) if x.size else (0.0, 0.0)
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            raise InputError(
+                f"{self.rescale_name} map the stored values beyond the float32 range; accepted: "
+                "rescale values that keep modality values finite", code="bad_pixel_data"
+            )
+        return x, lo, hi
+
+    def add(self, sink: FrameSink, index: int, arr: np.ndarray) -> None:
+        rows, columns, _ = arr.shape
+        a = arr[..., 0]
+        voi = self.steps[min(index, len(self.steps) - 1)][0]
+        spans = bands(rows, columns, 1)
+        cached: dict[tuple[int, int], np.ndarray] = {}
+        if voi[0] == "minmax":
+            lo, hi = math.inf, -math.inf
+            for y0, y1 in spans:
+                x, band_lo, band_hi = self._modality(index, a[y0:y1])
+                lo, hi = min(lo, band_lo), max(hi, band_hi)
+                if len(spans) == 1:
+                    cached[(y0, y1)] = x
+            voi = ("minmax", lo, hi)
+        desc: dict[str, Any] = {}
+
+        def strip(y0: int, y1: int) -> np.ndarray:
+            x = cached.pop((y0, y1), None)
+            if x is None:
+                x = self._modality(index, a[y0:y1])[0]
+            x, d = apply_voi(x, voi)
+            desc.update(d)
+            if self.inverted:
+                np.subtract(1.0, x, out=x)
+            return x[..., None]
+
+        sink.add(index, rows, columns, 1, strip)
+        self.descs.append(desc)
+
+    def info(self) -> dict[str, Any]:
+        desc = dict(self.descs[0])
+        per_frame = any(d != self.descs[0] for d in self.descs)
+        desc["source"] = self.steps[0][1]
+        if per_frame:
+            desc["per_frame"] = True
+        return {"rescale": self.rescale, "window": desc, "inverted": self.inverted}
 
 
 def _colour_info(conversion: str | None, scale: float) -> dict[str, Any]:
@@ -200,67 +438,3 @@ def _colour_info(conversion: str | None, scale: float) -> dict[str, Any]:
     if conversion:
         info["color_conversion"] = conversion
     return info
-
-
-def _modality(ds: Dataset, arr: np.ndarray, little: bool) -> tuple[np.ndarray, dict[str, Any]]:
-    """Apply the Modality LUT or rescale (per frame when the functional groups say so)."""
-    frames = arr.shape[0]
-    params = [frame_rescale(ds, i) for i in range(frames)]
-    if ds.get("ModalityLUTSequence") and not any(params):
-        first, table, bits = lut_table(ds.ModalityLUTSequence[0], little)
-        x = apply_table(arr, first, table)
-        return x, {"lut": {"entries": int(table.size), "first_mapped": first, "bits": bits}}
-    x = arr.astype(np.float32)
-    if float_pixels := arr.dtype.kind == "f":
-        np.nan_to_num(x, copy=False)
-    if all(p == params[0] for p in params):
-        if params[0] is not None:
-            x *= np.float32(params[0][0])
-            x += np.float32(params[0][1])
-    else:
-        for i, p in enumerate(params):
-            if p is not None:
-                x[i] *= np.float32(p[0])
-                x[i] += np.float32(p[1])
-    slope, intercept = params[0] or (1.0, 0.0)
-    info: dict[str, Any] = {"slope": slope, "intercept": intercept}
-    if any(p != params[0] for p in params):
-        info["per_frame"] = True
-    if float_pixels:
-        info["float_pixels"] = True
-    return x, info
-
-
-def _voi(
-    ds: Dataset, x: np.ndarray, window: tuple[float, float] | None, little: bool
-) -> tuple[np.ndarray, dict[str, Any]]:
-    """Map modality values to [0, 1]: the model's window, else the file's VOI per frame."""
-    frames = x.shape[0]
-    if window is not None:
-        steps: list[tuple[Voi, str]] = [(("window", float(window[0]), float(window[1]), "linear_exact"), "model")]
-    elif "PerFrameFunctionalGroupsSequence" in ds:
-        steps = [frame_voi(ds, i, little) for i in range(frames)]
-    else:
-        steps = [frame_voi(ds, 0, little)]
-    keys = [_voi_key(voi) for voi, _ in steps]
-    if len(set(keys)) == 1 and steps[0][0][0] != "minmax":
-        x, desc = apply_voi(x, steps[0][0])
-        per_frame = False
-    else:
-        descs = []
-        for i in range(frames):
-            voi = steps[min(i, len(steps) - 1)][0]
-            x[i], d = apply_voi(x[i], voi)
-            descs.append(d)
-        desc, per_frame = descs[0], any(d != descs[0] for d in descs)
-    desc["source"] = steps[0][1]
-    if per_frame:
-        desc["per_frame"] = True
-    return x, desc
-
-
-def _voi_key(voi: Voi) -> tuple[Any, ...]:
-    """A hashable key for comparing VOI steps across frames."""
-    if voi[0] == "lut":
-        return ("lut", voi[1], voi[2].tobytes())
-    return voi

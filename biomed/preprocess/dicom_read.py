@@ -2,7 +2,10 @@
 
 The Part-10 meta group is walked by hand so a deflated dataset can be inflated
 with a cap (pydicom would inflate it without bound); preamble-less bytes are
-accepted only when they parse as a dataset with pixel data.
+accepted only when they parse as a dataset with pixel data. Before pydicom
+parses anything, the data elements it would parse are counted
+(``biomed.preprocess.dicom_scan``) and a dataset with more than
+``Limits.max_elements`` is refused (413), so parse time is bounded.
 """
 
 from __future__ import annotations
@@ -23,13 +26,14 @@ from pydicom.uid import (
 )
 
 from biomed.errors import InputError, MalformedInput, TooLarge, UnsupportedMedia
+from biomed.preprocess.dicom_scan import ElementScanner, TooDeep, TooManyElements
 
 if TYPE_CHECKING:
     from biomed.preprocess.image import Limits
 
 ACCEPTED = "accepted: a DICOM Part-10 file with pixel data, a PNG or a JPEG"
 PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
-_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+_KNOWN_VRS = ElementScanner.known_vrs()
 
 
 def has_preamble(data: bytes) -> bool:
@@ -42,25 +46,40 @@ def _not_media() -> UnsupportedMedia:
 
 
 def read(data: bytes, limits: Limits) -> Dataset:
-    """Parse the dataset (pixel data still encoded); inflate deflated ones with a cap."""
+    """Parse the dataset (pixel data still encoded); inflate deflated ones with a cap.
+
+    Raises:
+        TooLarge: more than ``limits.max_elements`` data elements, or a deflated
+            dataset inflating past ``limits.max_bytes``.
+    """
     preamble = has_preamble(data)
     try:
-        if preamble:
-            end = _meta_end(data)
-            meta = FileMetaDataset(read_dataset(BytesIO(data[132:end]), False, True))
-            if meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian:
-                return _read_deflated(data, end, meta, limits)
-        ds = dcmread(BytesIO(data), force=not preamble)
+        start = 132 if preamble else 0
+        end, counted = _meta_end(data, start, limits.max_elements)
+        meta = FileMetaDataset(read_dataset(BytesIO(data[start:end]), False, True)) if end > start else None
+        ts = meta.get("TransferSyntaxUID") if meta is not None else None
+        if ts == DeflatedExplicitVRLittleEndian:
+            ds = _read_deflated(data, end, meta, limits, counted, preamble)
+        else:
+            _count_elements(data, end, ts, limits.max_elements, counted)
+            ds = dcmread(BytesIO(data), force=not preamble)
         looks_like_image = all(k in ds for k in ("Rows", "Columns")) and any(
             k in ds for k in PIXEL_KEYWORDS
         )
     except InputError:
         raise
+    except TooManyElements:
+        raise TooLarge(
+            f"the DICOM dataset has more than {limits.max_elements} data elements (sequence items and "
+            f"pixel data fragments included); accepted: at most {limits.max_elements} "
+            "(BIOMED_MAX_DICOM_ELEMENTS)"
+        ) from None
     except Exception as exc:
         if not preamble:
             raise _not_media() from None
+        what = "sequences nested too deeply" if isinstance(exc, TooDeep) else type(exc).__name__
         raise MalformedInput(
-            f"the DICOM header could not be parsed ({type(exc).__name__}); {ACCEPTED}",
+            f"the DICOM header could not be parsed ({what}); {ACCEPTED}",
             code="malformed_dicom",
         ) from None
     if not preamble and not looks_like_image:
@@ -68,18 +87,40 @@ def read(data: bytes, limits: Limits) -> Dataset:
     return ds
 
 
-def _meta_end(data: bytes) -> int:
-    """Offset just past the (0002,xxxx) file meta group, always explicit VR little endian."""
-    pos = 132
-    while pos + 8 <= len(data) and data[pos : pos + 2] == b"\x02\x00":
-        if data[pos + 4 : pos + 6] in _LONG_VRS:
-            pos += 12 + int.from_bytes(data[pos + 8 : pos + 12], "little")
-        else:
-            pos += 8 + int.from_bytes(data[pos + 6 : pos + 8], "little")
-    return min(pos, len(data))
+def _meta_end(data: bytes, start: int, limit: int) -> tuple[int, int]:
+    """Offset just past the (0002,xxxx) file meta group at `start`, and its element count.
+
+    Walked as pydicom reads it (explicit VR little endian unless the first
+    element looks implicit), counting elements against `limit`.
+    """
+    scanner = ElementScanner(data, little=True, limit=limit)
+    end = scanner.dataset(start, None, implicit=False, group=0x0002)
+    return min(end, len(data)), scanner.count
 
 
-def _read_deflated(data: bytes, end: int, meta: FileMetaDataset, limits: Limits) -> Dataset:
+def _count_elements(data: bytes, pos: int, ts: str | None, limit: int, counted: int) -> None:
+    """Count what ``dcmread`` parses after the meta group: the command set, then the dataset.
+
+    Raises:
+        TooManyElements: past `limit` (with the `counted` meta elements).
+    """
+    command = ElementScanner(data, little=True, limit=limit, count=counted)
+    pos = command.dataset(pos, None, implicit=True, group=0x0000)
+    implicit, little = True, True
+    if ts is None:  # pydicom's guess from the first element (read_partial)
+        if pos + 6 <= len(data) and data[pos + 4 : pos + 6] in _KNOWN_VRS:
+            implicit = False
+            little = int.from_bytes(data[pos : pos + 2], "little") < 1024
+    elif ts == ExplicitVRBigEndian:
+        implicit, little = False, False
+    elif ts != ImplicitVRLittleEndian:
+        implicit = False
+    ElementScanner(data, little=little, limit=limit, count=command.count).dataset(pos, None, implicit)
+
+
+def _read_deflated(
+    data: bytes, end: int, meta: FileMetaDataset, limits: Limits, counted: int, preamble: bool
+) -> Dataset:
     """Inflate the dataset after the meta group, refusing more than ``limits.max_bytes``."""
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
     body = inflater.decompress(data[end:], limits.max_bytes + 1)
@@ -88,9 +129,11 @@ def _read_deflated(data: bytes, end: int, meta: FileMetaDataset, limits: Limits)
             f"the deflated DICOM dataset inflates to more than {limits.max_bytes} bytes; "
             f"{ACCEPTED} of at most {limits.max_bytes} bytes once inflated"
         )
+    ElementScanner(body, little=True, limit=limits.max_elements, count=counted).dataset(0, None, False)
     ds = read_dataset(BytesIO(body), False, True)
     return FileDataset(
-        "", ds, preamble=data[:128], file_meta=meta, is_implicit_VR=False, is_little_endian=True
+        "", ds, preamble=data[:128] if preamble else None, file_meta=meta, is_implicit_VR=False,
+        is_little_endian=True,
     )
 
 

@@ -7,6 +7,9 @@ top-level attributes. pydicom's own helpers look at the top level only, so the
 look-ups here walk the groups first.
 
 All maths is float32 and in place where possible; every VOI maps to [0, 1].
+Rescale and window values that are not finite float32 numbers are refused
+(422 ``bad_pixel_data`` naming the attribute, never its value): they would
+turn the pixels and the response's ``window`` block into inf/NaN.
 """
 
 from __future__ import annotations
@@ -17,9 +20,12 @@ from typing import Any
 import numpy as np
 from pydicom.dataset import Dataset
 
-_WINDOW_FUNCTIONS = ("linear", "linear_exact", "sigmoid")
+from biomed.errors import InputError
 
-# A VOI step: ("window", center, width, function) | ("lut", first, table) | ("minmax",)
+_WINDOW_FUNCTIONS = ("linear", "linear_exact", "sigmoid")
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+# A VOI step: ("window", center, width, function) | ("lut", first, table) | ("minmax",) | ("minmax", lo, hi)
 Voi = tuple[Any, ...]
 
 
@@ -72,13 +78,28 @@ def apply_table(x: np.ndarray, first: int, table: np.ndarray) -> np.ndarray:
     return table[idx]
 
 
+def finite_float32(value: float, name: str, where: str = "") -> float:
+    """`value` if it is a finite float32 number, else a 422 naming the attribute (not the value)."""
+    if not (math.isfinite(value) and abs(value) <= _FLOAT32_MAX):
+        raise InputError(
+            f"{name}{where} is not a finite number within the float32 range; accepted: finite rescale "
+            "and window values of magnitude up to 3.4e38", code="bad_pixel_data"
+        )
+    return value
+
+
 def frame_rescale(ds: Dataset, frame: int) -> tuple[float, float] | None:
-    """``(slope, intercept)`` for one frame, or None where the file sets none."""
+    """``(slope, intercept)`` for one frame, or None where the file sets none (or a zero slope).
+
+    Raises:
+        InputError: a slope or intercept that is not a finite float32 number.
+    """
     item = _group_item(ds, frame, "PixelValueTransformationSequence")
-    for src in (item, ds):
+    for src, where in ((item, " (per-frame functional groups)"), (ds, "")):
         if src is not None and "RescaleSlope" in src and "RescaleIntercept" in src:
-            slope, intercept = _first(src.RescaleSlope), _first(src.RescaleIntercept)
-            if math.isfinite(slope) and math.isfinite(intercept) and slope != 0:
+            slope = finite_float32(_first(src.RescaleSlope), "(0028,1053) Rescale Slope", where)
+            intercept = finite_float32(_first(src.RescaleIntercept), "(0028,1052) Rescale Intercept", where)
+            if slope != 0:
                 return slope, intercept
     return None
 
@@ -104,13 +125,18 @@ def frame_voi(ds: Dataset, frame: int, little_endian: bool) -> tuple[Voi, str]:
 
 
 def window_voi(src: Dataset) -> Voi | None:
-    """The first window of `src` as a VOI step, or None when it is unusable."""
-    center, width = _first(src.WindowCenter), _first(src.WindowWidth)
+    """The first window of `src` as a VOI step, or None when its width is unusable.
+
+    Raises:
+        InputError: a center or width that is not a finite float32 number.
+    """
+    center = finite_float32(_first(src.WindowCenter), "(0028,1050) Window Center")
+    width = finite_float32(_first(src.WindowWidth), "(0028,1051) Window Width")
     function = str(src.get("VOILUTFunction", "LINEAR") or "LINEAR").strip().lower()
     if function not in _WINDOW_FUNCTIONS:
         function = "linear"
     minimum = 1.0 if function == "linear" else 0.0
-    if not (math.isfinite(center) and math.isfinite(width)) or width < minimum or width <= 0:
+    if width < minimum or width <= 0:
         return None
     return ("window", center, width, function)
 
@@ -121,7 +147,8 @@ def apply_voi(x: np.ndarray, voi: Voi) -> tuple[np.ndarray, dict[str, Any]]:
     Windows follow DICOM PS3.3 C.11.2.1.2: LINEAR uses ``(x - (c - 0.5)) /
     (w - 1) + 0.5``, LINEAR_EXACT ``(x - c) / w + 0.5`` (both clipped), SIGMOID
     ``1 / (1 + exp(-4 (x - c) / w))``. A VOI LUT's output is scaled by the
-    table's own min/max. Min/max uses the extremes of `x`.
+    table's own min/max. Min/max uses the extremes of `x`, or the given ones
+    for ``("minmax", lo, hi)`` (a frame's extremes when `x` is one band of it).
 
     Returns:
         The mapped array (usually `x` itself) and the window description.
@@ -133,7 +160,10 @@ def apply_voi(x: np.ndarray, voi: Voi) -> tuple[np.ndarray, dict[str, Any]]:
         scaled = (table - lo) / (hi - lo) if hi > lo else np.zeros_like(table)
         return apply_table(x, first, scaled), {"center": None, "width": None, "function": "lut"}
     if kind == "minmax":
-        lo, hi = (float(x.min()), float(x.max())) if x.size else (0.0, 0.0)
+        if len(voi) == 3:
+            lo, hi = float(voi[1]), float(voi[2])
+        else:
+            lo, hi = (float(x.min()), float(x.max())) if x.size else (0.0, 0.0)
         voi = ("window", (lo + hi) / 2, hi - lo, "linear_exact")
         if hi <= lo:
             x.fill(0.0)

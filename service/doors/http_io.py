@@ -7,12 +7,14 @@ can never be a URL for the server to fetch (SSRF).
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+import numpy as np
 from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from biomed.errors import InputError, MalformedInput, TooLarge, UnsupportedMedia
 
@@ -20,29 +22,85 @@ RAW_IMAGE_TYPES = {"application/dicom", "image/png", "image/jpeg", "application/
 
 
 async def read_body(request: Request, cap: int) -> bytes:
-    """The request body, refusing (413) past ``cap`` bytes without reading the rest."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > cap:
-        raise TooLarge(f"request body of {int(declared)} bytes is over the {cap / 2**20:g} MB limit (BIOMED_MAX_UPLOAD_MB)")
+    """The request body (already read in whole by ``service/guard.py``, under its caps and timeouts).
+
+    Once the body is in, a disconnect of the client cancels the request's work.
+
+    Raises:
+        TooLarge past ``cap``; ClientDisconnect when the client left mid-upload.
+    """
     chunks, size = [], 0
-    async for chunk in request.stream():
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        chunk = message.get("body", b"")
         size += len(chunk)
         if size > cap:
             raise TooLarge(f"request body is over the {cap / 2**20:g} MB limit (BIOMED_MAX_UPLOAD_MB)")
         chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    _watch_for_disconnect(request)
     return b"".join(chunks)
+
+
+def _watch_for_disconnect(request: Request) -> None:
+    """Cancel the request's work (``request.state.work``, set by the door) when its client goes away."""
+    work = getattr(request.state, "work", None)
+    if work is None:
+        return
+
+    async def watch() -> None:
+        message = await request.receive()
+        if message["type"] == "http.disconnect" and not work.done():
+            request.state.client_gone = True
+            work.cancel()
+
+    request.state.watch = asyncio.ensure_future(watch())
 
 
 def media_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
-async def read_json(request: Request, cap: int, schema: type[BaseModel]) -> Any:
-    """The body validated against ``schema``: 415 for another media type, 400 for bad JSON or fields."""
+BIG_JSON = 256 * 1024  # bodies over this are validated off the event loop
+_CHUNK = 1 << 20
+_QUOTE, _COMMA = ord('"'), ord(",")
+
+
+def json_values(body: bytes) -> int:
+    """An upper bound on the values in any one JSON array or object of ``body``: commas outside strings, plus one.
+
+    Counted with numpy, a megabyte at a time, before anything is parsed: a body of millions of
+    tiny values is refused without allocating them (a regex over it would build a piece per string).
+    """
+    if body.count(b",") == 0:
+        return 1
+    clean = body.replace(b"\\\\", b"__").replace(b'\\"', b"__")  # escaped backslashes, then escaped quotes
+    codes = np.frombuffer(clean, dtype=np.uint8)
+    commas, inside = 0, 0
+    for start in range(0, len(codes), _CHUNK):
+        part = codes[start : start + _CHUNK]
+        parity = (np.cumsum(part == _QUOTE, dtype=np.uint8) + inside) & 1  # odd: inside a string (mod 256 keeps parity)
+        commas += int(np.count_nonzero((part == _COMMA) & (parity == 0)))
+        inside = int(parity[-1])
+    return commas + 1
+
+
+async def read_json(request: Request, body: bytes, schema: type[BaseModel], max_values: int, what: str) -> Any:
+    """``body`` validated against ``schema``: 415 for another media type, 400 for bad JSON or fields.
+
+    Args:
+        max_values: the most comma-separated values a valid body can hold; more is a 413 naming ``what``.
+    """
     if media_type(request) not in ("application/json", ""):
         raise UnsupportedMedia(f"content type {media_type(request)!r} is not accepted here; send application/json")
-    body = await read_body(request, cap)
+    if json_values(body) > max_values:
+        raise TooLarge(f"the body holds more values than {what} allow")
     try:
+        if len(body) > BIG_JSON:
+            return await asyncio.get_running_loop().run_in_executor(None, schema.model_validate_json, body)
         return schema.model_validate_json(body or b"{}")
     except ValidationError as err:
         raise _validation_error(err) from None
@@ -56,9 +114,8 @@ def _validation_error(err: ValidationError) -> InputError:
     return MalformedInput(f"{where}: {first['msg']} ({err.error_count()} problem(s) in the body)", code="invalid_body")
 
 
-async def read_upload(request: Request, cap: int) -> tuple[bytes, dict[str, str]]:
-    """The uploaded file and the other form fields; a raw DICOM/PNG/JPEG body is accepted too."""
-    body = await read_body(request, cap)
+async def read_upload(request: Request, body: bytes, cap: int) -> tuple[bytes, dict[str, str]]:
+    """The uploaded file and the other form fields of ``body``; a raw DICOM/PNG/JPEG body is accepted too."""
     kind = media_type(request)
     if kind in RAW_IMAGE_TYPES:
         return body, dict(request.query_params)
@@ -75,6 +132,8 @@ async def read_upload(request: Request, cap: int) -> tuple[bytes, dict[str, str]
         form = await parser.parse()
     except MultiPartException as err:
         raise MalformedInput(f"the multipart body cannot be parsed ({err.message})") from None
+    except (UnicodeError, ValueError, LookupError) as err:  # a charset parameter it cannot decode with, say
+        raise MalformedInput(f"the multipart body cannot be parsed ({type(err).__name__}); send UTF-8 form fields") from None
     try:
         upload = form.get("file")
         if not isinstance(upload, UploadFile):

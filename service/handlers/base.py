@@ -15,6 +15,7 @@ from typing import Any, Callable, ClassVar, Iterator, TypeVar
 
 import numpy as np
 
+from biomed.preprocess.budget import DecodeBudget
 from service.batcher import Batcher
 from service.config import ServiceConfig
 from service.metrics import Metrics
@@ -29,7 +30,9 @@ class Shared:
 
     config: ServiceConfig
     metrics: Metrics
-    pool: ThreadPoolExecutor
+    pool: ThreadPoolExecutor  # preprocessing of large inputs
+    fast_pool: ThreadPoolExecutor  # small uploads, so they never wait behind large ones
+    budget: DecodeBudget  # decoded bytes of every decode in flight
 
 
 class Handler:
@@ -44,13 +47,23 @@ class Handler:
         self.metrics = shared.metrics
         histogram = shared.metrics.inference_seconds.labels(model=model.name, provider=model.provider)
         batch_sizes = shared.metrics.batch_size.labels(model=model.name)
+        queue_rows = shared.metrics.queue_rows.labels(model=model.name)
+        queue_seconds = shared.metrics.queue_seconds.labels(model=model.name)
 
         def on_batch(rows: int, seconds: float) -> None:
             histogram.observe(seconds)
             batch_sizes.observe(rows)
 
-        self.batcher = Batcher(model.run, max_batch_size=self.max_batch_size(shared.config),
-                               max_latency_ms=shared.config.max_latency_ms, on_batch=on_batch)
+        def on_queue(rows: int, waited: list[float]) -> None:
+            queue_rows.set(rows)
+            for seconds in waited:
+                queue_seconds.observe(seconds)
+
+        c = shared.config
+        self.row_bytes = model.row_bytes
+        self.batcher = Batcher(model.run, max_batch_size=self.max_batch_size(c), max_latency_ms=c.max_latency_ms,
+                               on_batch=on_batch, on_queue=on_queue, max_request_rows=c.max_request_rows,
+                               max_queued_bytes=c.max_queued_bytes)
 
     @classmethod
     def max_batch_size(cls, config: ServiceConfig) -> int:
@@ -69,9 +82,10 @@ class Handler:
         """A response body: the model's name and version, then ``fields``."""
         return {"model": self.model.name, "version": self.model.version, **fields}
 
-    async def in_thread(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run CPU work (decoding, preprocessing) in the shared pool, off the event loop."""
-        return await asyncio.get_running_loop().run_in_executor(self.shared.pool, fn, *args)
+    async def in_thread(self, fn: Callable[..., T], *args: Any, small: bool = False) -> T:
+        """Run CPU work (decoding, preprocessing) off the event loop; ``small`` work takes the fast lane."""
+        pool = self.shared.fast_pool if small else self.shared.pool
+        return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
 
     @contextlib.contextmanager
     def admitting(self) -> Iterator[None]:
@@ -81,6 +95,10 @@ class Handler:
             yield
         finally:
             self.batcher.incoming -= 1
+
+    def admit(self, rows: int, what: str = "this request") -> contextlib.AbstractContextManager[None]:
+        """Reserve room in the model's queue for ``rows`` rows while the request runs (413/429 when there is none)."""
+        return self.batcher.admit(rows, self.row_bytes, what)
 
     async def run(self, rows: np.ndarray) -> np.ndarray:
         """Model outputs (N, labels) for (N, ...) rows, through the batcher."""

@@ -55,8 +55,10 @@ class DnaHandler(Handler):
     async def predict_sequences(self, items: list[tuple[str, str]], reverse_complement: bool, started: float) -> dict:
         """``/predict_dna``, ``/predict_fasta``: per sequence the per-task max over its windows."""
         self.check_caps(items)
-        predictions = await dna_ops.predict_sequences(self._predictor(started), self.labels, self.spec, items,
-                                                      reverse_complement)
+        rows = dna_ops.sequence_rows([len(s) for _, s in items], self.spec, reverse_complement)
+        with self.admit(rows, f"{len(items)} sequence(s)"):
+            predictions = await dna_ops.predict_sequences(self._predictor(started), self.labels, self.spec, items,
+                                                          reverse_complement)
         self.count_predictions([t for p in predictions for t in _positive(p["probabilities"])])
         return self.answer(predictions=predictions)
 
@@ -66,8 +68,10 @@ class DnaHandler(Handler):
             raise TooLarge(f"{len(variants)} variants in one request; the limit is {self.config.max_variants} "
                            "(BIOMED_MAX_VARIANTS)")
         self.check_caps([(str(i), v["sequence"]) for i, v in enumerate(variants)])
-        scores = await dna_ops.score_variants(self._predictor(started), self.labels, self.spec, variants,
-                                              reverse_complement)
+        rows = dna_ops.variant_rows(len(variants), self.spec, reverse_complement)
+        with self.admit(rows, f"{len(variants)} variant(s)"):
+            scores = await dna_ops.score_variants(self._predictor(started), self.labels, self.spec, variants,
+                                                  reverse_complement)
         return self.answer(variants=scores)
 
     async def explain(self, sequence: str, task: str | None, reverse_complement: bool, started: float) -> dict:
@@ -75,8 +79,10 @@ class DnaHandler(Handler):
         limit = self.config.max_explain_bases
         if len(sequence) > limit:
             raise TooLarge(f"sequence of {len(sequence)} bases; explain takes at most {limit} (BIOMED_MAX_EXPLAIN_BASES)")
-        result = await dna_ops.explain(self._predictor(started), self.labels, self.spec, sequence, task,
-                                       reverse_complement)
+        rows = dna_ops.explain_rows(len(sequence), self.spec, reverse_complement)
+        with self.admit(rows, f"explaining {len(sequence)} bases"):
+            result = await dna_ops.explain(self._predictor(started), self.labels, self.spec, sequence, task,
+                                           reverse_complement)
         return self.answer(**result)
 
 

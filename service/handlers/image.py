@@ -20,7 +20,9 @@ class ImageHandler(Handler):
         super().__init__(model, shared)
         self.spec = ImageSpec.from_dict(model.doc["preprocess"])
         c = shared.config
-        self.limits = Limits(max_pixels=c.max_pixels, max_frames=c.max_frames, max_bytes=c.max_upload_bytes)
+        self.limits = Limits(max_pixels=c.max_pixels, max_frames=c.max_frames, max_bytes=c.max_upload_bytes,
+                             max_decoded_bytes=c.max_decoded_bytes, max_elements=c.max_dicom_elements,
+                             budget=shared.budget)
 
     @classmethod
     def max_batch_size(cls, config: ServiceConfig) -> int:
@@ -30,7 +32,8 @@ class ImageHandler(Handler):
         """The file's frames as model rows (F, C, H, W) float32 and the ``input`` block that describes them."""
         started = time.perf_counter()
         with self.admitting():
-            x, info = await self.in_thread(load_image, data, self.spec, self.limits)
+            small = len(data) <= self.config.small_upload_bytes
+            x, info = await self.in_thread(load_image, data, self.spec, self.limits, small=small)
         self.metrics.preprocess_seconds.labels(kind=info.get("format", "image")).observe(time.perf_counter() - started)
         return np.ascontiguousarray(x, dtype=np.float32), info
 
@@ -44,5 +47,6 @@ class ImageHandler(Handler):
     async def predict_file(self, data: bytes) -> dict:
         """``/predict_image``: decode, run every frame, label each."""
         x, info = await self.decode(data)
-        probs = await self.run(x)
+        with self.admit(len(x), f"an image of {len(x)} frame(s)"):
+            probs = await self.run(x)
         return self.answer(predictions=self.results(probs), input=info)

@@ -30,6 +30,19 @@ GPU_PEAKS: list[tuple[str, dict[str, float]]] = [
 ]
 
 
+# HBM bandwidth in TB/s (data sheets), for the memory-bandwidth side of a roofline.
+GPU_BANDWIDTH: list[tuple[str, float]] = [
+    ("H200", 4.8), ("H100 NVL", 3.9), ("H100 PCIe", 2.0), ("H100", 3.35), ("A100", 2.0), ("L40S", 0.864),
+    ("L4", 0.3), ("A10", 0.6), ("T4", 0.32), ("V100", 0.9),
+]
+
+
+def bandwidth_for(gpu_name: str) -> float | None:
+    """HBM TB/s of the first table entry whose fragment appears in ``gpu_name``, or None."""
+    upper = gpu_name.upper()
+    return next((bw for fragment, bw in GPU_BANDWIDTH if fragment.upper() in upper), None)
+
+
 def peak_for(gpu_name: str) -> tuple[str, dict[str, float]] | None:
     """The table entry whose name fragment appears in ``gpu_name`` (case-insensitive), or None."""
     upper = gpu_name.upper()
@@ -97,3 +110,38 @@ def count_flops(model: str | Path | onnx.ModelProto, batch: int = 1) -> int:
 
 def weights_bytes(model: str | Path) -> int:
     return sum(numpy_helper.to_array(i).nbytes for i in onnx.load(str(model)).graph.initializer)
+
+
+_COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "LSTM", "GRU", "RNN")
+
+
+def layers(model: str | Path | onnx.ModelProto, batch: int = 1, value_bytes: int = 4) -> list[tuple[str, int, int]]:
+    """(op, FLOPs, bytes moved) of every compute layer at ``batch``: its inputs, weights and output read or
+    written once at ``value_bytes`` a value (4 for fp32, 2 for fp16)."""
+    proto = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model))
+    if proto.functions:
+        proto = onnx.inliner.inline_local_functions(proto)
+    inferred = _fixed_batch(proto, batch)
+    shapes = _shapes(inferred)
+    out = []
+    for node in inferred.graph.node:
+        if node.op_type not in _COMPUTE_OPS:
+            continue
+        values = sum(math.prod(shapes[n]) for n in [*node.input, *node.output[:1]] if n and n in shapes)
+        out.append((node.op_type, _node_flops(node, shapes), values * value_bytes))
+    return out
+
+
+def roofline(model: str | Path | onnx.ModelProto, batch: int, peak_tflops: float, bandwidth_tbs: float,
+             value_bytes: int = 2) -> dict[str, float]:
+    """The roofline bound of a forward pass: per layer the slower of its FLOP time and its memory time, summed.
+
+    Returns samples/s at that bound, and the FLOP-only and bandwidth-only bounds beside it.
+    """
+    rows = layers(model, batch, value_bytes)
+    flop_s = sum(f for _, f, _ in rows) / (peak_tflops * 1e12)
+    mem_s = sum(b for _, _, b in rows) / (bandwidth_tbs * 1e12)
+    bound_s = sum(max(f / (peak_tflops * 1e12), b / (bandwidth_tbs * 1e12)) for _, f, b in rows)
+    return {"samples_per_s": batch / bound_s if bound_s else float("nan"),
+            "flop_bound_samples_per_s": batch / flop_s if flop_s else float("nan"),
+            "memory_bound_samples_per_s": batch / mem_s if mem_s else float("nan")}

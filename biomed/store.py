@@ -55,3 +55,22 @@ class Row:
         return cls(model.tag.name, model.tag.version or "", str(meta.get("kind", "?")), str(meta.get("variant", "?")),
                    list(meta.get("labels", [])), float(meta.get("auroc_macro", float("nan"))),
                    model.info.creation_time.strftime("%Y-%m-%d %H:%M"))
+
+
+def import_onnx(path: str | Path, name: str | None = None) -> str:
+    """Put an exported ``model.onnx`` (with its ``biomed`` metadata) into the store; returns ``name:version``.
+
+    For a file made elsewhere (another machine's ``biomed export``, a benchmark kit): the metadata is
+    validated first, and the store entry carries the same labels ``biomed export`` writes.
+    """
+    from biomed import metadata
+
+    doc = metadata.read(path)
+    name = name or doc["name"]
+    labels = {"biomed": "1", "kind": doc["kind"], "arch": str(doc.get("architecture", {}).get("arch", "?")),
+              "variant": str(doc.get("export", {}).get("variant", "fp32"))}
+    meta = {"biomed_schema": doc["schema"], "kind": doc["kind"], "labels": doc["labels"],
+            "auroc_macro": float(doc["training"]["metrics"].get("auroc_macro", float("nan"))), "variant": labels["variant"]}
+    with bentoml.models.create(f"{name}:{doc['version']}", labels=labels, metadata=meta) as stored:
+        Path(stored.path_of("model.onnx")).write_bytes(Path(path).read_bytes())
+        return str(stored.tag)

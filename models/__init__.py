@@ -16,10 +16,10 @@ from torch import nn
 
 from models.dna_cnn import deepbind
 from models.dna_rnn import danq
-from models.image import cnn, resnet
+from models.image import cnn, resnet, resnet18
 
 ARCHS: dict[str, dict[str, Callable[..., nn.Module]]] = {
-    "image": {"cnn": cnn, "resnet": resnet},
+    "image": {"cnn": cnn, "resnet": resnet, "resnet18": resnet18},
     "dna": {"deepbind": deepbind, "danq": danq},
 }
 DEFAULT_ARCH = {"image": "cnn", "dna": "deepbind"}

@@ -82,3 +82,15 @@ def cnn(in_channels: int = 1, num_classes: int = 2, dropout: float = 0.2) -> Ima
 def resnet(in_channels: int = 1, num_classes: int = 2, dropout: float = 0.2) -> ImageClassifier:
     """ResNet-style: a stem and four basic residual blocks (16-32-64-128), stride 2 after the first."""
     return _residual(in_channels, num_classes, (16, 32, 64, 128), dropout)
+
+
+def resnet18(in_channels: int = 1, num_classes: int = 2, dropout: float = 0.2) -> ImageClassifier:
+    """ResNet-18's topology and widths (64-128-256-512, two basic blocks a stage, 7x7 stride-2 stem and max-pool):
+    the size of model a GPU has work to do with at 224x224 (``scripts/gpu``), 11 M parameters."""
+    stem = nn.Sequential(nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False), nn.BatchNorm2d(64),
+                         nn.ReLU(inplace=True), nn.MaxPool2d(3, stride=2, padding=1))
+    blocks, c = [], 64
+    for i, w in enumerate((64, 128, 256, 512)):
+        blocks += [_BasicBlock(c, w, stride=1 if i == 0 else 2), _BasicBlock(w, w, stride=1)]
+        c = w
+    return ImageClassifier(nn.Sequential(stem, *blocks), c, num_classes, dropout)

@@ -21,11 +21,14 @@ CASES = [
     ("image", "cnn", {"num_classes": 5, "in_channels": 3}, (1, 3, 32, 48), (1, 5)),
     ("image", "resnet", {"num_classes": 3}, (2, 1, 64, 64), (2, 3)),
     ("image", "resnet", {"num_classes": 2}, (1, 1, 40, 40), (1, 2)),
+    ("image", "resnet18", {"num_classes": 2}, (1, 1, 224, 224), (1, 2)),
+    ("image", "resnet18", {"num_classes": 3, "in_channels": 3}, (2, 3, 64, 64), (2, 3)),
 ]
 
 # Sane sizes for the default builders: big enough to learn, small enough for two CPU cores.
 PARAMS = {("dna", "deepbind"): (1_000, 100_000), ("dna", "danq"): (5_000, 200_000),
-          ("image", "cnn"): (10_000, 500_000), ("image", "resnet"): (50_000, 2_000_000)}
+          ("image", "cnn"): (10_000, 500_000), ("image", "resnet"): (50_000, 2_000_000),
+          ("image", "resnet18"): (11_000_000, 11_500_000)}  # ResNet-18's size on purpose: the GPU benchmark's model
 
 
 def _input(kind: str, shape: tuple[int, ...]) -> torch.Tensor:
@@ -95,6 +98,7 @@ UNKNOWN = [
     ("image", "cnn", {"num_tasks": 3}, "num_tasks"),
     ("image", "resnet", {"drop_out": 0.1}, "drop_out"),
     ("image", "resnet", {"num_tasks": 3}, "num_tasks"),
+    ("image", "resnet18", {"widths": (8, 16)}, "widths"),
 ]
 
 
@@ -147,6 +151,7 @@ def test_saved_kwargs_drops_only_the_legacy_output_name(kind: str, saved: dict, 
     ("dna", "danq", {"num_classes": 3}, "num_classes"),
     ("image", "cnn", {**LEGACY, "widht": 8}, "widht"),
     ("image", "resnet", {"num_tasks": 3}, "num_tasks"),
+    ("image", "resnet18", {"widths": (8, 16)}, "widths"),
 ])
 def test_saved_kwargs_still_reject_anything_else(kind: str, arch: str, saved: dict, name: str) -> None:
     with pytest.raises(TypeError, match=f"'{name}'"):

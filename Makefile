@@ -31,8 +31,8 @@ tools:  ## checkov in its own venv (.venv-tools)
 demo-models: install  ## demo data, train and export demo-image and demo-dna (skipped when the store has them)
 	$(VENV)/bin/biomed demo-models --workdir demo
 
-serve: demo-models  ## serve on http://127.0.0.1:$(PORT) (builds the demo models on first run)
-	PORT=$(PORT) $(VENV)/bin/biomed serve --port $(PORT)
+serve: demo-models  ## serve on http://127.0.0.1:$(PORT) (builds the demo models on first run); DICOM_PORT=11112 adds C-STORE
+	PORT=$(PORT) $(VENV)/bin/biomed serve --port $(PORT)$(if $(DICOM_PORT), --dicom-port $(DICOM_PORT))
 
 test: install-test tools  ## the whole suite, slow tests included (as CI runs it)
 	$(PY) -m pytest -q --durations=15

@@ -13,8 +13,12 @@ from pathlib import Path
 from typing import Callable
 
 from bench import cases, load, machine, report
+from bench import v2 as v2_bench
+from bench import dicom as dicom_bench
+from bench.explain import explain_image
+from bench.genome import throughput as genome_throughput
 from bench.inputs import Model, ct_slice, dna_body, load_model
-from bench.server import Server
+from bench.server import Server, free_port
 
 log = logging.getLogger("bench")
 KINDS = ("image", "dna")
@@ -36,11 +40,16 @@ class Plan:
     ism_bases: int
     encode_mb: tuple[float, ...]  # the first: the largest request the service takes (BIOMED_MAX_BASES)
     python_encode_mb: float
+    genome_variants: int = 100_000  # variants of the synthetic genome scored by `biomed score-variants`
+    genome_rounds: int = 3  # turns of the command and onnxruntime alone
+    dicom_instances: int = 64  # CT slices per round through C-STORE and STOW-RS
+    dicom_rounds: int = 3
 
     @classmethod
     def of(cls, quick: bool) -> "Plan":
         if quick:
-            return cls(True, (1, 4), 1.0, 1, 4, (1, 8, 32), 0.05, 0.3, 1, 1000, (1.0,), 0.1)
+            return cls(True, (1, 4), 1.0, 1, 4, (1, 8, 32), 0.05, 0.3, 1, 1000, (1.0,), 0.1, genome_variants=2000,
+                       genome_rounds=1, dicom_instances=8, dicom_rounds=1)
         return cls(False, (1, 4, 16, 64), 4.0, 3, 32, (1, 8, 32), 2.0, 10.0, 5, 1000, (2.0, 20.0), 1.0)
 
 
@@ -124,7 +133,11 @@ def run(models: dict[str, Model], plan: Plan, out: Path, tensorrt: bool = False)
             m, requests[m.kind].read_bytes(), plan.pipeline_seconds)) for m in models.values())
         results["pipeline"] = [p for p in reference if p]
         _served(runner, results, models, targets, requests, plan, work)
+        if "dna" in models:  # genome scale, with no server up: the commands and onnxruntime alone taking turns
+            results["genome"] = runner.case("genome scale", lambda: genome_throughput(
+                models["dna"], plan.genome_variants, plan.genome_rounds, work / "genome-scale")) or []
         results["efficiency"] = _efficiency(results)
+        results["v2"] = v2_bench.ratios(results)
     results["runtime"] = [row for m in models.values() for row in runner.case(
         f"runtime {m.kind}", lambda m=m: cases.runtime(m, plan.runtime_batches, plan.min_time_s, tensorrt)) or []]
     results["duration_s"] = round(time.perf_counter() - started, 1)
@@ -141,7 +154,9 @@ def _served(runner: Runner, results: dict, models: dict[str, Model], targets: di
     unbatched one second; an idle server costs the others nothing measurable.
     """
     env = {"BIOMED_MODELS": ",".join(m.ref for m in models.values()), "BIOMED_API_TOKEN": "", "BIOMED_WORKERS": "1"}
-    service = Server("service.service:Biomed", env, work / "service.log")
+    dicom_port = free_port()  # the service alone receives DICOM (the other servers would share the port)
+    dicom_env = dicom_bench.dicom_env(work, dicom_port) if "image" in models else {}
+    service = Server("service.service:Biomed", {**env, **dicom_env}, work / "service.log")
     unbatched = Server("service.service:Biomed", {**env, **load.UNBATCHED_ENV}, work / "unbatched.log")
     floor = Server("bench.floor_service:Floor", {}, work / "floor.log")
     startup: dict = {}
@@ -157,7 +172,11 @@ def _served(runner: Runner, results: dict, models: dict[str, Model], targets: di
             startup["floor_rss_mb"] = floor.rss_mb()
         for kind, t in targets.items():
             loop = cases.pipeline_runner(t.model, requests[kind].read_bytes())
+            v2_body, v2_header = v2_bench.body(t.model, requests[kind], work / f"v2_{kind}.bin")
             arms = [load.Arm("service", service, t.path),
+                    load.Arm("v2_binary", service, f"/v2/models/{t.model.name}/infer", script="v2.lua",
+                             env=v2_bench.env(v2_body, v2_header),
+                             only=tuple(c for c in plan.concurrency if c in v2_bench.CONCURRENCY)),
                     load.Arm("pipeline_rounds", local=lambda secs, loop=loop: loop(secs)["rps"])]
             if floor_up:
                 arms += [load.Arm("floor_mounted", floor, t.mounted), load.Arm("floor_api", floor, t.api)]
@@ -168,6 +187,11 @@ def _served(runner: Runner, results: dict, models: dict[str, Model], targets: di
         if "dna" in models:
             results["ism"] = runner.case("ism", lambda: load.ism(service, models["dna"], plan.ism_bases,
                                                                  plan.ism_repeats)) or {}
+        if "image" in models:
+            results["dicom"] = runner.case("dicom network", lambda: dicom_bench.throughput(
+                service, dicom_port, requests["image"], plan.dicom_instances, plan.dicom_rounds, work)) or []
+            results["explain_image"] = runner.case("explain image", lambda: explain_image(
+                service, models["image"], requests["image"], plan.ism_repeats)) or {}
         if unbatched_up:
             for t in targets.values():
                 results.setdefault("batching", []).extend(runner.case(

@@ -56,6 +56,12 @@ class Arm:
     server: Server | None = None
     path: str = ""
     local: Callable[[float], float] | None = None  # seconds -> requests/s, run in this process
+    script: str = ""  # its own wrk script and BENCH_* env (default: the target's)
+    env: dict[str, str] | None = None
+    only: tuple[int, ...] = ()  # the concurrencies it runs at (default: every one)
+
+    def wrk_args(self, t: "Target") -> tuple[str, dict[str, str]]:
+        return self.script or t.script, t.env if self.env is None else self.env
 
 
 def per_round(rates: list[float]) -> dict:
@@ -89,22 +95,28 @@ def interleaved(arms: list[Arm], t: Target, concurrencies: tuple[int, ...], seco
     """
     for arm in arms:
         if arm.server is not None:
-            wrk.run(arm.server.url + arm.path, t.script, max(concurrencies), min(seconds, 1.0), t.env)
+            script, env = arm.wrk_args(t)
+            wrk.run(arm.server.url + arm.path, script, max(concurrencies), min(seconds, 1.0), env)
     rows: dict[str, list[dict]] = {arm.label: [] for arm in arms}
     for c in concurrencies:
         runs: dict[str, list[dict]] = {arm.label: [] for arm in arms}
         deltas: dict[str, dict[str, float]] = {arm.label: {} for arm in arms}
         for r in range(rounds):
             for arm in arms[r % len(arms):] + arms[: r % len(arms)]:  # rotate who goes first
+                if arm.only and c not in arm.only:
+                    continue
                 if arm.local is not None:
                     runs[arm.label].append({"rps": arm.local(seconds)})
                     continue
                 before = measure(arm) if measure else {}
-                runs[arm.label].append(wrk.run(arm.server.url + arm.path, t.script, c, seconds, t.env).to_dict())
+                script, env = arm.wrk_args(t)
+                runs[arm.label].append(wrk.run(arm.server.url + arm.path, script, c, seconds, env).to_dict())
                 after = measure(arm) if measure else {}
                 for key in after:
                     deltas[arm.label][key] = deltas[arm.label].get(key, 0.0) + after[key] - before[key]
         for arm in arms:
+            if arm.only and c not in arm.only:
+                continue
             if arm.local is not None:  # a rate per round (1/median request time): their median
                 rates = [r["rps"] for r in runs[arm.label]]
                 rows[arm.label].append({"model": t.model.name, "concurrency": c, "rps": statistics.median(rates),

@@ -123,14 +123,44 @@ async def score_variants(predict: Predict, labels: list[str], params: DnaSpec, v
             ref_rows.append(window)
             alt_rows.append(mutant)
         ids.append(name)
-    n, k = len(ids), len(variant_offsets(params.length))
-    probs = await score_windows(predict, np.stack(ref_rows + alt_rows), reverse_complement)
-    p_ref = probs[: n * k].reshape(n, k, -1).mean(axis=1)  # mean over the placements
-    p_alt = probs[n * k :].reshape(n, k, -1).mean(axis=1)
-    lod = logit(p_alt) - logit(p_ref)
+    k = len(variant_offsets(params.length))
+    p_ref, p_alt, _, lod = await variant_effects(predict, np.stack(ref_rows), np.stack(alt_rows), k, reverse_complement)
+    n = len(ids)
     return [{"id": ids[i], "ref": _labelled(labels, p_ref[i]), "alt": _labelled(labels, p_alt[i]),
              "diff": _labelled(labels, p_alt[i] - p_ref[i]), "log_odds_diff": _labelled(labels, lod[i])}
             for i in range(n)]
+
+
+async def variant_effects(predict: Predict, ref_rows: np.ndarray, alt_rows: np.ndarray, placements: int,
+                          reverse_complement: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(p_ref, p_alt, diff, log_odds_diff)``, each (n, T), of n variants' ref and alt windows ((n * placements, L)
+    each, a variant's placements consecutive): all rows in one ``predict`` call, the placements averaged.
+
+    The one computation behind ``/score_variants`` and the streaming VCF scorer (``biomed/variant_stream.py``).
+    """
+    n = len(ref_rows) // placements
+    probs = await score_windows(predict, np.concatenate([ref_rows, alt_rows]), reverse_complement)
+    p_ref = probs[: n * placements].reshape(n, placements, -1).mean(axis=1)  # mean over the placements
+    p_alt = probs[n * placements :].reshape(n, placements, -1).mean(axis=1)
+    return p_ref, p_alt, p_alt - p_ref, logit(p_alt) - logit(p_ref)
+
+
+def context_windows(contexts: np.ndarray, alts: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
+    """Ref and alt windows, (n * placements, L) each, of n SNVs given as contexts centred on them.
+
+    ``contexts`` is (n, 2 * (L // 2) + 1) uint8 codes with the variant at index ``L // 2``;
+    ``alts`` its (n,) alt codes. The rows are exactly those ``score_variants`` builds for
+    ``{sequence: context, position: L // 2}``, in the same order.
+    """
+    half, offsets = length // 2, variant_offsets(length)
+    n, k = len(contexts), len(offsets)
+    ref = np.empty((n, k, length), dtype=np.uint8)
+    for j, offset in enumerate(offsets):
+        ref[:, j] = contexts[:, half - offset : half - offset + length]
+    alt = ref.copy()
+    for j, offset in enumerate(offsets):
+        alt[:, j, offset] = alts
+    return ref.reshape(n * k, length), alt.reshape(n * k, length)
 
 
 def _mutants(window: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route as StarletteRoute
 
-from service.routes import ROUTES, match_any
+from service.routes import ROUTES, error_body, match_any
 
 METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
@@ -39,9 +39,9 @@ async def not_found(request: Request) -> Response:
     allowed = sorted({r.method for r in match_any(path)} | ({"HEAD"} if any(r.method == "GET" for r in match_any(path))
                                                               else set()))
     if allowed and method not in allowed:
-        return JSONResponse({"error": "method_not_allowed", "detail": f"{method} is not allowed here; allowed: "
-                             f"{', '.join(allowed)}"}, status_code=405, headers={"Allow": ", ".join(allowed)})
-    return JSONResponse({"error": "not_found", "detail": "no such endpoint; see GET /openapi.json"}, status_code=404)
+        return JSONResponse(error_body(path, "method_not_allowed", f"{method} is not allowed here; allowed: "
+                                       f"{', '.join(allowed)}"), status_code=405, headers={"Allow": ", ".join(allowed)})
+    return JSONResponse(error_body(path, "not_found", "no such endpoint; see GET /openapi.json"), status_code=404)
 
 
 def build_app() -> Starlette:

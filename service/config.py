@@ -7,6 +7,7 @@ engine reads it once at start-up and hands it to everything else.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Mapping
 
@@ -21,6 +22,35 @@ SLACK_BYTES = 128 * 2**20  # responses being written, parsed JSON within its val
 def _list(value: str | None, default: tuple[str, ...]) -> tuple[str, ...]:
     items = tuple(v.strip() for v in (value or "").split(",") if v.strip())
     return items or default
+
+
+_AET = re.compile(r"^[\x21-\x5b\x5d-\x7e](?:[\x20-\x5b\x5d-\x7e]{0,14}[\x21-\x5b\x5d-\x7e])?$")
+DICOM_PEER = re.compile(r"^(?P<aet>[^@]{1,16})@(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):(?P<port>[0-9]{1,5})$")
+
+
+def _port(value: int) -> int:
+    if not 0 <= value <= 65535:
+        raise ValueError(f"BIOMED_DICOM_PORT={value} is not a TCP port (1-65535, or 0 for off)")
+    return value
+
+
+def _aet(value: str, name: str) -> str:
+    """A DICOM AE title: 1-16 printable ASCII characters, no backslash, no leading or trailing space."""
+    if not _AET.match(value):
+        raise ValueError(f"{name}: {value!r} is not an AE title (1-16 printable ASCII characters, no backslash)")
+    return value
+
+
+def _destination(value: str) -> str:
+    """``""``, a DICOMweb base URL (http/https) or a DIMSE peer ``AET@host:port``; anything else stops start-up."""
+    if not value or re.match(r"^https?://[^\s/]+", value):
+        return value
+    peer = DICOM_PEER.match(value)
+    if peer is None or not 0 < int(peer["port"]) <= 65535:
+        raise ValueError("BIOMED_DICOM_DESTINATION is neither a DICOMweb base URL (http:// or https://) nor a DICOM "
+                         "peer AET@host:port")
+    _aet(peer["aet"], "BIOMED_DICOM_DESTINATION")
+    return value
 
 
 @dataclass(frozen=True)
@@ -40,6 +70,7 @@ class ServiceConfig:
     max_bases: int = 2_000_000
     max_variants: int = 10_000
     max_explain_bases: int = 5_000
+    max_occlusion_rows: int = 4_096  # model rows of one /explain_image (1 + patches)
     max_batch_size: int = 32  # images per inference call
     max_dna_batch_size: int = 1024  # DNA windows per inference call
     max_latency_ms: float = 5.0  # longest wait for a batch to fill while more requests are on their way
@@ -58,6 +89,21 @@ class ServiceConfig:
     body_timeout_s: float = 30.0  # the whole request body must arrive within this (408)
     body_min_rate: int = 16 * 1024  # bytes/s a body must keep up after its first 2 s (408)
     small_upload_bytes: int = 256 * 1024  # uploads up to this decode on their own threads (the fast lane)
+    # DICOM network (service/dicom/): the C-STORE receiver, STOW-RS and where results go as DICOM SR.
+    dicom_port: int = 0  # 0: the C-STORE receiver is off
+    dicom_host: str = "0.0.0.0"
+    dicom_aet: str = "BIOMED"
+    dicom_allowed_aets: tuple[str, ...] = ()  # calling AE titles allowed; ("*",): any; (): none
+    dicom_max_associations: int = 10
+    dicom_destination: str = ""  # a DICOMweb base URL or AET@host:port; "": SRs are not sent
+    dicom_spool: str = ""  # durable spool of SRs on their way to the destination
+    dicom_retry_max_s: float = 300.0  # the longest wait between delivery attempts (exponential backoff)
+    max_stow_bytes: int = 1024 * 2**20  # one STOW-RS request (a study), streamed part by part
+
+    def __post_init__(self) -> None:
+        if self.dicom_port and not self.dicom_allowed_aets:
+            raise ValueError("BIOMED_DICOM_PORT is set but BIOMED_DICOM_ALLOWED_AETS is empty: list the calling AE titles "
+                             "allowed to send (comma-separated), or * for any")
 
     def memory_bound(self, models: int | None = None) -> int:
         """The worst-case resident memory of one worker under these limits (docs/reliability.md, "Memory model").
@@ -65,11 +111,13 @@ class ServiceConfig:
         Each term is a bound the service enforces: request bodies held at once (each also parsed
         into a multipart part and the file read from it), what all image decodes may reserve, and
         per model a queue of model rows with the copies made while building them (strands,
-        placements, ISM mutants) and their outputs.
+        placements, ISM mutants) and their outputs. With the C-STORE receiver on, the instances it holds
+        (``BIOMED_MAX_BODIES_MB`` of them, parsed like bodies) come on top.
         """
         n = len(self.models) if models is None else models
+        received = 3 * self.max_body_bytes if self.dicom_port else 0  # instances the C-STORE receiver holds
         return BASELINE_BYTES + 3 * self.max_body_bytes + self.max_decoding_bytes + n * 3 * self.max_queued_bytes \
-            + SLACK_BYTES
+            + SLACK_BYTES + received
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "ServiceConfig":
@@ -103,6 +151,7 @@ class ServiceConfig:
             max_bases=int(num("BIOMED_MAX_BASES", 2_000_000)),
             max_variants=int(num("BIOMED_MAX_VARIANTS", 10_000)),
             max_explain_bases=int(num("BIOMED_MAX_EXPLAIN_BASES", 5_000)),
+            max_occlusion_rows=int(num("BIOMED_MAX_OCCLUSION_ROWS", 4_096)),
             max_batch_size=int(num("BIOMED_MAX_BATCH_SIZE", 32)),
             max_dna_batch_size=int(num("BIOMED_MAX_DNA_BATCH_SIZE", 1024)),
             max_latency_ms=float(num("BIOMED_MAX_LATENCY_MS", 5.0, float)),
@@ -121,4 +170,15 @@ class ServiceConfig:
             body_timeout_s=float(num("BIOMED_BODY_TIMEOUT_S", 30.0, float)),
             body_min_rate=int(num("BIOMED_BODY_MIN_KBPS", 16, float) * 1024),
             small_upload_bytes=int(num("BIOMED_SMALL_UPLOAD_KB", 256, float) * 1024),
+            dicom_port=_port(int(num("BIOMED_DICOM_PORT", 0))),
+            dicom_host=e.get("BIOMED_DICOM_HOST", "").strip() or "0.0.0.0",
+            dicom_aet=_aet(e.get("BIOMED_DICOM_AET", "").strip() or "BIOMED", "BIOMED_DICOM_AET"),
+            dicom_allowed_aets=tuple(a if a == "*" else _aet(a, "BIOMED_DICOM_ALLOWED_AETS")
+                                     for a in _list(e.get("BIOMED_DICOM_ALLOWED_AETS"), ())),
+            dicom_max_associations=int(num("BIOMED_DICOM_MAX_ASSOCIATIONS", 10)),
+            dicom_destination=_destination(e.get("BIOMED_DICOM_DESTINATION", "").strip()),
+            dicom_spool=e.get("BIOMED_DICOM_SPOOL", "").strip() or os.path.join(
+                e.get("BENTOML_HOME") or os.path.expanduser("~/bentoml"), "dicom-spool"),
+            dicom_retry_max_s=float(num("BIOMED_DICOM_RETRY_MAX_S", 300.0, float)),
+            max_stow_bytes=int(num("BIOMED_MAX_STOW_MB", 1024, float) * 2**20),
         )

@@ -9,6 +9,10 @@
    ``BIOMED_BODY_MIN_KBPS`` or faster after its first 2 s, else 408), and within what all bodies
    held by this worker may take together (``BIOMED_MAX_BODIES_MB``, else 429). A slow upload
    therefore holds a connection for a few seconds, never a concurrency slot.
+   A route that reads its own body as a stream (``Route.streams_body``: STOW-RS, whose study
+   may be larger than one upload) is not buffered: its ``receive`` enforces the route's own cap,
+   the same clock (on the time spent waiting for the client) and counts one part's worth in the
+   body budget (``Guard._stream_body``); its concurrency slot is taken before its body arrives.
 4. The concurrency slot: past ``BIOMED_MAX_CONCURRENCY`` requests in flight (shared out among
    the workers) the answer is 429 at once. The probes, ``/metrics`` and the page are not counted.
 
@@ -53,7 +57,8 @@ class ClientGone(Exception):
 
 
 async def _answer(send: Callable, status: int, error: str, detail: str, extra: list | None = None) -> None:
-    body = json.dumps({"error": error, "detail": detail}).encode()
+    # The error form of the door that owns the request's path (``send.path``: set in ``Guard.__call__``).
+    body = json.dumps(routes.error_body(getattr(send, "path", ""), error, detail)).encode()
     await send({"type": "http.response.start", "status": status, "headers": [
         (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *(extra or [])]})
     await send({"type": "http.response.body", "body": body})
@@ -121,6 +126,7 @@ class Guard:
                 message = {**message, "headers": [*message.get("headers", []), *SECURITY_HEADERS]}
             await send(message)
 
+        send_with_headers.path = scope.get("path", "")  # type: ignore[attr-defined]  # the error form (_answer)
         headers = dict(scope.get("headers") or [])
         if b"content-length" in headers and b"transfer-encoding" in headers:
             self._refuse(scope, "malformed")
@@ -141,8 +147,16 @@ class Guard:
             scope = {**scope, "path": alias, "raw_path": alias.encode()}
         counted = not routes.is_open(scope["path"])
         held = 0
+        route = routes.match(scope["path"])
         try:
-            if scope.get("method") not in NO_BODY or b"content-length" in headers or b"transfer-encoding" in headers:
+            if route is not None and route.streams_body and scope.get("method") == route.method:
+                try:  # read by the door as it arrives (STOW-RS), under the same framing, caps and clock
+                    receive, held = self._stream_body(receive, headers, route)
+                except InputError as err:
+                    self._refuse(scope, err.code)
+                    await _answer(send_with_headers, err.status, err.code, err.detail)
+                    return
+            elif scope.get("method") not in NO_BODY or b"content-length" in headers or b"transfer-encoding" in headers:
                 try:
                     body, held = await self._read_body(receive, headers)
                 except InputError as err:
@@ -176,6 +190,56 @@ class Guard:
                              "retry shortly")
         self._bodies += nbytes
         return held + nbytes
+
+    def _stream_body(self, receive: Callable[[], Awaitable[Message]], headers: dict[bytes, bytes],
+                     route: routes.Route) -> tuple[Callable[[], Awaitable[Message]], int]:
+        """A ``receive`` for a route that reads its own body as a stream (``Route.streams_body``: STOW-RS).
+
+        Nothing is buffered here. The body is capped by the route's own setting (``Route.body_cap``;
+        ``Content-Length`` checked at once, the bytes as they arrive: 413 raised from ``receive``).
+        The time spent waiting for the client, not the door's processing between reads, must keep
+        to ``BIOMED_BODY_MIN_KBPS`` after its first 2 s, and no single wait may pass
+        ``BIOMED_BODY_TIMEOUT_S`` (408). The door holds one part at a time, at most
+        ``BIOMED_MAX_UPLOAD_MB``: that much (or the declared length, when smaller) counts in the
+        worker's ``BIOMED_MAX_BODIES_MB`` for the life of the request.
+        """
+        c = self._config
+        cap = int(getattr(c, route.body_cap or "max_upload_bytes"))
+        setting = route.body_cap_setting or "BIOMED_MAX_UPLOAD_MB"
+        declared = headers.get(b"content-length", b"").decode("latin-1").strip()
+        if declared and not declared.isdigit():
+            raise MalformedInput("Content-Length is not a number")
+        if declared and int(declared) > cap:
+            raise TooLarge(f"request body of {int(declared)} bytes is over the {cap / 2**20:g} MB limit ({setting})")
+        held = self._hold(min(int(declared) if declared else c.max_upload_bytes, c.max_upload_bytes), 0)
+        loop = asyncio.get_running_loop()
+        size, waited, done = 0, 0.0, False
+
+        async def stream() -> Message:
+            nonlocal size, waited, done
+            if done:  # the body is in: what follows is the connection's news (a disconnect), on no clock
+                return await receive()
+            allowed = c.body_timeout_s
+            if c.body_min_rate:
+                allowed = min(allowed, BODY_GRACE_S + size / c.body_min_rate - waited)
+            started = loop.time()
+            try:
+                message = await asyncio.wait_for(receive(), max(allowed, 0.001))
+            except asyncio.TimeoutError:
+                raise BodyTimeout(
+                    f"the request body did not arrive in time ({size} bytes after waiting {waited:.1f} s for them); "
+                    f"it must keep to {c.body_min_rate // 1024} KB/s after its first 2 s (BIOMED_BODY_MIN_KBPS), with "
+                    f"no pause over {c.body_timeout_s:g} s (BIOMED_BODY_TIMEOUT_S)") from None
+            finally:
+                waited += loop.time() - started
+            if message["type"] == "http.request":
+                size += len(message.get("body", b""))
+                if size > cap:
+                    raise TooLarge(f"request body is over the {cap / 2**20:g} MB limit ({setting})")
+                done = not message.get("more_body", False)
+            return message
+
+        return stream, held
 
     async def _read_body(self, receive: Callable[[], Awaitable[Message]], headers: dict[bytes, bytes]) -> tuple[bytes, int]:
         """The whole body and the bytes it holds in this worker's body budget (see the module docstring)."""

@@ -25,6 +25,9 @@ class Metrics:
     gpu_required: Any
     queue_rows: Any
     queue_seconds: Any
+    dicom_received: Any
+    dicom_forwarded: Any
+    dicom_spool_depth: Any
 
 
 @functools.lru_cache(maxsize=1)
@@ -37,7 +40,7 @@ def metrics() -> Metrics:
                                     buckets=LATENCY_BUCKETS),
         batch_size=Histogram("biomed_batch_size", "rows per inference call (adaptive batching)", ["model"],
                              buckets=BATCH_BUCKETS),
-        predictions=Counter("biomed_predictions_total", "predictions returned: the top label per image frame; each task with p >= 0.5 (or none) per DNA sequence", ["model", "label"]),
+        predictions=Counter("biomed_predictions_total", "predictions returned: the top label per image frame; each task with p >= 0.5 (or none) per DNA sequence (door: native or v2, the API that returned them)", ["model", "label", "door"]),
         rejected=Counter("biomed_rejected_requests_total", "requests refused with a 4xx", ["endpoint", "reason"]),
         preprocess_seconds=Histogram("biomed_preprocess_seconds", "decode and preprocessing time per request", ["kind"],
                                      buckets=LATENCY_BUCKETS),
@@ -48,4 +51,10 @@ def metrics() -> Metrics:
                          multiprocess_mode="livesum"),
         queue_seconds=Histogram("biomed_queue_seconds", "time from a request's rows joining the queue to the start of "
                                 "their first batch", ["model"], buckets=LATENCY_BUCKETS),
+        dicom_received=Counter("biomed_dicom_received_total", "DICOM instances received (door: dimse or stow; outcome: "
+                               "ok or the error code)", ["door", "outcome"]),
+        dicom_forwarded=Counter("biomed_dicom_forwarded_total", "result SRs on their way to BIOMED_DICOM_DESTINATION "
+                                "(outcome: delivered, retried, rejected, duplicate)", ["outcome"]),
+        dicom_spool_depth=Gauge("biomed_dicom_spool_depth", "result SRs in the spool, not yet confirmed by the destination",
+                                [], multiprocess_mode="livemax"),
     )

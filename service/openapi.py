@@ -23,10 +23,15 @@ def _schema(model: type[BaseModel], components: dict, mode: str = "validation") 
     return {"$ref": _REF.format(model=model.__name__)}
 
 
-def _errors(codes: tuple[int, ...]) -> dict:
+def _errors(codes: tuple[int, ...], model: str = "ErrorBody") -> dict:
     return {str(c): {"description": _ERROR_TEXT[c],
-                     "content": {"application/json": {"schema": {"$ref": _REF.format(model="ErrorBody")}}}}
+                     "content": {"application/json": {"schema": {"$ref": _REF.format(model=model)}}}}
             for c in codes}
+
+
+_STATUS_TEXT = {202: "accepted in part: some instances failed (Failed SOP Sequence)",
+                409: "nothing stored: every instance failed (Failed SOP Sequence)"}
+_ERROR_MODEL = {"native": "ErrorBody", "v2": "V2Error"}  # each door's error form
 
 
 def _request_body(route: Route, components: dict) -> dict | None:
@@ -37,6 +42,9 @@ def _request_body(route: Route, components: dict) -> dict | None:
                 "properties": {"file": {"type": "string", "format": "binary"}, "model": {"type": "string"},
                                **route.form_fields}}
         return {"required": True, "content": {"multipart/form-data": {"schema": form}}}
+    if route.body == "dicom":  # STOW-RS: DICOM Part-10 instances, one per part
+        return {"required": True, "content": {'multipart/related; type="application/dicom"': {
+            "schema": {"type": "string", "format": "binary"}}}}
     return None
 
 
@@ -44,10 +52,17 @@ def _operation(route: Route, components: dict) -> dict:
     if route.response is not None:
         schema = _schema(route.response, components, "serialization")
     else:
-        schema = {"type": "object"} if route.response_media == "application/json" else {"type": "string"}
+        schema = {"type": "object"} if route.response_media.endswith("json") else {"type": "string"}
+    content = {route.response_media: {"schema": schema}}
+    for media in route.response_alt_media:
+        content[media] = {"schema": {"type": "string", "format": "binary"}}
+    if route.door == "v2" and route.body is not None:  # the binary tensor extension (docs/api.md)
+        content["application/octet-stream"] = {"schema": {"type": "string", "format": "binary"}}
     operation: dict = {"summary": route.summary, "operationId": route.name,
-                       "responses": {"200": {"description": "OK", "content": {route.response_media: {"schema": schema}}},
-                                     **_errors(route.errors)}}
+                       "responses": {"200": {"description": "OK", "content": content},
+                                     **{str(c): {"description": _STATUS_TEXT[c], "content": {
+                                         route.response_media: {"schema": schema}}} for c in route.statuses},
+                                     **_errors(route.errors, _ERROR_MODEL[route.door])}}
     body = _request_body(route, components)
     if body is not None:
         operation["requestBody"] = body
@@ -64,6 +79,7 @@ def _operation(route: Route, components: dict) -> dict:
 def openapi_document() -> dict:
     components: dict = {}
     _schema(schemas.ErrorBody, components)
+    _schema(schemas.V2Error, components)
     paths: dict = {}
     for route in ROUTES:
         paths.setdefault(route.path, {})[route.method.lower()] = _operation(route, components)

@@ -103,5 +103,126 @@ class ExplainResponse(BaseModel):
     importance: list[float]
 
 
+class OcclusionPeak(BaseModel):
+    row: int
+    column: int
+
+
+class OcclusionMap(BaseModel):
+    rows: int = Field(description="the map's height: the model input's")
+    columns: int = Field(description="the map's width: the model input's")
+    patch: int
+    stride: int
+    patches: int
+    min: float
+    max: float
+    peak: OcclusionPeak
+    values: list[list[float]] = Field(description="rows x columns probability drops of the explained label")
+
+
+class PresentedGeometry(BaseModel):
+    rows: int
+    columns: int
+    samples: int
+
+
+class ImageExplainResponse(BaseModel):
+    model: str
+    version: str
+    method: str
+    frame: int
+    label: str
+    predicted: str
+    probabilities: dict[str, float]
+    map: OcclusionMap
+    presented: PresentedGeometry
+    input: dict
+    image_png: Optional[str] = Field(default=None, description="with image=true: the presented frame, base64 PNG")
+
+
 class ModelsResponse(BaseModel):
     models: list[dict] = Field(description="one entry per loaded model (see docs/api.md)")
+
+
+# ---- Open Inference Protocol v2 (service/doors/v2.py; docs/api.md, "Open Inference Protocol v2")
+
+
+
+class V2RequestInput(BaseModel):
+    name: StrictStr
+    shape: list[StrictInt]
+    datatype: StrictStr
+    parameters: Optional[dict] = None
+    data: Optional[list] = Field(default=None, description="the tensor's elements, flat or nested in row-major "
+                                 "order; absent when parameters.binary_data_size says they follow the JSON")
+
+
+class V2RequestOutput(BaseModel):
+    name: StrictStr
+    parameters: Optional[dict] = None
+
+
+class V2InferRequest(BaseModel):
+    id: Optional[StrictStr] = None
+    parameters: Optional[dict] = None
+    inputs: list[V2RequestInput] = Field(min_length=1)
+    outputs: Optional[list[V2RequestOutput]] = None
+
+
+class V2ResponseOutput(BaseModel):
+    name: str
+    shape: list[int]
+    datatype: str
+    parameters: Optional[dict] = None
+    data: Optional[list] = None
+
+
+class V2InferResponse(BaseModel):
+    model_name: str
+    model_version: Optional[str] = None
+    id: Optional[str] = None
+    parameters: Optional[dict] = None
+    outputs: list[V2ResponseOutput]
+
+
+class V2Tensor(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+class V2ModelMetadata(BaseModel):
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[V2Tensor]
+    outputs: list[V2Tensor]
+    labels: list[str] = Field(description="the output's column labels, in order (an extension; clients ignore it)")
+    kind: str = Field(description="image or dna (an extension)")
+    alternative_inputs: list[V2Tensor] = Field(description="the BYTES input that may be sent instead of the model "
+                                               "input: whole files (image) or sequences (dna) (an extension)")
+    alternative_outputs: list[V2Tensor] = Field(description="outputs besides probabilities that the alternative "
+                                                "input produces (an extension)")
+
+
+class V2ServerMetadata(BaseModel):
+    name: str
+    version: str
+    extensions: list[str]
+
+
+class V2Live(BaseModel):
+    live: bool
+
+
+class V2Ready(BaseModel):
+    ready: bool
+
+
+class V2ModelReady(BaseModel):
+    name: str
+    ready: bool
+
+
+class V2Error(BaseModel):
+    error: str = Field(description="what was wrong and what is accepted (the whole message)")

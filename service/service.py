@@ -9,6 +9,7 @@ each up, and only then reports ready. The routes come from ``service/routes.py``
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import os
@@ -17,7 +18,7 @@ import warnings
 
 import bentoml
 
-from service import memory, traffic
+from service import dicom, memory, traffic
 from service.config import ServiceConfig
 from service.guard import Guard
 from service.app import build_app
@@ -34,6 +35,14 @@ def _quiet_third_party() -> None:
     warnings.filterwarnings("ignore", module=r"pydicom(\..*)?")
     logging.getLogger("pydicom").setLevel(logging.CRITICAL)
     logging.getLogger("biomed").setLevel(logging.INFO)
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    """The worker's event loop (BentoML builds the service instance on it), for the C-STORE receiver's threads."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 def _fail_fast(err: Exception) -> None:
@@ -77,6 +86,7 @@ class Biomed:
         memory.configure()
         try:
             self.engine = engine.start(ServiceConfig.from_env())
+            self.dicom = dicom.start(self.engine, _running_loop())  # C-STORE receiver, SR forwarder (service/dicom/)
         except (StartupError, ValueError) as err:
             _fail_fast(err)
             raise
@@ -95,6 +105,8 @@ class Biomed:
 
     @bentoml.on_shutdown
     def shutdown(self) -> None:
+        if self.dicom is not None:
+            self.dicom.close()
         self.engine.close()
 
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import re
 from typing import Any, Awaitable, Callable
 
 from bentoml._internal.server.http.instruments import RunnerTrafficMetricsMiddleware
@@ -115,12 +116,20 @@ class RouteLabelledMetrics(RunnerTrafficMetricsMiddleware):
 _CONTROL = {c: f"\\x{c:02x}" for c in range(32)} | {127: "\\x7f"}
 
 
+_PATH = re.compile(r"(?<=path=)[^,)]*")
+
+
 class EscapedAccessLog(logging.Filter):
-    """Control characters (a newline in a request path, say) printed as ``\\xNN``: one request, one line."""
+    """Control characters (a newline in a request path, say) printed as ``\\xNN``: one request, one line.
+
+    A path whose route says its parameters identify a study (``Route.log_template``: STOW-RS's
+    Study Instance UID) is written as the route's template.
+    """
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.args:
-            record.args = tuple(a.translate(_CONTROL) if isinstance(a, str) else a for a in record.args)
+            record.args = tuple(_PATH.sub(lambda m: routes.logged_path(m.group(0)), a.translate(_CONTROL))
+                                if isinstance(a, str) else a for a in record.args)
         if isinstance(record.msg, str):
             record.msg = record.msg.translate(_CONTROL)
         return True

@@ -176,13 +176,24 @@ def test_bench_quick_end_to_end(demo_models: dict[str, str], tmp_path: Path) -> 
         (m, c) for m in ("demo-image", "demo-dna") for c in (1, 4)}  # measured in the same rounds as the service
     assert all(r["non_2xx"] == 0 and r["requests"] > 0 for r in results["service"] + results["batching"])
     assert {r["batching"] for r in results["batching"]} == {"on", "off"}
+    # the v2 rows: binary v2 beside the native endpoint, same rounds (quick: concurrency 1 only)
+    assert {(r["model"], r["concurrency"]) for r in results["v2"]} == {("demo-image", 1), ("demo-dna", 1)}
+    assert all(r["non_2xx"] == 0 and r["v2_rps"] > 0 and r["v2_of_native"] > 0 for r in results["v2"])
+    assert all(r["endpoint"].startswith("/v2/models/") for r in results["v2_binary"])
     off = {r["model"]: r["rows_per_call"] for r in results["batching"] if r["batching"] == "off"}
     assert off == {"demo-image": 1.0, "demo-dna": 2.0}  # one request per call: the unbatched server's own metrics
     assert {r["engine"] for r in results["runtime"]} >= {"onnxruntime-cpu", "torch-eager-cpu"}
     assert results["startup"]["first_start_s"] > 0 and results["startup"]["rss_ready_mb"] > 50
     assert results["ism"]["bases"] == 1000 and results["ism"]["scores_rows"] == 1000
+    genome = {r["case"]: r for r in results["genome"]}  # the genome-scale commands against onnxruntime alone
+    assert set(genome) == {"score-variants", "predict-regions"} and genome["score-variants"]["items"] >= 2000
+    assert all(r["windows"] > 0 and 0 < r["ratio"] for r in genome.values())
+    explained = results["explain_image"]  # /explain_image of the 512x512 slice, every format (goal: < 1 s)
+    assert explained["model_rows"] == 226 and all(explained[f"{f}_median_s"] > 0 for f in ("json", "png", "dicom"))
+    dicom = {r["door"].split(":")[0]: r for r in results["dicom"]}  # instances/s through the DICOM doors
+    assert {"C-STORE", "STOW-RS"} <= set(dicom) and all(r["per_s"] > 0 for r in dicom.values())
     assert results["machine"]["cores"] >= 1 and "bentoml" in results["machine"]["versions"]
     text = (out / "results.md").read_text()
-    assert "## 2. Service efficiency" in text and "| demo-image |" in text
+    assert "## 2. Service efficiency" in text and "| demo-image |" in text and "Open Inference Protocol v2" in text
     for plot in ("throughput.png", "latency_p99.png"):
         assert (out / plot).read_bytes().startswith(b"\x89PNG")

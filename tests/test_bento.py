@@ -33,6 +33,7 @@ def test_bentoml_build_makes_a_torch_free_non_root_bento(demo_models: dict) -> N
     assert "torch" not in dockerfile.lower()
     src = bento / "src"
     assert (src / "service" / "service.py").exists() and (src / "biomed" / "preprocess" / "dicom.py").exists()
+    assert all((src / "service" / "ui" / name).exists() for name in ("index.html", "style.css", "app.js"))  # the page
     shipped = sorted(str(p.relative_to(src)) for p in src.rglob("*.py"))
     assert all(p.startswith(("service/", "biomed/")) for p in shipped), shipped
     assert not [p for p in shipped if p.startswith(("biomed/cli/", "biomed/demo/", "biomed/bench/"))], shipped

@@ -35,3 +35,12 @@ def test_demo_models_meet_the_bar(tmp_path: Path) -> None:
         assert test["auroc_macro"] > base["auroc_macro"], (name, test["auroc_macro"], base["auroc_macro"])
         card = (path.parent / "README.md").read_text()
         assert f"{test['auroc_macro']:.3f}" in card
+    # The image analogue of the ISM check: on the held-out images with a lesion, the occlusion map of the lesion's
+    # class (default patch and stride) peaks in the lesion, grown by one patch (lesions are a few pixels at 64x64).
+    from training.demo.dicom_demo import occlusion_hits
+
+    image_model = next((tmp_path / "store" / "models" / "demo-image").glob("*/model.onnx"))
+    demo = tmp_path / "demo"
+    hits, images = occlusion_hits(image_model, demo / "image", demo / "runs" / "image" / "split.json")
+    print(f"occlusion peak in the lesion: {hits}/{images}")
+    assert images >= 40 and hits >= 0.9 * images, (hits, images)

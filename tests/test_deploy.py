@@ -42,7 +42,9 @@ KUSTOMIZATIONS = {
     "cpu": K8S / "overlays" / "cpu",
     "gpu": K8S / "overlays" / "gpu",
     "gpu-monitoring": K8S / "overlays" / "gpu-monitoring",
+    "cpu-dicom": K8S / "overlays" / "cpu-dicom",
     "training": K8S / "training",
+    "jobs": K8S / "jobs",
 }
 # Custom resources: no schema in kubernetes-validate; checked by hand below.
 CRD_REQUIRED = {
@@ -122,7 +124,8 @@ def _recorded() -> set[str]:
 def test_bentofile_serves_without_torch() -> None:
     bento = yaml.safe_load((REPO / "bentofile.yaml").read_text())
     assert bento["service"] == "service.service:Biomed"
-    assert set(bento["include"]) == {"service/**/*.py", "biomed/**/*.py", "biomed/data/*.json", "biomed/data/*.md"}
+    assert set(bento["include"]) == {"service/**/*.py", "service/ui/*", "biomed/**/*.py", "biomed/data/*.json",
+                                     "biomed/data/*.md"}
     assert not any(p.startswith(("models", "training")) for p in bento["include"])
     packages = bento["python"]["packages"]
     names = {re.split(r"[\[<>=!~; ]", p, maxsplit=1)[0].lower() for p in packages}
@@ -223,7 +226,7 @@ def _bytes(quantity: str) -> int:
     return int(quantity)
 
 
-@pytest.mark.parametrize("overlay", ["cpu", "gpu"])
+@pytest.mark.parametrize("overlay", ["cpu", "gpu", "cpu-dicom"])
 def test_the_memory_limit_covers_the_memory_model(rendered: dict[str, list[dict[str, Any]]], overlay: str) -> None:
     """The pod's memory limit is at least workers x the worst case of one worker under the ConfigMap's limits."""
     from service.config import ServiceConfig
@@ -236,6 +239,31 @@ def test_the_memory_limit_covers_the_memory_model(rendered: dict[str, list[dict[
     limit = _bytes(_serving_container(docs)["resources"]["limits"]["memory"])
     assert need <= limit, f"{overlay}: the memory model needs {need / 2**30:.2f} GiB, the limit is {limit / 2**30:.2f}"
     assert limit <= 1.5 * need + 2**30, f"{overlay}: the limit is far above what the model needs"
+
+
+def test_dicom_component_opens_the_port_and_keeps_the_spool(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    """components/dicom: the C-STORE port on the container and the Service, the spool on a PVC, a policy for the PACS."""
+    from service.config import ServiceConfig
+
+    docs = rendered["cpu-dicom"]
+    config = ServiceConfig.from_env(_config(docs))  # valid settings (allowed AE titles, destination)
+    assert config.dicom_port and config.dicom_destination and "*" not in config.dicom_allowed_aets
+    c = _serving_container(docs)
+    assert {"name": "dicom", "containerPort": config.dicom_port, "protocol": "TCP"} in c["ports"]
+    service = _one(docs, "Service", "biomed-serve")
+    assert {"name": "dicom", "port": config.dicom_port, "targetPort": "dicom", "protocol": "TCP"} in service["spec"]["ports"]
+    mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+    pod = _one(docs, "Deployment", "biomed-serve")["spec"]["template"]["spec"]
+    volume = {v["name"]: v for v in pod["volumes"]}[mounts[config.dicom_spool]]
+    claim = _one(docs, "PersistentVolumeClaim", volume["persistentVolumeClaim"]["claimName"])
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]  # every replica shares the spool (one forwarder)
+    policy = _one(docs, "NetworkPolicy", "biomed-serve-dicom")
+    labels = _one(docs, "Deployment", "biomed-serve")["spec"]["template"]["metadata"]["labels"]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+    assert any(p["port"] == "dicom" for rule in policy["spec"]["ingress"] for p in rule["ports"])
+    assert policy["spec"]["egress"] and all(rule.get("to") for rule in policy["spec"]["egress"])
+    for overlay in ("cpu", "gpu"):
+        assert "BIOMED_DICOM_PORT" not in _config(rendered[overlay])
 
 
 def test_gpu_overlay_requests_a_gpu(rendered: dict[str, list[dict[str, Any]]]) -> None:
@@ -319,6 +347,51 @@ def test_training_job_and_pytorchjob(rendered: dict[str, list[dict[str, Any]]]) 
                 assert volume["persistentVolumeClaim"]["claimName"] in claims
         assert spec["securityContext"]["runAsNonRoot"] is True
         assert c["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def test_indexed_scoring_job(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    """deploy/k8s/jobs: pod i of N scores shard i of N of the VCF, hardened like the training Job."""
+    docs = rendered["jobs"]
+    config = _config(docs, "biomed-genomics-config")
+    job = _one(docs, "Job", "biomed-score-vcf")
+    spec = job["spec"]
+    assert spec["completionMode"] == "Indexed" and 1 <= spec["parallelism"] <= spec["completions"]
+    assert spec["backoffLimitPerIndex"] >= 1 and spec["activeDeadlineSeconds"] > 0
+    pod = spec["template"]["spec"]
+    [c] = pod["containers"]
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert int(env["BIOMED_SHARDS"]) == spec["completions"], "BIOMED_SHARDS must equal completions"
+    script = c["args"][0]
+    assert "biomed score-variants" in script and '--shard "$i/$BIOMED_SHARDS"' in script
+    assert 'i="$JOB_COMPLETION_INDEX"' in script and "--server" in script
+    assert pod["restartPolicy"] == "Never" and pod["automountServiceAccountToken"] is False
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+    sc = c["securityContext"]
+    assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"]["drop"] == ["ALL"]
+    for kind in ("requests", "limits"):
+        assert {"cpu", "memory"} <= set(c["resources"][kind])
+    mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    for key in ("BIOMED_VCF", "BIOMED_REFERENCE"):  # inputs from the volume, read-only
+        mount = next(m for path, m in mounts.items() if config[key].startswith(path + "/"))
+        assert mount.get("readOnly") is True and "persistentVolumeClaim" in volumes[mount["name"]]
+    results = mounts[config["BIOMED_RESULTS"]]
+    assert not results.get("readOnly") and "persistentVolumeClaim" in volumes[results["name"]]
+    assert mounts[config["BENTOML_HOME"]]["name"] == "model-store"
+    assert "emptyDir" in volumes[mounts["/tmp"]["name"]]
+    claims = {d["metadata"]["name"] for d in docs if d["kind"] == "PersistentVolumeClaim"}
+    assert volumes["genomics"]["persistentVolumeClaim"]["claimName"] in claims
+    # the model store is the one deploy/k8s/training defines (and `biomed export` writes)
+    training_claims = {d["metadata"]["name"] for d in rendered["training"] if d["kind"] == "PersistentVolumeClaim"}
+    assert volumes["model-store"]["persistentVolumeClaim"]["claimName"] in training_claims
+    token = volumes[mounts["/var/run/secrets/biomed"]["name"]]["secret"]  # the token as a file, never in env
+    assert token["secretName"] == "biomed-serve-auth" and token["optional"] is True
+    assert "secretKeyRef" not in json.dumps(c)
+    policy = _one(docs, "NetworkPolicy", "biomed-genomics")["spec"]
+    assert policy["podSelector"]["matchLabels"].items() <= spec["template"]["metadata"]["labels"].items()
+    assert policy["ingress"] == []
 
 
 # ---------------------------------------------------------------- prometheus

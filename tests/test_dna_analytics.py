@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from pathlib import Path
 from typing import Iterator
 
@@ -19,7 +18,6 @@ import pytest
 from conftest import inprocess_client
 
 from biomed.jaspar import find_motif
-from biomed.preprocess import dna
 
 pytestmark = pytest.mark.slow
 MODEL = "ism-dna"

@@ -12,7 +12,6 @@ import socket
 import statistics
 import threading
 import time
-from pathlib import Path
 from typing import Iterator
 
 import httpx

@@ -14,7 +14,6 @@ import contextlib
 import ctypes
 import gc
 import io
-import json
 import struct
 import tracemalloc
 import zlib

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import http.server
 import io
-import os
 import subprocess
 import threading
 from pathlib import Path
@@ -24,10 +23,10 @@ from starlette.testclient import TestClient
 
 try:
     from tests import live_server
-    from tests.tools import REPO, in_ci
+    from tests.tools import REPO
 except ImportError:  # tests/ is not a package: pytest puts it on sys.path
     import live_server
-    from tools import REPO, in_ci
+    from tools import REPO
 
 TOKEN = "s3cret-token-for-tests"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

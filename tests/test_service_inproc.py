@@ -25,7 +25,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from conftest import METRIC_LABELS, inprocess_client
+from conftest import METRIC_LABELS, inprocess_client, metrics_text
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -433,20 +433,10 @@ def test_no_5xx_for_odd_requests_and_service_still_serves(client) -> None:  # ty
 
 
 def scrape(client) -> dict[str, list]:  # type: ignore[no-untyped-def]
-    """The biomed_* families from /metrics, or straight from this process's multi-process files when
-    an earlier in-process app of the session left BentoML's /metrics route off for this one."""
-    from prometheus_client import CollectorRegistry, generate_latest, multiprocess
+    """The biomed_* families of the app's metrics."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    r = client.get("/metrics")
-    if r.status_code == 404 and "bentoml_service_request" not in r.text:
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
-        text = generate_latest(registry).decode()
-    else:
-        assert r.status_code == 200
-        text = r.text
-    return {f.name: f.samples for f in text_string_to_metric_families(text) if f.name.startswith("biomed_")}
+    return {f.name: f.samples for f in text_string_to_metric_families(metrics_text(client)) if f.name.startswith("biomed_")}
 
 
 def test_metrics_after_traffic(client, models) -> None:  # type: ignore[no-untyped-def]

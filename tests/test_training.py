@@ -12,7 +12,7 @@ import pytest
 
 from biomed.cli import main as cli
 from training.config import TrainConfig
-from training.data import DataError, load_dna_table, load_images, split_indices
+from training.data import load_dna_table, load_images, split_indices
 from training.train import fit
 from biomed.preprocess.image import ImageSpec
 

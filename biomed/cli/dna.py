@@ -1,8 +1,9 @@
-"""``biomed explain`` and ``biomed score-variants``: DNA analytics from the command line.
+"""``biomed explain``: DNA analytics from the command line, and the local DNA model the genome commands share.
 
-Both run an exported DNA model from the store with onnxruntime on the CPU, through
-the very functions behind ``/explain_dna`` and ``/score_variants`` (``biomed/dna_ops.py``),
-with a synchronous predictor in place of the server's batcher. No torch.
+Runs an exported DNA model from the store with onnxruntime on the CPU, through the very
+functions behind ``/explain_dna`` (``biomed/dna_ops.py``), with a synchronous predictor in
+place of the server's batcher. No torch. ``biomed score-variants`` is in ``variants.py``,
+``biomed predict-regions`` in ``regions.py``.
 """
 
 from __future__ import annotations
@@ -16,11 +17,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from biomed.genome import Reference, Variant
     from service.runtime import LoadedModel
 
 CHUNK_ROWS = 1024  # windows per session.run, as the server's BIOMED_MAX_DNA_BATCH_SIZE
-VARIANT_CHUNK = 256  # variants per scoring call (ref + alt, both strands: 1024 windows)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -37,17 +36,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-reverse-complement", dest="rc", action="store_false", help="forward strand only")
     p.set_defaults(func=cmd_explain)
 
-    p = sub.add_parser("score-variants", help="score the SNVs of a VCF against a reference genome",
-                       description="Ref and alt probabilities of every SNV (as /score_variants) in a model-length "
-                                   "window of the reference centred on the variant; multi-allelic sites are split, "
-                                   "other alleles skipped and counted.")
-    p.add_argument("--model", default="demo-dna", help="DNA model name[:version] in the store (default demo-dna)")
-    p.add_argument("--vcf", required=True, help="VCF, plain or gzip")
-    p.add_argument("--fasta", required=True, metavar="REF.fa", help="reference FASTA (plain or bgzip)")
-    p.add_argument("--out", required=True, metavar="TSV", help="table to write")
-    p.add_argument("--no-reverse-complement", dest="rc", action="store_false", help="forward strand only")
-    p.set_defaults(func=cmd_score_variants)
-
 
 def load_dna_model(ref: str) -> "LoadedModel":
     """A DNA model from the store on onnxruntime's CPU provider."""
@@ -60,11 +48,11 @@ def load_dna_model(ref: str) -> "LoadedModel":
     return model
 
 
-def predictor(model: "LoadedModel"):  # -> biomed.dna_ops.Predict
-    """The ``predict`` callable of ``biomed/dna_ops.py``: synchronous session runs of at most CHUNK_ROWS windows."""
+def predictor(model: "LoadedModel", chunk_rows: int = CHUNK_ROWS):  # -> biomed.dna_ops.Predict
+    """The ``predict`` callable of ``biomed/dna_ops.py``: synchronous session runs of at most ``chunk_rows`` windows."""
 
     async def predict(rows: np.ndarray) -> np.ndarray:
-        return np.concatenate([model.run(rows[i : i + CHUNK_ROWS]) for i in range(0, len(rows), CHUNK_ROWS)])
+        return np.concatenate([model.run(rows[i : i + chunk_rows]) for i in range(0, len(rows), chunk_rows)])
 
     return predict
 
@@ -137,63 +125,3 @@ def plot_explain(sequence: str, result: dict, title: str, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110, bbox_inches="tight")
     plt.close(fig)
-
-
-def cmd_score_variants(args: argparse.Namespace) -> int:
-    from biomed.genome import Reference, read_vcf
-
-    variants, skipped = read_vcf(args.vcf)
-    genome = Reference(args.fasta)
-    for v in variants:  # before loading anything: a naming mismatch is one clear line
-        genome.check(v.chrom, where=f" (variant {v.id} in {Path(args.vcf).name})")
-    model = load_dna_model(args.model)
-    rows = asyncio.run(_score(model, genome, variants, args.rc))
-    write_variants_tsv(Path(args.out), model.labels, variants, rows)
-    mismatched = sum(r is None for r in rows)
-    reasons = ", ".join(f"{k}: {v}" for k, v in sorted(skipped.items()))
-    print(f"scored {len(variants) - mismatched} SNVs with {model.name}:{model.version}; {mismatched} ref_mismatch; "
-          f"skipped {sum(skipped.values())} other alleles{f' ({reasons})' if reasons else ''} -> {args.out}")
-    return 0
-
-
-async def _score(model: "LoadedModel", genome: "Reference", variants: list["Variant"], rc: bool) -> list[dict | None]:
-    """One result per variant (None where REF does not match the reference), in chunks under a progress bar."""
-    from biomed.genome import window_for
-    from biomed.progress import make_progress
-    from biomed import dna_ops
-    from biomed.preprocess.dna import DnaSpec
-
-    params, predict = DnaSpec.from_dict(model.doc["preprocess"]), predictor(model)
-    results: list[dict | None] = []
-    with make_progress() as progress:
-        bar = progress.add_task("scoring variants", total=len(variants), status="")
-        for first in range(0, len(variants), VARIANT_CHUNK):
-            chunk = variants[first : first + VARIANT_CHUNK]
-            items, slots = [], []
-            for v in chunk:
-                window, at = window_for(genome, v, params.length)
-                slots.append(window[at] == v.ref)
-                if slots[-1]:
-                    items.append({"id": v.id, "sequence": window, "position": at, "ref": v.ref, "alt": v.alt})
-            scored = iter(await dna_ops.score_variants(predict, model.labels, params, items, rc) if items else [])
-            results.extend(next(scored) if ok else None for ok in slots)
-            progress.update(bar, advance=len(chunk), status=f"{results.count(None)} ref mismatches")
-    return results
-
-
-def variant_columns(labels: list[str]) -> list[str]:
-    per_task = [f"{t}_{c}" for t in labels for c in ("p_ref", "p_alt", "diff", "log_odds_diff")]
-    return ["chrom", "pos", "id", "ref", "alt", *per_task, "status"]
-
-
-def write_variants_tsv(out: Path, labels: list[str], variants: list["Variant"], rows: list[dict | None]) -> None:
-    """chrom, pos (1-based), id, ref, alt, per task p_ref/p_alt/diff/log_odds_diff, status (ok | ref_mismatch)."""
-    lines = ["\t".join(variant_columns(labels))]
-    for v, r in zip(variants, rows):
-        if r is None:
-            values = ["NA"] * (4 * len(labels)) + ["ref_mismatch"]
-        else:
-            values = [f"{r[key][t]:.6g}" for t in labels for key in ("ref", "alt", "diff", "log_odds_diff")] + ["ok"]
-        lines.append("\t".join([v.chrom, str(v.pos), v.id, v.ref, v.alt, *values]))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(lines) + "\n")

@@ -26,11 +26,17 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
         from training.demo.dicom_demo import generate_images
 
         out = generate_images(Path(args.out), n=args.n or 600, seed=args.seed)
+    elif args.kind == "genome":
+        from training.demo.genome_demo import generate_genome
+
+        motifs = tuple(m.strip() for m in args.motifs.split(",") if m.strip())
+        out = generate_genome(Path(args.out), motifs=motifs, contigs=args.contigs, length=args.length or 20_000,
+                              variants=args.variants, seed=args.seed)
     else:
         from training.demo.dna_demo import generate_dna
 
         motifs = tuple(m.strip() for m in args.motifs.split(",") if m.strip())
-        out = generate_dna(Path(args.out), motifs=motifs, length=args.length, n=args.n or 3000, seed=args.seed)
+        out = generate_dna(Path(args.out), motifs=motifs, length=args.length or 200, n=args.n or 3000, seed=args.seed)
     print(out)
     return 0
 
@@ -98,7 +104,7 @@ def cmd_demo_models(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from biomed.cli.serve import serve
 
-    return serve(port=args.port, host=args.host, workers=args.workers, models=args.models)
+    return serve(port=args.port, host=args.host, workers=args.workers, models=args.models, dicom_port=args.dicom_port)
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -115,12 +121,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("demo-data", help="write a synthetic demo data set")
-    p.add_argument("kind", choices=["image", "dna"])
+    p.add_argument("kind", choices=["image", "dna", "genome"])
     p.add_argument("--out", required=True)
     p.add_argument("--n", type=int, help="number of images (600) or sequences (3000)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--motifs", default="CTCF,REST,TP53", help="DNA: JASPAR names or matrix IDs to plant")
-    p.add_argument("--length", type=int, default=200, help="DNA: sequence length")
+    p.add_argument("--motifs", default="CTCF,REST,TP53", help="DNA, genome: JASPAR names or matrix IDs to plant")
+    p.add_argument("--length", type=int, help="DNA: sequence length (200); genome: bases per contig (20000)")
+    p.add_argument("--contigs", type=int, default=2, help="genome: number of contigs (2)")
+    p.add_argument("--variants", type=int, help="genome: neutral SNVs besides the motif-breaking ones (1 per 100 bases)")
     p.set_defaults(func=cmd_demo_data)
 
     _add_train(sub)
@@ -147,6 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default=os.environ.get("BIOMED_HOST", "127.0.0.1"))
     p.add_argument("--workers", type=int, help="worker processes (default BIOMED_WORKERS or 1)")
     p.add_argument("--models", help="comma list of name[:version] (default BIOMED_MODELS or demo-image,demo-dna)")
+    p.add_argument("--dicom-port", type=int, help="also receive DICOM (C-STORE) on this port (BIOMED_DICOM_PORT; "
+                   "allowed senders in BIOMED_DICOM_ALLOWED_AETS)")
     p.set_defaults(func=cmd_serve)
     for extra in _extra_commands():
         extra(sub)
@@ -156,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _extra_commands() -> list[Callable[[argparse._SubParsersAction], None]]:
     """Commands defined next to their implementation (analysis, benchmarks)."""
     found = []
-    for module in ("biomed.cli.analysis", "biomed.cli.dna"):
+    for module in ("biomed.cli.analysis", "biomed.cli.dna", "biomed.cli.image", "biomed.cli.variants", "biomed.cli.regions"):
         found.append(__import__(module, fromlist=["register"]).register)
     from biomed.cli.bench import register
 

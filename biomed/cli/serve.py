@@ -10,13 +10,20 @@ from biomed.store import has_models
 from service.config import ServiceConfig
 
 
-def serve(port: int, host: str, workers: int | None, models: str | None) -> int:
-    """Replace this process with ``bentoml serve service.service:Biomed``; the flags go to its environment."""
+def serve(port: int, host: str, workers: int | None, models: str | None, dicom_port: int | None = None) -> int:
+    """Replace this process with ``bentoml serve service.service:Biomed``; the flags go to its environment.
+
+    ``dicom_port`` turns the C-STORE receiver on (``BIOMED_DICOM_PORT``); it listens on the same host as HTTP
+    unless ``BIOMED_DICOM_HOST`` says otherwise.
+    """
     env = dict(os.environ)
     if models:
         env["BIOMED_MODELS"] = models
     if workers:
         env["BIOMED_WORKERS"] = str(workers)
+    if dicom_port:
+        env["BIOMED_DICOM_PORT"] = str(dicom_port)
+        env.setdefault("BIOMED_DICOM_HOST", host)
     config = ServiceConfig.from_env(env)  # the server reads the same; a bad setting fails here, before the exec
     wanted = tuple(ref.split(":")[0] for ref in config.models)
     if not has_models(wanted):

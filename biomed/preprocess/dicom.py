@@ -92,7 +92,8 @@ def load_dicom(
         "transfer_syntax": ts.name,
     }
     encoded = len(ds[next(k for k in PIXEL_KEYWORDS if k in ds)].value or b"")
-    need = working_set(encoded, rows * columns * samples * itemsize, _codec(ts), sink.output_bytes(frames))
+    need = working_set(encoded, rows * columns * samples * itemsize, _codec(ts),
+                       sink.reserve_bytes(frames, rows, columns, samples))
     with reserve(limits.budget, need):
         sink.begin(frames)
         pixels = _decoded_frames(decoder, ds, ts, frames)

@@ -24,6 +24,8 @@ from collections.abc import Callable
 import numpy as np
 from PIL import Image
 
+from biomed.errors import InputError
+
 STRIP_BYTES = 4 * 2**20  # float32 bytes of one presented band of rows
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601
 
@@ -59,6 +61,10 @@ class FrameSink:
     def output_bytes(self, frames: int) -> int:
         """Bytes of the model input for `frames` frames (what ``result`` returns)."""
         return frames * self.channels * self.size[0] * self.size[1] * 4
+
+    def reserve_bytes(self, frames: int, rows: int, columns: int, samples: int) -> int:
+        """Bytes this sink holds for `frames` frames of rows x columns x samples (the decode reserves them)."""
+        return self.output_bytes(frames)
 
     def begin(self, frames: int) -> None:
         """Announce how many frames will be added (the output is allocated at the first)."""
@@ -116,3 +122,46 @@ class FrameSink:
         if out.shape[1] == 1 and self.channels == 3:
             out = np.repeat(out, 3, axis=1)
         return out
+
+
+class KeepingSink(FrameSink):
+    """A ``FrameSink`` that also keeps one frame as presented, at its own geometry, as uint8 (for display).
+
+    The kept frame is ``rows x columns x samples`` bytes (1 or 3 samples, as presented: grey or
+    RGB), never more than that frame's decoded bytes; ``reserve_bytes`` counts it.
+
+    Args:
+        keep: The 0-based frame to keep.
+
+    Raises:
+        InputError: 422 ``frame_out_of_range`` from ``begin`` when the image has no frame ``keep``
+            (before any pixel is decoded).
+    """
+
+    def __init__(self, size: tuple[int, int], channels: int, resample: int, keep: int = 0) -> None:
+        super().__init__(size, channels, resample)
+        self.keep = keep
+        self.kept: np.ndarray | None = None
+
+    def reserve_bytes(self, frames: int, rows: int, columns: int, samples: int) -> int:
+        return self.output_bytes(frames) + rows * columns * samples
+
+    def begin(self, frames: int) -> None:
+        if not 0 <= self.keep < frames:
+            raise InputError(f"frame {self.keep} is out of range; the image has {frames} frame(s), numbered from 0",
+                             code="frame_out_of_range")
+        super().begin(frames)
+
+    def add(self, index: int, rows: int, columns: int, samples: int, strip: Strip) -> None:
+        if index != self.keep:
+            super().add(index, rows, columns, samples, strip)
+            return
+        kept = self.kept = np.empty((rows, columns, samples), dtype=np.uint8)
+
+        def keeping(y0: int, y1: int) -> np.ndarray:
+            band = strip(y0, y1)
+            shown = np.nan_to_num(band[..., :samples], nan=0.0, posinf=1.0, neginf=0.0)
+            kept[y0:y1] = np.rint(np.clip(shown, 0.0, 1.0) * 255.0).reshape(y1 - y0, columns, samples)
+            return band
+
+        super().add(index, rows, columns, samples, keeping)

@@ -33,7 +33,7 @@ from biomed.errors import InputError, MalformedInput, TooLarge
 from biomed.preprocess import dicom
 from biomed.preprocess.budget import DecodeBudget, reserve, working_set
 from biomed.preprocess.codestream import BadCodestream, jpeg_declared
-from biomed.preprocess.frames import FrameSink
+from biomed.preprocess.frames import FrameSink, KeepingSink
 
 _PNG = b"\x89PNG\r\n\x1a\n"
 _JPEG = b"\xff\xd8\xff"
@@ -157,10 +157,36 @@ def load_image(data: bytes, spec: ImageSpec, limits: Limits = Limits()) -> tuple
     (8-bit RGB) 7.2.
     That much is reserved from ``limits.budget`` for the decode.
     """
+    return _load(data, limits, FrameSink(spec.size, spec.channels, _RESAMPLE[spec.interpolation]), spec)
+
+
+def load_presented(
+    data: bytes, spec: ImageSpec, limits: Limits = Limits(), frame: int = 0
+) -> tuple[np.ndarray, dict[str, Any], np.ndarray]:
+    """``load_image``, plus frame ``frame`` as presented, before any resize: for display and explanations.
+
+    Returns:
+        ``(x, info, presented)``: x and info as ``load_image``; presented uint8 (rows,
+        columns, 1 or 3) at the file's own geometry, after the Modality LUT, VOI and
+        MONOCHROME1 inversion (or palette/YBR conversion), scaled by 255. It is bounded by
+        the same caps as the decode (at most one decoded frame's bytes) and reserved from
+        ``limits.budget`` with it.
+
+    Raises:
+        InputError: as ``load_image``; 422 ``frame_out_of_range`` when the file has no frame ``frame``.
+    """
+    sink = KeepingSink(spec.size, spec.channels, _RESAMPLE[spec.interpolation], frame)
+    x, info = _load(data, limits, sink, spec)
+    if sink.kept is None:
+        raise InputError(f"frame {frame} is out of range; the file has {info.get('frames', len(x))} frame(s), "
+                         "numbered from 0", code="frame_out_of_range")
+    return x, info, sink.kept
+
+
+def _load(data: bytes, limits: Limits, sink: FrameSink, spec: ImageSpec) -> tuple[np.ndarray, dict[str, Any]]:
     if len(data) > limits.max_bytes:
         raise TooLarge(f"the upload has {len(data)} bytes; accepted: at most {limits.max_bytes}")
     raster = data.startswith(_PNG) or data.startswith(_JPEG)
-    sink = FrameSink(spec.size, spec.channels, _RESAMPLE[spec.interpolation])
     try:
         info = _load_raster(data, limits, sink) if raster else dicom.load_dicom(data, spec.window, limits, sink)
         if sink.conversion:
@@ -221,7 +247,7 @@ def _load_raster(data: bytes, limits: Limits, sink: FrameSink) -> dict[str, Any]
                 f"{im.mode}); accepted: at most {limits.max_decoded_bytes / _MB:.0f} MB decoded "
                 "(BIOMED_MAX_DECODED_MB)"
             )
-        with reserve(limits.budget, working_set(0, decoded, "raster", sink.output_bytes(1))):
+        with reserve(limits.budget, working_set(0, decoded, "raster", sink.reserve_bytes(1, height, width, 3))):
             im.load()
             strip, scale, grey = _raster_strips(im)
             sink.begin(1)

@@ -10,18 +10,19 @@ import asyncio
 import io
 import logging
 import time
-import traceback
 from typing import Any, Awaitable, Callable
 
 from pydantic import BaseModel
-from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response
+from starlette.requests import Request
+from starlette.responses import Response
 
-from biomed.errors import InputError, MalformedInput
+from biomed.errors import MalformedInput
 from biomed.flags import parse_flag
 from biomed.genome import parse_fasta
+from biomed.occlusion import DEFAULT_OPACITY
+from service.doors.endpoint import wrapper
 from service.doors.http_io import read_body, read_json, read_upload
-from service.engine import Engine, current
+from service.engine import Engine
 from service.handlers import DnaHandler, ImageHandler
 from service.schemas import DnaRequest, ExplainRequest, VariantsRequest
 
@@ -32,56 +33,12 @@ MAX_FASTA_HEADER = 4096  # characters of a FASTA header line
 Endpoint = Callable[[Request, Engine], Awaitable[dict]]
 
 
-def error_response(err: InputError) -> JSONResponse:
-    return JSONResponse({"error": err.code, "detail": err.detail}, status_code=err.status)
+def error_body(code: str, detail: str) -> dict:
+    """The native error form."""
+    return {"error": code, "detail": detail}
 
 
-def wrap(name: str, endpoint: Endpoint) -> Callable[[Request], Awaitable[Response]]:
-    """An ASGI endpoint: contract errors become 4xx with the error body; anything else a logged 500 without input data.
-
-    A client that leaves mid-request is not a server error: its work is cancelled, one line is logged,
-    and the (unsent) answer is a 499, as nginx counts it.
-    """
-
-    async def route(request: Request) -> Response:
-        engine = current()
-        work = asyncio.ensure_future(endpoint(request, engine))
-        request.state.work = work  # cancelled by http_io when the client goes away
-        try:
-            return JSONResponse(await work)
-        except InputError as err:
-            engine.metrics.rejected.labels(endpoint=name, reason=err.code).inc()
-            return error_response(err)
-        except ClientDisconnect:  # gone while sending the body
-            return client_gone(name, engine)
-        except asyncio.CancelledError:
-            if getattr(request.state, "client_gone", False):  # gone while waiting for the answer
-                return client_gone(name, engine)
-            raise  # cancelled from outside (the request timeout, shutdown): not ours to answer
-        except Exception as err:  # noqa: BLE001 - a bug of ours: log where, never the input
-            frames = "".join(traceback.format_tb(err.__traceback__))
-            log.error("%s failed with %s\n%s", name, type(err).__name__, frames)
-            return JSONResponse({"error": "internal", "detail": "the server failed; see its log"}, status_code=500)
-        finally:
-            engine.trimmer.after_request()  # memory back to the system once requests stop
-            work.cancel()  # no-op when finished
-            watch = getattr(request.state, "watch", None)
-            if watch is not None:
-                watch.cancel()
-            # An exception's traceback holds this frame, whose ``work`` holds the exception: a cycle that would keep
-            # the request's data (bodies, parsed records) alive until a full garbage collection.
-            request.state.work = request.state.watch = work = None
-
-    route.__name__ = name
-    return route
-
-
-def client_gone(name: str, engine: Engine) -> Response:
-    """The answer to a request whose client left: logged in one line, counted apart from errors (499)."""
-    log.info("%s: the client closed the connection before the answer; its work was stopped", name)
-    engine.metrics.rejected.labels(endpoint=name, reason="client_closed_request").inc()
-    return JSONResponse({"error": "client_closed_request", "detail": "the client closed the connection"},
-                        status_code=499)
+wrap = wrapper(error_body)
 
 
 def _flag(fields: dict[str, str], name: str, default: bool) -> bool:
@@ -107,9 +64,18 @@ async def _json(request: Request, engine: Engine, schema: type[BaseModel], max_v
     return await read_json(request, await _body(request, engine), schema, max_values, what)
 
 
-async def predict_image(request: Request, engine: Engine) -> dict:
+async def predict_image(request: Request, engine: Engine) -> dict | Response:
     data, fields = await _upload(request, engine)
-    return await engine.pick(fields.get("model"), ImageHandler).predict_file(data)
+    output = (fields.get("output") or "json").strip().lower()
+    if output not in ("json", "sr"):
+        raise MalformedInput(f"output {output[:32]!r} is unknown; accepted: json, sr (a DICOM SR of the results)")
+    handler = engine.pick(fields.get("model"), ImageHandler)
+    if output == "sr":  # the results as a DICOM Comprehensive 3D SR over the source instance (service/dicom/sr.py)
+        from service.dicom.pipeline import sr_for
+
+        return Response(await sr_for(handler, data), media_type="application/dicom",
+                        headers={"Content-Disposition": 'attachment; filename="results-sr.dcm"'})
+    return await handler.predict_file(data)
 
 
 async def predict_dna(request: Request, engine: Engine) -> dict:
@@ -157,6 +123,47 @@ async def explain_dna(request: Request, engine: Engine) -> dict:
     started = time.perf_counter()
     req = await _json(request, engine, ExplainRequest, 16, "one sequence")
     return await engine.pick(req.model, DnaHandler).explain(req.sequence, req.task, req.reverse_complement, started)
+
+
+EXPLAIN_FORMATS = {"json": "application/json", "png": "image/png", "dicom": "application/dicom"}
+
+
+def _number(fields: dict[str, str], name: str, kind: type, low: float, high: float | None = None) -> Any:
+    """An integer or float form field in [low, high] (None when absent or empty); anything else is a 400."""
+    value = fields.get(name)
+    if value is None or value.strip() == "":
+        return None
+    try:
+        number = kind(value.strip())
+    except ValueError:
+        what = "an integer" if kind is int else "a number"
+        raise MalformedInput(f"{name} must be {what}; got {value[:32]!r}") from None
+    if not (low <= number and (high is None or number <= high)):  # NaN fails both
+        top = "any" if high is None else f"{high:g}"
+        raise MalformedInput(f"{name} {number} is out of range; accepted: {low:g} to {top}")
+    return number
+
+
+async def explain_image(request: Request, engine: Engine) -> dict | Response:
+    data, fields = await _upload(request, engine)
+    fmt = (fields.get("format") or "json").strip().lower()
+    if fmt not in EXPLAIN_FORMATS:
+        raise MalformedInput(f"format {fmt[:32]!r} is unknown; accepted: {', '.join(EXPLAIN_FORMATS)}")
+    patch, stride = _number(fields, "patch", int, 1), _number(fields, "stride", int, 1)
+    frame = _number(fields, "frame", int, 0) or 0
+    opacity = _number(fields, "opacity", float, 0.0, 1.0)
+    include_image = _flag(fields, "image", False)
+    label = fields.get("label") or None
+    handler = engine.pick(fields.get("model"), ImageHandler)
+    explained = await handler.explain_file(data, label, patch, stride, frame, dicom_header=fmt == "dicom")
+    del data
+    opacity = DEFAULT_OPACITY if opacity is None else opacity
+    if fmt == "png":
+        return Response(await handler.explanation_png(explained, opacity), media_type=EXPLAIN_FORMATS[fmt])
+    if fmt == "dicom":
+        return Response(await handler.explanation_dicom(explained, opacity), media_type=EXPLAIN_FORMATS[fmt],
+                        headers={"Content-Disposition": 'attachment; filename="explanation.dcm"'})
+    return await handler.explanation_json(explained, include_image)
 
 
 async def list_models(request: Request, engine: Engine) -> dict:

@@ -15,6 +15,7 @@ from typing import Any, Callable, ClassVar, Iterator, TypeVar
 
 import numpy as np
 
+from biomed.errors import MalformedInput
 from biomed.preprocess.budget import DecodeBudget
 from service.batcher import Batcher
 from service.config import ServiceConfig
@@ -104,9 +105,31 @@ class Handler:
         """Model outputs (N, labels) for (N, ...) rows, through the batcher."""
         return await self.batcher.submit(rows)
 
-    def count_predictions(self, labels: list[str]) -> None:
+    def count_predictions(self, labels: list[str], door: str = "native") -> None:
         for label in labels:
-            self.metrics.predictions.labels(model=self.model.name, label=label).inc()
+            self.metrics.predictions.labels(model=self.model.name, label=label, door=door).inc()
+
+    def row_labels(self, probs: np.ndarray) -> list[str]:
+        """What ``biomed_predictions_total`` counts for these output rows (per kind)."""
+        raise NotImplementedError
+
+    def check_rows(self, x: np.ndarray) -> None:
+        """Refuse rows that are not the model input's dtype and shape (400), before they reach the batcher."""
+        spec = self.model.doc["input"]
+        dims = tuple(int(d) for d in spec["shape"][1:])
+        if x.dtype != np.dtype(spec["dtype"]) or x.ndim != 1 + len(dims) or tuple(x.shape[1:]) != dims:
+            raise MalformedInput(f"rows of shape {list(x.shape)} and type {x.dtype} do not match the model input: "
+                                 f"{spec['dtype']} {[-1, *dims]}")
+        if len(x) == 0:
+            raise MalformedInput("no rows to run (a batch of 0)")
+
+    async def predict_rows(self, x: np.ndarray, door: str = "native") -> np.ndarray:
+        """Model outputs (N, labels) for rows given exactly as the model's input (the v2 tensor input), run as given."""
+        self.check_rows(x)
+        with self.admit(len(x), f"{len(x)} row(s)"):
+            probs = await self.run(x)
+        self.count_predictions(self.row_labels(probs), door)
+        return probs
 
     def close(self) -> None:
         self.batcher.close()

@@ -12,7 +12,8 @@ from typing import Any, Callable
 import numpy as np
 
 from biomed import dna_ops
-from biomed.errors import TooLarge
+from biomed.errors import InputError, TooLarge
+from biomed.preprocess import dna
 from biomed.preprocess.dna import DnaSpec
 from service.config import ServiceConfig
 from service.handlers.base import Handler, Shared
@@ -61,6 +62,27 @@ class DnaHandler(Handler):
                                                           reverse_complement)
         self.count_predictions([t for p in predictions for t in _positive(p["probabilities"])])
         return self.answer(predictions=predictions)
+
+    def row_labels(self, probs: np.ndarray) -> list[str]:
+        return [t for row in probs for t in _positive(dict(zip(self.labels, row)))]
+
+    def check_rows(self, x: np.ndarray) -> None:
+        super().check_rows(x)
+        if x.size and int(x.max()) > dna.N_CODE:
+            raise InputError(f"base codes must be 0 to {dna.N_CODE} (A=0, C=1, G=2, T=3, N=4); found {int(x.max())}",
+                             code="invalid_codes")
+
+    async def predict_sequence_rows(self, sequences: list[str], reverse_complement: bool, started: float,
+                                    door: str = "native") -> np.ndarray:
+        """Per sequence its probabilities (sequences, labels): exactly ``/predict_dna``'s (the max over its windows)."""
+        items = [(str(i), s) for i, s in enumerate(sequences)]
+        self.check_caps(items)
+        rows = dna_ops.sequence_rows([len(s) for _, s in items], self.spec, reverse_complement)
+        with self.admit(rows, f"{len(items)} sequence(s)"):
+            predictions = await dna_ops.predict_sequences(self._predictor(started), self.labels, self.spec, items,
+                                                          reverse_complement)
+        self.count_predictions([t for p in predictions for t in _positive(p["probabilities"])], door)
+        return np.array([[p["probabilities"][t] for t in self.labels] for p in predictions], dtype=np.float32)
 
     async def score_variants(self, variants: list[dict], reverse_complement: bool, started: float) -> dict:
         """``/score_variants``: ref and alt probabilities of SNVs, their difference and log-odds difference."""

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import base64
 import time
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable, TypeVar
 
 import numpy as np
 
-from biomed.preprocess.image import ImageSpec, Limits, load_image
+from biomed import occlusion
+from biomed.errors import InputError, TooLarge
+from biomed.explain_dicom import NoDicomSource, explanation_dicom, source_header
+from biomed.preprocess.budget import reserve
+from biomed.preprocess.image import ImageSpec, Limits, load_image, load_presented
 from service.config import ServiceConfig
 from service.handlers.base import Handler, Shared
 from service.runtime import LoadedModel
+
+T = TypeVar("T")
 
 
 class ImageHandler(Handler):
@@ -44,9 +52,169 @@ class ImageHandler(Handler):
         return [{"frame": f, "label": label, "probabilities": dict(zip(self.labels, map(float, row)))}
                 for f, (label, row) in enumerate(zip(labels, probs))]
 
+    def row_labels(self, probs: np.ndarray) -> list[str]:
+        return [self.labels[i] for i in probs.argmax(axis=1)]
+
+    def check_rows(self, x: np.ndarray) -> None:
+        super().check_rows(x)
+        if not np.isfinite(x).all():
+            raise InputError("the pixel values must be finite numbers (presented pixels are in [0, 1])",
+                             code="invalid_pixels")
+
+    async def predict_files(self, files: list[bytes], door: str = "native") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Several whole files, each decoded and presented as ``/predict_image`` does, run as one request.
+
+        Returns the outputs (rows, labels), and for each row the index of its file and its frame in that file.
+        Rows are counted file by file against ``BIOMED_MAX_REQUEST_ROWS`` and ``BIOMED_MAX_QUEUED_MB`` while
+        decoding, so a request of many files stops at the first one past the caps.
+        """
+        c = self.config
+        if len(files) > c.max_frames:
+            raise TooLarge(f"{len(files)} files in one request; the limit is {c.max_frames} (BIOMED_MAX_FRAMES)")
+        parts: list[np.ndarray] = []
+        total = 0
+        for i, data in enumerate(files):
+            try:
+                x, _ = await self.decode(data)
+            except InputError as err:
+                err.detail = f"file element {i}: {err.detail}"
+                err.args = (err.detail,)
+                raise
+            total += len(x)
+            if c.max_request_rows and total > c.max_request_rows:
+                raise TooLarge(f"the files up to element {i} hold {total} frames; one request may queue at most "
+                               f"{c.max_request_rows} rows (BIOMED_MAX_REQUEST_ROWS): send them in smaller parts")
+            if c.max_queued_bytes and total * self.row_bytes > c.max_queued_bytes:
+                raise TooLarge(f"the files up to element {i} hold {total} frames of {self.row_bytes} bytes, over what "
+                               f"a model's queue holds ({c.max_queued_bytes / 2**20:g} MB, BIOMED_MAX_QUEUED_MB)")
+            parts.append(x)
+        x = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        element = np.repeat(np.arange(len(parts), dtype=np.int32), [len(p) for p in parts])
+        frame = np.concatenate([np.arange(len(p), dtype=np.int32) for p in parts])
+        del parts
+        with self.admit(len(x), f"{len(files)} file(s) of {len(x)} frame(s)"):
+            probs = await self.run(x)
+        self.count_predictions(self.row_labels(probs), door)
+        return probs, element, frame
+
     async def predict_file(self, data: bytes) -> dict:
         """``/predict_image``: decode, run every frame, label each."""
         x, info = await self.decode(data)
         with self.admit(len(x), f"an image of {len(x)} frame(s)"):
             probs = await self.run(x)
         return self.answer(predictions=self.results(probs), input=info)
+
+    async def classify(self, data: bytes, door: str = "native") -> tuple[np.ndarray, dict[str, Any]]:
+        """One whole file as ``predict_file`` reads and runs it, for the DICOM doors and SR output (service/dicom/):
+        its per-frame outputs (frames, labels) and the ``input`` block; the predictions are counted under ``door``."""
+        x, info = await self.decode(data)
+        with self.admit(len(x), f"an image of {len(x)} frame(s)"):
+            probs = await self.run(x)
+        self.count_predictions([self.labels[i] for i in probs.argmax(axis=1)], door)
+        return probs, info
+
+    def plan_explanation(self, label: str | None, patch: int | None, stride: int | None) -> occlusion.Grid:
+        """The occlusion's patches, counted before anything is decoded or built (400 for bad fields, 422 for an
+        unknown label, 413 past ``BIOMED_MAX_OCCLUSION_ROWS``)."""
+        if label and label not in self.labels:
+            raise InputError(f"label {label!r} is not one of the model's labels: {', '.join(self.labels)}",
+                             code="unknown_label")
+        grid = occlusion.plan(self.spec.size, patch, stride)
+        cap = self.config.max_occlusion_rows
+        if grid.rows > cap:
+            raise TooLarge(f"patch {grid.patch} and stride {grid.stride} over the {grid.height}x{grid.width} model input "
+                           f"make {grid.rows} model rows; an explanation may run at most {cap} "
+                           "(BIOMED_MAX_OCCLUSION_ROWS): use a larger stride or patch")
+        return grid
+
+    async def explain_file(self, data: bytes, label: str | None = None, patch: int | None = None,
+                           stride: int | None = None, frame: int = 0, dicom_header: bool = False) -> Explanation:
+        """``/explain_image``: occlusion sensitivity of one frame, its occluded copies through the batcher.
+
+        The copies are built ``occlusion.chunk_rows`` at a time; the queue room admitted is one chunk,
+        since a chunk's outputs arrive before the next chunk is built.
+        """
+        grid = self.plan_explanation(label, patch, stride)
+        started = time.perf_counter()
+        with self.admitting():
+            small = len(data) <= self.config.small_upload_bytes
+            x, info, presented = await self.in_thread(load_presented, data, self.spec, self.limits, frame, small=small)
+        self.metrics.preprocess_seconds.labels(kind=info.get("format", "image")).observe(time.perf_counter() - started)
+        header = None
+        if dicom_header:
+            if info.get("format") != "dicom":
+                raise NoDicomSource(f"format=dicom needs a DICOM upload to reference; this one is a "
+                                    f"{str(info.get('format', 'image')).upper()}: use format=json or format=png")
+            header = await self.in_thread(self._header, data, small=small)
+        del data
+        row = np.ascontiguousarray(x[frame], dtype=np.float32)
+        del x
+        step = occlusion.chunk_rows(self.row_bytes)
+        with self.admit(min(grid.rows, step), f"explaining one image with {grid.patches} patches"):
+            result = await occlusion.occlusion_map(self.run, row, grid, self.labels, label, step)
+        return Explanation(result, frame, info, presented, header)
+
+    def _header(self, data: bytes) -> Any:
+        """The source's dataset without pixel data; pydicom's parse holds a copy of the encoded pixels meanwhile."""
+        with reserve(self.shared.budget, 2 * len(data)):
+            return source_header(data, self.limits)
+
+    def _reserved(self, e: Explanation, build: Callable[[], T]) -> Callable[[], T]:
+        """``build``, holding what drawing at the presented geometry needs from the decode budget (413/429)."""
+
+        def run() -> T:
+            rows, columns = e.presented.shape[:2]
+            with reserve(self.shared.budget, occlusion.output_bytes(rows, columns)):
+                return build()
+
+        return run
+
+    async def explanation_json(self, e: Explanation, include_image: bool = False) -> dict:
+        """The JSON answer: the explained label, every probability of the frame, the map at the model input's
+        geometry and the presented frame's geometry (and, when asked, the presented frame as a base64 PNG)."""
+        r, grid = e.result, e.result.grid
+        values = np.round(r.map, 7)
+        row, column = occlusion.peak(r.map)
+        body = self.answer(
+            method="occlusion", frame=e.frame, label=self.labels[r.index],
+            predicted=self.labels[int(np.argmax(r.probabilities))],
+            probabilities=dict(zip(self.labels, map(float, r.probabilities))),
+            map={"rows": grid.height, "columns": grid.width, "patch": grid.patch, "stride": grid.stride,
+                 "patches": grid.patches, "min": float(values.min()), "max": float(values.max()),
+                 "peak": {"row": row, "column": column}, "values": values.tolist()},
+            presented={"rows": int(e.presented.shape[0]), "columns": int(e.presented.shape[1]),
+                       "samples": int(e.presented.shape[2])},
+            input=e.info)
+        if include_image:
+            png = await self.in_thread(self._reserved(e, lambda: occlusion.png_bytes(e.presented)))
+            body["image_png"] = base64.b64encode(png).decode("ascii")
+        return body
+
+    async def explanation_png(self, e: Explanation, opacity: float) -> bytes:
+        """The map upsampled to the presented frame's geometry, drawn over it, as PNG."""
+        return await self.in_thread(self._reserved(e, lambda: occlusion.overlay_png(e.presented, e.result.map, opacity)))
+
+    async def explanation_dicom(self, e: Explanation, opacity: float) -> bytes:
+        """The map as a DICOM object over the source instance (``biomed/explain_dicom.py``)."""
+
+        def build() -> bytes:
+            rows, columns = e.presented.shape[:2]
+            values = occlusion.upsample(e.result.map, rows, columns)
+            rgb = occlusion.overlay(e.presented, values, opacity)
+            out, _ = explanation_dicom(e.header, values, rgb, self.labels[e.result.index], self.model.name,
+                                       self.model.version, e.frame, int(e.info.get("frames", 1)))
+            return out
+
+        return await self.in_thread(self._reserved(e, build))
+
+
+@dataclass
+class Explanation:
+    """One explained frame: the occlusion result, the file's ``input`` block, the presented frame (uint8) and,
+    for DICOM output, the source's header."""
+
+    result: occlusion.Occlusion
+    frame: int
+    info: dict[str, Any]
+    presented: np.ndarray
+    header: Any = None

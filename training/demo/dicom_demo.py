@@ -11,10 +11,18 @@ presented image is the same). All files carry a lung window (-600/1500).
 
 Output is byte-identical for the same seed: per-file generators, UIDs derived
 from the seed and index, fixed dates. The patient is ``Demo^Synthetic``.
+
+Where each structure went is recorded beside the images in ``lesions.csv``
+(``path,label,row,column,radius,rows,columns``: the centre and outer radius in
+pixels of the stored image, 0-based, ``path`` relative to the output folder), as
+the DNA generator records its planted motifs; the explanation tests check that a
+model's occlusion map peaks there. Recording it draws no random numbers, so the
+pixels are those of earlier versions for the same seed.
 """
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +39,8 @@ from pydicom.uid import (
 _SOP_CLASS = {"CT": CTImageStorage, "CR": ComputedRadiographyImageStorage, "DX": DigitalXRayImageStorageForPresentation}
 _WINDOW = (-600.0, 1500.0)
 _SIZES = np.arange(96, 161, 8)
+LESIONS = "lesions.csv"
+LESION_COLUMNS = ("path", "label", "row", "column", "radius", "rows", "columns")
 
 
 def generate_images(
@@ -46,18 +56,34 @@ def generate_images(
             other name gets no structure).
 
     Returns:
-        `out`.
+        `out`, which also holds ``lesions.csv`` (see the module docstring).
     """
     out = Path(out)
     for name in classes:
         (out / name).mkdir(parents=True, exist_ok=True)
+    lesions = []
     for i in range(n):
         label = classes[i % len(classes)]
         rng = np.random.default_rng([seed, i])
-        hu = _phantom(rng, label)
+        hu, lesion = _phantom(rng, label)
         ds = _dataset(rng, hu, seed, i)
-        ds.save_as(out / label / f"img_{i:05d}.dcm", enforce_file_format=True)
+        path = f"{label}/img_{i:05d}.dcm"
+        ds.save_as(out / path, enforce_file_format=True)
+        if lesion is not None:
+            y, x, radius = lesion
+            lesions.append((path, label, f"{y:.3f}", f"{x:.3f}", f"{radius:.3f}", *hu.shape))
+    with (out / LESIONS).open("w", newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(LESION_COLUMNS)
+        writer.writerows(lesions)
     return out
+
+
+def read_lesions(folder: Path) -> dict[str, dict[str, float | str]]:
+    """``lesions.csv`` of a generated folder: path (relative) -> label, row, column, radius, rows, columns."""
+    with (Path(folder) / LESIONS).open(newline="") as f:
+        return {r["path"]: {"label": r["label"], **{k: float(r[k]) for k in LESION_COLUMNS[2:]}}
+                for r in csv.DictReader(f)}
 
 
 def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], cells: int) -> np.ndarray:
@@ -66,8 +92,8 @@ def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], cells: int) 
     return np.asarray(Image.fromarray(coarse).resize((shape[1], shape[0]), Image.Resampling.BILINEAR))
 
 
-def _phantom(rng: np.random.Generator, label: str) -> np.ndarray:
-    """A slice in Hounsfield units with the class's structure."""
+def _phantom(rng: np.random.Generator, label: str) -> tuple[np.ndarray, tuple[float, float, float] | None]:
+    """A slice in Hounsfield units with the class's structure, and the structure's (row, column, outer radius)."""
     rows, cols = (int(v) for v in rng.choice(_SIZES, size=2))
     yy, xx = np.mgrid[0:rows, 0:cols].astype(np.float32)
     cy, cx = rows / 2 + rng.normal(0, 2), cols / 2 + rng.normal(0, 2)
@@ -85,16 +111,20 @@ def _phantom(rng: np.random.Generator, label: str) -> np.ndarray:
         y, x, _r = _in_lung(rng, lungs, 0.05)
         _disc(hu, yy, xx, y, x, rng.uniform(0.6, 1.0), 30.0)
     scale = min(rows, cols)
+    lesion = None
     if label == "nodule":
         y, x, _r = _in_lung(rng, lungs, 0.35)
-        _disc(hu, yy, xx, y, x, rng.uniform(0.05, 0.08) * scale, rng.uniform(10, 60))
+        radius = rng.uniform(0.05, 0.08) * scale
+        _disc(hu, yy, xx, y, x, radius, rng.uniform(10, 60))
+        lesion = (float(y), float(x), float(radius))
     elif label == "cavity":
         y, x, _r = _in_lung(rng, lungs, 0.4)
         outer = rng.uniform(0.08, 0.11) * scale
         _disc(hu, yy, xx, y, x, outer, rng.uniform(20, 60))
         _disc(hu, yy, xx, y, x, outer * rng.uniform(0.55, 0.7), -950.0)
+        lesion = (float(y), float(x), float(outer))
     hu += rng.normal(0, 12, size=hu.shape).astype(np.float32)
-    return hu
+    return hu, lesion
 
 
 def _in_lung(rng: np.random.Generator, lungs: list[tuple[float, ...]], margin: float) -> tuple[float, float, float]:
@@ -146,3 +176,62 @@ def _dataset(rng: np.random.Generator, hu: np.ndarray, seed: int, index: int) ->
     ds.WindowCenter, ds.WindowWidth = center, width
     ds.PixelData = stored.tobytes()
     return ds
+
+
+def in_lesion(peak: tuple[int, int], lesion: dict[str, float | str], size: tuple[int, int], grown: float) -> bool:
+    """Whether a map's peak (row, column) at the model input's ``size`` lies in ``lesion`` grown by ``grown`` pixels.
+
+    The lesion (centre and radius in stored pixels, from ``lesions.csv``) is mapped to the model input
+    as the resize maps pixel centres: an ellipse when rows and columns are scaled differently.
+    """
+    height, width = size
+    sy, sx = height / float(lesion["rows"]), width / float(lesion["columns"])
+    cy, cx = (float(lesion["row"]) + 0.5) * sy - 0.5, (float(lesion["column"]) + 0.5) * sx - 0.5
+    ry, rx = float(lesion["radius"]) * sy + grown, float(lesion["radius"]) * sx + grown
+    return ((peak[0] - cy) / ry) ** 2 + ((peak[1] - cx) / rx) ** 2 <= 1.0
+
+
+def occlusion_hits(model_path: Path, folder: Path, split: Path, patch: int | None = None,
+                   stride: int | None = None) -> tuple[int, int]:
+    """How many held-out images with a lesion have their occlusion map's peak in the lesion (grown by one patch).
+
+    Args:
+        model_path: an exported image model (``model.onnx``), run with onnxruntime on the CPU.
+        folder: the generated images (with ``lesions.csv``), as trained on.
+        split: the run's ``split.json``; its ``test`` indices number the images as training loaded them.
+        patch, stride: the occlusion's (default: ``biomed.occlusion``'s).
+
+    Returns:
+        ``(hits, images)``; each map explains the image's true class.
+    """
+    import asyncio
+    import json
+
+    import onnxruntime as ort
+
+    from biomed import occlusion
+    from biomed.metadata import read
+    from biomed.preprocess.image import ImageSpec, load_image_file
+    from training.data import _image_items
+
+    doc = read(model_path)
+    spec, labels = ImageSpec.from_dict(doc["preprocess"]), doc["labels"]
+    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+
+    async def predict(rows: np.ndarray) -> np.ndarray:
+        return session.run(None, {doc["input"]["name"]: rows})[0]
+
+    items = _image_items(Path(folder))
+    lesions = read_lesions(folder)
+    grid = occlusion.plan(spec.size, patch, stride)
+    hits = images = 0
+    for index in json.loads(Path(split).read_text())["test"]:
+        path, _ = items[index]
+        lesion = lesions.get(Path(path).relative_to(Path(folder)).as_posix())
+        if lesion is None:
+            continue
+        x, _ = load_image_file(path, spec)
+        result = asyncio.run(occlusion.occlusion_map(predict, x[0], grid, labels, str(lesion["label"])))
+        hits += in_lesion(occlusion.peak(result.map), lesion, spec.size, grid.patch)
+        images += 1
+    return hits, images

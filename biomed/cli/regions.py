@@ -1,0 +1,205 @@
+"""``biomed predict-regions``: model tracks over the regions of a BED, one bigWig per task (pyBigWig).
+
+Each region is cut into bins of ``--step`` bases (``biomed/regions.py``); a bin's value is the
+probability of the model-length window centred on it (both strands averaged unless
+``--no-reverse-complement``), exactly what ``/predict_dna`` answers for that window. Windows
+go to onnxruntime in ``--batch-rows`` tiles (or to a biomed-serve with ``--server``) while
+the next tile is read; values are written to the tracks as they come, so memory stays flat
+in the size of the regions. The tracks open in IGV or the UCSC browser.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+REQUEST_WINDOWS = 1024  # windows per /predict_dna request with --server (~200 KB of JSON for the demo model)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict-regions", help="model tracks over BED regions: one bigWig per task",
+                       description="Tile each BED region with the model's windows, one every --step bases, and write "
+                                   "the per-task probabilities as bigWig tracks (DIR/<task>.bw, viewable in IGV) and a "
+                                   "summary (DIR/summary.json).")
+    p.add_argument("--model", default="demo-dna", help="DNA model name[:version] (default demo-dna)")
+    p.add_argument("--bed", required=True, metavar="REGIONS", help="BED: chrom start end (0-based, half-open)")
+    p.add_argument("--fasta", required=True, metavar="REF.fa", help="reference FASTA (plain or bgzip)")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder for the tracks")
+    p.add_argument("--step", type=_positive, help="bases per bin, one window each (default: a quarter of the window)")
+    p.add_argument("--no-reverse-complement", dest="rc", action="store_false", help="forward strand only")
+    p.add_argument("--batch-rows", type=_positive, default=None, metavar="N",
+                   help="windows per onnxruntime call (default 1024)")
+    p.add_argument("--server", metavar="URL", help="predict on a running biomed-serve (or a Service in front of many)")
+    p.add_argument("--token", default=os.environ.get("BIOMED_API_TOKEN"),
+                   help="bearer token for --server (default: $BIOMED_API_TOKEN)")
+    p.add_argument("--in-flight", type=_positive, default=4, metavar="N", help="--server: requests at a time (4)")
+    p.add_argument("--request-windows", type=_positive, default=REQUEST_WINDOWS, metavar="N",
+                   help=f"--server: windows per request (default {REQUEST_WINDOWS}; halved on a 413)")
+    p.set_defaults(func=cmd_predict_regions)
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1; got {value}")
+    return value
+
+
+def track_name(task: str) -> str:
+    """A task name as a file name: characters outside ``[0-9A-Za-z_.-]`` become ``_``."""
+    return re.sub(r"[^0-9A-Za-z_.-]", "_", task) or "_"
+
+
+def local_predictor(ref: str, rc: bool, batch_rows: int | None) -> tuple[dict, Callable[[np.ndarray], np.ndarray]]:
+    from biomed import dna_ops
+    from biomed.cli.dna import CHUNK_ROWS, load_dna_model, predictor
+
+    model = load_dna_model(ref)
+    predict = predictor(model, batch_rows or CHUNK_ROWS)
+    info = {"name": model.name, "version": model.version, "sha256": model.sha256, "labels": list(model.labels),
+            "length": int(model.doc["preprocess"]["length"])}
+    return info, lambda windows: asyncio.run(dna_ops.score_windows(predict, windows, rc))
+
+
+_BASES = np.frombuffer(b"ACGTN", dtype=np.uint8)
+
+
+def remote_predictor(remote, ref: str, rc: bool, request_windows: int) -> tuple[dict, Callable]:
+    """``/predict_dna`` on a biomed-serve: each window as one sequence of the model's length (one window, as here)."""
+    m = remote.model(ref)
+    info = {"name": m["name"], "version": m["version"], "sha256": m["sha256"], "labels": list(m["labels"]),
+            "length": int(m["preprocess"]["length"])}
+    pinned, labels = f"{m['name']}:{m['version']}", info["labels"]
+
+    def predict(windows: np.ndarray) -> np.ndarray:
+        n, width = windows.shape
+        text = _BASES[windows].tobytes().decode("ascii")
+        items = [text[i * width : (i + 1) * width] for i in range(n)]
+        answers = remote.batched("/predict_dna", items, request_windows,
+                                 lambda batch: {"sequences": list(batch), "model": pinned, "reverse_complement": rc},
+                                 lambda body: body["predictions"])
+        return np.array([[a["probabilities"][t] for t in labels] for a in answers], dtype=np.float64).reshape(n, len(labels))
+
+    return info, predict
+
+
+class Tracks:
+    """One bigWig per task, written in order, and each task's summary."""
+
+    def __init__(self, out: Path, labels: list[str], contigs: dict[str, int]) -> None:
+        import pyBigWig
+
+        out.mkdir(parents=True, exist_ok=True)
+        self.labels = labels
+        self.paths = [out / f"{track_name(t)}.bw" for t in labels]
+        self.tmp = [p.with_name(p.name + ".tmp") for p in self.paths]
+        self.files = []
+        for path in self.tmp:
+            bw = pyBigWig.open(str(path), "w")
+            bw.addHeader(list(contigs.items()), maxZooms=10)
+            self.files.append(bw)
+        self.best = [(-np.inf, "", 0, 0) for _ in labels]
+        self.sums = np.zeros(len(labels))
+        self.bases = 0
+
+    def add(self, segments: list, values: np.ndarray) -> None:
+        row = 0
+        for chrom, starts, ends in segments:
+            k = len(starts)
+            block = values[row : row + k]
+            chroms, s, e = [chrom] * k, starts.tolist(), ends.tolist()
+            for t, bw in enumerate(self.files):
+                bw.addEntries(chroms, s, ends=e, values=block[:, t].astype(float).tolist())
+            widths = (ends - starts).astype(float)
+            self.sums += (block * widths[:, None]).sum(axis=0)
+            self.bases += int(widths.sum())
+            top = block.argmax(axis=0)
+            for t in range(len(self.labels)):
+                if block[top[t], t] > self.best[t][0]:
+                    self.best[t] = (float(block[top[t], t]), chrom, int(starts[top[t]]), int(ends[top[t]]))
+            row += k
+
+    def close(self, ok: bool) -> None:
+        for bw in self.files:
+            bw.close()
+        for tmp, path in zip(self.tmp, self.paths):
+            if ok:
+                os.replace(tmp, path)
+            else:
+                tmp.unlink(missing_ok=True)
+
+    def summary(self) -> list[dict]:
+        return [{"task": t, "track": p.name, "mean": float(self.sums[i] / max(self.bases, 1)),
+                 "max": self.best[i][0], "max_at": f"{self.best[i][1]}:{self.best[i][2] + 1}-{self.best[i][3]}"}
+                for i, (t, p) in enumerate(zip(self.labels, self.paths))]
+
+
+def cmd_predict_regions(args: argparse.Namespace) -> int:
+    from biomed.cli.dna import CHUNK_ROWS
+    from biomed.genome import Reference
+    from biomed.progress import make_progress
+    from biomed.regions import bin_count, read_regions, tiles
+    from biomed.variant_stream import ContextReader, context_half
+
+    genome = Reference(args.fasta)
+    regions = read_regions(args.bed, genome)
+    remote = None
+    try:
+        if args.server:
+            from biomed.cli.remote import Remote
+
+            remote = Remote(args.server, args.token, args.in_flight)
+            info, predict = remote_predictor(remote, args.model, args.rc, args.request_windows)
+        else:
+            info, predict = local_predictor(args.model, args.rc, args.batch_rows)
+        length = info["length"]
+        step = args.step or max(1, length // 4)
+        rows = max(args.batch_rows or CHUNK_ROWS, 4 * args.request_windows if remote else 0)
+        total = bin_count(regions.regions, step)
+        reader = ContextReader(genome, context_half(length))
+        out = Path(args.out)
+        tracks = Tracks(out, info["labels"], genome.lengths)
+        ok = False
+        try:
+            with make_progress() as progress, ThreadPoolExecutor(max_workers=1, thread_name_prefix="biomed-tracks") as pool:
+                bar = progress.add_task("predicting regions", total=total, status="")
+                pending: deque[tuple[list, Future]] = deque()
+
+                def finish() -> None:
+                    segments, future = pending.popleft()
+                    values = future.result()
+                    tracks.add(segments, values)
+                    progress.update(bar, advance=len(values), status=f"{tracks.bases:,} bases")
+
+                for tile in tiles(regions.regions, reader, length, step, rows):
+                    pending.append((tile.segments, pool.submit(predict, tile.windows)))
+                    while len(pending) > 1:
+                        finish()
+                while pending:
+                    finish()
+            ok = True
+        finally:
+            tracks.close(ok)
+    finally:
+        if remote is not None:
+            remote.close()
+    summary = {"model": {k: info[k] for k in ("name", "version", "sha256")}, "reference": str(genome.path.resolve()),
+               "regions": len(regions.regions), "bed_lines": regions.given, "merged": regions.merged,
+               "clipped": regions.clipped, "bases": regions.bases, "step": step, "windows": total,
+               "reverse_complement": args.rc, "tracks": tracks.summary()}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"{regions.bases:,} bases in {len(regions.regions)} regions ({regions.merged} merged, {regions.clipped} clipped "
+          f"at a contig end), {total:,} windows of {length} every {step} bases with {info['name']}:{info['version']}"
+          + (f" on {remote.url} ({remote.stats.describe()})" if remote else ""))
+    for t in tracks.summary():
+        print(f"  {t['task']}: mean {t['mean']:.4f}, max {t['max']:.4f} at {t['max_at']} -> {out / t['track']}")
+    return 0

@@ -1,0 +1,195 @@
+"""What ``biomed score-variants`` writes: an annotated VCF (kipoi-veff style INFO tags) or a TSV.
+
+INFO tags follow kipoi-veff's ``KV:<source>:<model>:<score>`` in an ID that VCF 4.3 allows
+(``[A-Za-z_][0-9A-Za-z_.]*``, so ``bcftools query -f '%INFO/KV_biomed_demo_dna_DIFF'`` works):
+
+- ``KV_biomed_<model>_REF``, ``_ALT``: p(ref), p(alt) per task;
+- ``KV_biomed_<model>_DIFF``: p(alt) - p(ref);
+- ``KV_biomed_<model>_LOGIT_DIFF``: logit(p(alt)) - logit(p(ref));
+- ``KV_biomed_<model>_REF_MISMATCH``: a flag, REF disagrees with the reference (the record is kept, not scored).
+
+Score tags are ``Number=A``: one value per ALT allele, comma-separated, each the task values
+``|``-joined in the header's task order; ``.`` for an ALT that is not scored (indels, symbolic
+alleles...). ``bcftools norm -m-`` therefore splits them with the record.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from biomed.variant_stream import Chunk, VcfRecord
+
+SCORES = (("REF", "p(ref)", "probability with the reference allele"),
+          ("ALT", "p(alt)", "probability with the alternative allele"),
+          ("DIFF", "p(alt) - p(ref)", "change in probability"),
+          ("LOGIT_DIFF", "logit(p(alt)) - logit(p(ref))", "change in log-odds"))
+PERCENT = "%.9g"  # 9 significant digits: float32 probabilities and float64 log-odds are kept well within 1e-6
+_NOT_ID = re.compile(r"[^0-9A-Za-z_.]")
+
+
+def sanitise(name: str) -> str:
+    """A model name as a VCF 4.3 ID part: characters outside ``[0-9A-Za-z_.]`` become ``_``."""
+    return _NOT_ID.sub("_", name) or "_"
+
+
+def _quote(text: str) -> str:
+    return '"' + str(text).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the output says about the model: from the store (local) or ``GET /models`` (``--server``)."""
+
+    name: str
+    version: str
+    sha256: str
+    labels: tuple[str, ...]
+    length: int
+
+
+@dataclass(frozen=True)
+class Effects:
+    """Scores of a chunk's alleles, each (n, T) in task order."""
+
+    ref: np.ndarray
+    alt: np.ndarray
+    diff: np.ndarray
+    logit_diff: np.ndarray
+
+    def by_tag(self) -> tuple[np.ndarray, ...]:
+        return self.ref, self.alt, self.diff, self.logit_diff
+
+
+class VcfAnnotator:
+    """The output header and each annotated record of one model's scores."""
+
+    def __init__(self, model: ModelInfo, reference: str, contigs: dict[str, int], reverse_complement: bool) -> None:
+        self.model, self.reference, self.contigs, self.rc = model, reference, contigs, reverse_complement
+        self.prefix = f"KV_biomed_{sanitise(model.name)}"
+        self.tags = [f"{self.prefix}_{key}" for key, _, _ in SCORES]
+        self.flag = f"{self.prefix}_REF_MISMATCH"
+        self.owned = {*self.tags, self.flag}
+        self._strip = False  # set when the input already carries these tags (re-annotation)
+
+    def header(self, lines: Sequence[str]) -> list[str]:
+        """The input's header lines with ours added before ``#CHROM`` (earlier copies of ours replaced)."""
+        meta = [h.rstrip("\r\n") for h in lines if h.startswith("##")]
+        column = next((h.rstrip("\r\n") for h in lines if h.startswith("#CHROM")), None)
+        if column is None:
+            column = "#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO"
+        columns = column.split("\t")
+        if len(columns) < 8:
+            column = "\t".join(columns + ["QUAL", "FILTER", "INFO"][len(columns) - 5 :])
+        kept, declared = [], set()
+        for h in meta:
+            found = re.match(r"##(\w+)=<ID=([^,>]+)", h)
+            if found and found.group(1) == "INFO" and found.group(2) in self.owned:
+                self._strip = True
+                continue
+            if found and found.group(1) == "biomed_model" and found.group(2) == self.prefix:
+                continue
+            if found and found.group(1) == "contig":
+                declared.add(found.group(2))
+            kept.append(h)
+        if not kept or not kept[0].startswith("##fileformat="):
+            kept.insert(0, "##fileformat=VCFv4.2")
+        tasks = "|".join(self.model.labels)
+        ours = [f"##contig=<ID={name},length={size}>" for name, size in self.contigs.items() if name not in declared]
+        for (key, what, long), tag in zip(SCORES, self.tags):
+            ours.append(f"##INFO=<ID={tag},Number=A,Type=String,Description="
+                        f"{_quote(f'biomed {self.model.name} {what} ({long}) per ALT allele; task values |-joined in the order {tasks}')}>")
+        ours.append(f"##INFO=<ID={self.flag},Number=0,Type=Flag,Description="
+                    f"{_quote('REF does not match the reference FASTA at this position; the record is not scored')}>")
+        ours.append(f"##biomed_model=<ID={self.prefix},Model={_quote(self.model.name)},Version={_quote(self.model.version)},"
+                    f"ONNX_sha256={_quote(self.model.sha256)},Tasks={_quote(tasks)},Window={self.model.length},"
+                    f"ReverseComplement={'true' if self.rc else 'false'},Reference={_quote(self.reference)},"
+                    f"Tags={_quote(','.join(self.tags))}>")
+        return kept + ours + [column]
+
+    def lines(self, chunk: Chunk, effects: Effects | None) -> list[str]:
+        """The chunk's records with their INFO annotated, in input order.
+
+        A record with one ALT gets its four tags from one format of its row (the common case, and
+        most of the time a chunk takes); others are put together ALT by ALT.
+        """
+        n = len(chunk.record)
+        rows: list[list[float]] = []
+        whole: list[str] = []
+        if effects is not None and n:
+            t = effects.ref.shape[1]
+            rows = np.concatenate(effects.by_tag(), axis=1).tolist()  # (n, 4T): the tags' task values side by side
+            template = ";".join(f"{tag}=" + "|".join([PERCENT] * t) for tag in self.tags)
+            whole = [template % tuple(row) for row in rows]
+        record_of, alt_of = chunk.record.tolist(), chunk.alt_index.tolist()
+        out, at = [], 0
+        for i, record in enumerate(chunk.records):
+            first = at
+            while at < n and record_of[at] == i:  # the scored alleles, in record then ALT order
+                at += 1
+            if chunk.mismatch[i]:
+                added = [self.flag]
+            elif at == first or not whole:
+                added = []
+            elif len(record.alts) == 1:
+                added = [whole[first]]
+            else:
+                added = self._per_alt(record, {alt_of[r]: rows[r] for r in range(first, at)})
+            out.append(self._annotate(record, added))
+        return out
+
+    def _per_alt(self, record: VcfRecord, scored: dict[int, list[float]]) -> list[str]:
+        """Number=A values of a multi-allelic record: one value per ALT, '.' where an ALT is not scored."""
+        t = len(self.model.labels)
+        template = "|".join([PERCENT] * t)
+        return [f"{tag}=" + ",".join(template % tuple(scored[a][k * t : (k + 1) * t]) if a in scored else "."
+                                     for a in range(len(record.alts)))
+                for k, tag in enumerate(self.tags)]
+
+    def _annotate(self, record: VcfRecord, added: list[str]) -> str:
+        fields = record.line.split("\t", 8)  # FORMAT and the samples stay one string
+        if len(fields) < 8:
+            fields += ["."] * (8 - len(fields))
+        info = fields[7]
+        parts = [] if info in ("", ".") else info.split(";")
+        if self._strip:
+            parts = [p for p in parts if p.split("=", 1)[0] not in self.owned]
+        parts += added
+        fields[7] = ";".join(parts) if parts else "."
+        return "\t".join(fields)
+
+
+class TsvWriter:
+    """One row per SNV allele: chrom, pos (1-based), id, ref, alt, per task p_ref/p_alt/diff/log_odds_diff, status."""
+
+    def __init__(self, labels: Sequence[str]) -> None:
+        self.labels = list(labels)
+
+    def header(self, lines: Sequence[str] = ()) -> list[str]:
+        per_task = [f"{t}_{c}" for t in self.labels for c in ("p_ref", "p_alt", "diff", "log_odds_diff")]
+        return ["\t".join(["chrom", "pos", "id", "ref", "alt", *per_task, "status"])]
+
+    def lines(self, chunk: Chunk, effects: Effects | None) -> list[str]:
+        rows = {(r, a): row for row, (r, a) in enumerate(zip(chunk.record.tolist(), chunk.alt_index.tolist()))}
+        t = len(self.labels)
+        if effects is not None and rows:
+            stacked = np.stack(effects.by_tag(), axis=2).reshape(len(rows), 4 * t)  # per task: ref, alt, diff, lod
+            template = "\t".join([PERCENT] * (4 * t))
+            values = [template % tuple(row) for row in stacked.tolist()]
+        else:
+            values = []
+        missing = "\t".join(["NA"] * (4 * t))
+        out = []
+        for i, record in enumerate(chunk.records):
+            name = record.name
+            for a, (alt, status) in enumerate(zip(record.alts, chunk.status[i])):
+                if status not in ("snv", "ref_mismatch"):
+                    continue
+                vid = name if len(record.alts) == 1 else f"{name}_{alt}"
+                cells = values[rows[(i, a)]] if status == "snv" else missing
+                out.append("\t".join([record.chrom, str(record.pos), vid, record.ref, alt, cells,
+                                      "ok" if status == "snv" else "ref_mismatch"]))
+        return out

@@ -1,0 +1,262 @@
+"""Occlusion sensitivity of image models, torch-free: forward passes only.
+
+An ONNX inference graph has no gradients, so the map is built the way Zeiler and Fergus
+(2014) built theirs: a square patch of the model input is replaced by a fill value (the
+image's mean, per channel), the occluded copy goes through the model, and the drop of the
+explained label's probability is credited to every pixel under the patch. The patch slides
+over the model input (``plan``); each pixel's value is the mean drop over the patches that
+cover it (``assemble``). Positive values mark evidence for the label, negative ones
+evidence against it.
+
+Shared by the service's image handler (``predict`` is the model's batcher) and the command
+line (``predict`` runs onnxruntime directly). Occluded copies are built in chunks
+(``chunk_rows``) and each chunk goes to ``predict`` in one call, so memory stays at a
+chunk of rows however many patches there are, and a chunk runs as a few large batches.
+
+The map lives at the model input's geometry (64x64 for ``demo-image``); ``upsample`` takes
+it to the presented image's rows x columns, and ``overlay_png`` draws it over the presented
+image (red to yellow, transparent where the drop is 0 or below).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from io import BytesIO
+from typing import Awaitable, Callable
+
+import numpy as np
+from PIL import Image
+
+from biomed.errors import InputError, MalformedInput
+
+Predict = Callable[[np.ndarray], Awaitable[np.ndarray]]  # (N, C, H, W) float32 -> (N, labels) probabilities
+
+PATCH_DIVISOR = 8  # the default patch is the model input's shorter side / 8: 8 px for a 64x64 input
+STRIDE_DIVISOR = 2  # the default stride is half the patch: 4 px for a 64x64 input (15 x 15 = 225 patches)
+CHUNK_BYTES = 8 * 2**20  # occluded rows built at once, at most (and never more than CHUNK_ROWS rows)
+CHUNK_ROWS = 1024
+DEFAULT_OPACITY = 0.6
+# Bytes per presented pixel that drawing or encoding an explanation at the presented geometry holds at once
+# (the map upsampled as float32, the RGB overlay, the encoder's or highdicom's copies); ``output_bytes``.
+OUTPUT_BYTES_PER_PIXEL = 16
+_BAND_PIXELS = 1 << 20  # the overlay is blended a band of about this many pixels at a time
+# Red (low) to yellow (high); the map's alpha also grows with the value (see ``colour``).
+_RAMP = np.array([[0.50, 0.00, 0.15], [0.89, 0.10, 0.11], [0.99, 0.55, 0.24], [1.00, 0.93, 0.35]], dtype=np.float32)
+
+
+def default_patch(size: tuple[int, int]) -> int:
+    """The default patch side for a model input of ``size`` (height, width): the shorter side / 8."""
+    return max(1, min(size) // PATCH_DIVISOR)
+
+
+def default_stride(patch: int) -> int:
+    """The default stride for a patch side: half of it."""
+    return max(1, patch // STRIDE_DIVISOR)
+
+
+def _starts(length: int, patch: int, stride: int) -> list[int]:
+    """Patch starts along one axis: every ``stride`` from 0, plus one flush with the end so every pixel is covered."""
+    starts = list(range(0, length - patch + 1, stride))
+    if starts[-1] != length - patch:
+        starts.append(length - patch)
+    return starts
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Where the patches go on a (height, width) model input."""
+
+    height: int
+    width: int
+    patch: int
+    stride: int
+    ys: tuple[int, ...]
+    xs: tuple[int, ...]
+
+    @property
+    def patches(self) -> int:
+        return len(self.ys) * len(self.xs)
+
+    @property
+    def rows(self) -> int:
+        """Model rows of one occlusion: the unoccluded image and one per patch."""
+        return 1 + self.patches
+
+    def corners(self) -> list[tuple[int, int]]:
+        """(y, x) of every patch's top-left corner, row by row."""
+        return [(y, x) for y in self.ys for x in self.xs]
+
+
+def plan(size: tuple[int, int], patch: int | None = None, stride: int | None = None) -> Grid:
+    """The patches of an occlusion over a model input of ``size`` (height, width); counted, nothing built.
+
+    Raises:
+        MalformedInput: ``patch`` not in 1..min(size), or ``stride`` not in 1..``patch``.
+    """
+    height, width = int(size[0]), int(size[1])
+    patch = default_patch((height, width)) if patch is None else int(patch)
+    if not 1 <= patch <= min(height, width):
+        raise MalformedInput(f"patch {patch} is out of range; accepted: 1 to {min(height, width)} pixels of the "
+                             f"model input ({height}x{width})")
+    stride = default_stride(patch) if stride is None else int(stride)
+    if not 1 <= stride <= patch:
+        raise MalformedInput(f"stride {stride} is out of range; accepted: 1 to the patch ({patch}), so every pixel is "
+                             "covered")
+    return Grid(height, width, patch, stride, tuple(_starts(height, patch, stride)), tuple(_starts(width, patch, stride)))
+
+
+def fill_value(x: np.ndarray) -> np.ndarray:
+    """What an occluded patch holds: the mean of each channel of the (C, H, W) input."""
+    return x.reshape(x.shape[0], -1).mean(axis=1, dtype=np.float64).astype(np.float32)
+
+
+def occluded(x: np.ndarray, grid: Grid, first: int, stop: int, fill: np.ndarray) -> np.ndarray:
+    """Copies of the (C, H, W) input with patches ``first``..``stop - 1`` (in ``corners`` order) filled."""
+    corners = grid.corners()[first:stop]
+    out = np.repeat(x[None], len(corners), axis=0)
+    p = grid.patch
+    for i, (y, x0) in enumerate(corners):
+        out[i, :, y : y + p, x0 : x0 + p] = fill[:, None, None]
+    return out
+
+
+def chunk_rows(row_bytes: int) -> int:
+    """Occluded rows built and submitted at once for rows of ``row_bytes`` bytes."""
+    return max(1, min(CHUNK_ROWS, CHUNK_BYTES // max(1, row_bytes)))
+
+
+def assemble(drops: np.ndarray, grid: Grid) -> np.ndarray:
+    """The (height, width) map: at each pixel, the mean of the drops of the patches that cover it (float64)."""
+    total = np.zeros((grid.height, grid.width), dtype=np.float64)
+    count = np.zeros((grid.height, grid.width), dtype=np.float64)
+    p = grid.patch
+    for drop, (y, x) in zip(drops, grid.corners()):
+        total[y : y + p, x : x + p] += float(drop)
+        count[y : y + p, x : x + p] += 1.0
+    return total / count
+
+
+def label_index(labels: list[str], label: str | None, probabilities: np.ndarray) -> int:
+    """The explained label's column: ``label`` when given, else the highest probability.
+
+    Raises:
+        InputError: 422 ``unknown_label`` naming the model's labels.
+    """
+    if label is None or label == "":
+        return int(np.argmax(probabilities))
+    if label not in labels:
+        raise InputError(f"label {label!r} is not one of the model's labels: {', '.join(labels)}", code="unknown_label")
+    return labels.index(label)
+
+
+@dataclass(frozen=True)
+class Occlusion:
+    """An occlusion's result: the baseline probabilities, the explained column and the per-pixel map."""
+
+    probabilities: np.ndarray  # (labels,) of the unoccluded input
+    index: int  # the explained label's column
+    drops: np.ndarray  # (patches,) probability drop per patch, in ``Grid.corners`` order
+    map: np.ndarray  # (height, width) float64 at the model input's geometry
+    grid: Grid
+
+
+async def occlusion_map(predict: Predict, x: np.ndarray, grid: Grid, labels: list[str], label: str | None = None,
+                        rows_per_chunk: int | None = None) -> Occlusion:
+    """Occlusion sensitivity of one (C, H, W) float32 model input.
+
+    The unoccluded input goes first, with the first chunk of occluded copies; each later chunk is
+    built only when the previous one has its outputs, so at most ``rows_per_chunk`` rows exist at once.
+    """
+    if x.ndim != 3 or x.shape[1:] != (grid.height, grid.width):
+        raise ValueError(f"input of shape {x.shape} does not match the grid ({grid.height}x{grid.width})")
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    step = rows_per_chunk or chunk_rows(x.nbytes)
+    fill = fill_value(x)
+    drops = np.empty(grid.patches, dtype=np.float64)
+    base: np.ndarray | None = None
+    index = 0
+    first = 0
+    while first < grid.patches or base is None:
+        stop = min(grid.patches, first + (step - 1 if base is None else step))
+        rows = occluded(x, grid, first, stop, fill)
+        if base is None:
+            rows = np.concatenate([x[None], rows])
+        out = np.asarray(await predict(rows), dtype=np.float64)
+        del rows
+        if base is None:
+            base, out = out[0], out[1:]
+            index = label_index(labels, label, base)
+        drops[first:stop] = base[index] - out[:, index]
+        first = stop
+    return Occlusion(base.astype(np.float64), index, drops, assemble(drops, grid), grid)
+
+
+def upsample(values: np.ndarray, rows: int, columns: int) -> np.ndarray:
+    """A (height, width) map resized bilinearly to (rows, columns), float32 (the presented image's geometry)."""
+    plane = np.ascontiguousarray(values, dtype=np.float32)
+    if plane.shape == (rows, columns):
+        return plane.copy()
+    return np.asarray(Image.fromarray(plane).resize((columns, rows), Image.Resampling.BILINEAR), dtype=np.float32)
+
+
+def scale(values: np.ndarray) -> float:
+    """What the colours are relative to: the map's largest drop (1e-9 when nothing drops)."""
+    return max(float(np.max(values)) if values.size else 0.0, 1e-9)
+
+
+def colour(values: np.ndarray, peak: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """RGB (..., 3) float32 in [0, 1] and alpha (...) in [0, 1] of a map: positive drops only, relative to ``peak``."""
+    v = np.clip(values / (scale(values) if peak is None else peak), 0.0, 1.0).astype(np.float32)
+    position = v * (len(_RAMP) - 1)
+    low = np.minimum(position.astype(np.int64), len(_RAMP) - 2)
+    t = (position - low)[..., None]
+    rgb = _RAMP[low] * (1 - t) + _RAMP[low + 1] * t
+    return rgb, v
+
+
+def output_bytes(rows: int, columns: int) -> int:
+    """What drawing or encoding an explanation at a rows x columns presented geometry holds (reserve it first)."""
+    return rows * columns * OUTPUT_BYTES_PER_PIXEL + 8 * 2**20
+
+
+def overlay(presented: np.ndarray, values: np.ndarray, opacity: float = DEFAULT_OPACITY) -> np.ndarray:
+    """The presented image (rows, columns, 1 or 3) uint8 with the map (rows, columns) drawn over it: uint8 RGB.
+
+    Blended a band of rows at a time, so the float32 working set is one band, not the image.
+    """
+    if not 0.0 <= opacity <= 1.0:
+        raise MalformedInput(f"opacity {opacity} is out of range; accepted: 0 to 1")
+    rows, columns = presented.shape[:2]
+    out = np.empty((rows, columns, 3), dtype=np.uint8)
+    peak_value = scale(values)
+    step = max(1, _BAND_PIXELS // max(1, columns))
+    for y0 in range(0, rows, step):
+        y1 = min(rows, y0 + step)
+        base = presented[y0:y1].astype(np.float32) / np.float32(255.0)
+        if base.shape[-1] == 1:
+            base = np.repeat(base, 3, axis=-1)
+        rgb, alpha = colour(values[y0:y1], peak_value)
+        a = (alpha * np.float32(opacity))[..., None]
+        out[y0:y1] = np.clip(np.rint((base * (1 - a) + rgb * a) * 255.0), 0, 255).astype(np.uint8)
+    return out
+
+
+def png_bytes(pixels: np.ndarray) -> bytes:
+    """A PNG of uint8 (rows, columns) grey, (rows, columns, 1) grey or (rows, columns, 3) RGB pixels."""
+    if pixels.ndim == 3 and pixels.shape[-1] == 1:
+        pixels = pixels[..., 0]
+    buffer = BytesIO()
+    Image.fromarray(np.ascontiguousarray(pixels)).save(buffer, format="PNG", compress_level=3)
+    return buffer.getvalue()
+
+
+def overlay_png(presented: np.ndarray, values: np.ndarray, opacity: float = DEFAULT_OPACITY) -> bytes:
+    """``overlay`` as PNG bytes; ``values`` at the model input's geometry is upsampled to the presented image first."""
+    rows, columns = presented.shape[:2]
+    return png_bytes(overlay(presented, upsample(values, rows, columns), opacity))
+
+
+def peak(values: np.ndarray) -> tuple[int, int]:
+    """(row, column) of the map's largest value (the first one on ties)."""
+    flat = int(np.argmax(values))
+    return flat // values.shape[1], flat % values.shape[1]

@@ -1,0 +1,96 @@
+"""The hospital's way in and out: the C-STORE receiver, STOW-RS, and results as DICOM SR to a PACS.
+
+- ``scp.py``: the C-STORE receiver (pynetdicom) on ``BIOMED_DICOM_PORT``, in each worker.
+- ``service/doors/dicomweb.py``: STOW-RS (``POST /dicomweb/studies``), streamed part by part.
+- ``pipeline.py``: what both do with an instance: check, classify (the image handler), spool its SR.
+- ``sr.py``: the TID 1500 Comprehensive 3D SR of one classified instance (highdicom).
+- ``spool.py``: the durable spool and its forwarder; ``destination.py``: STOW-RS or C-STORE to the PACS.
+
+``start`` runs in each worker once the engine is up, on the worker's event loop (the
+receiver's threads hand instances to it); ``current`` is this worker's (``None`` when
+neither ``BIOMED_DICOM_PORT`` nor ``BIOMED_DICOM_DESTINATION`` is set).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from service.runtime import StartupError
+
+if TYPE_CHECKING:
+    from service.dicom.scp import Receiver
+    from service.dicom.spool import Forwarder, Spool
+    from service.engine import Engine
+    from service.handlers import ImageHandler
+
+log = logging.getLogger("biomed.dicom")
+_current: "Dicom | None" = None
+
+
+class Dicom:
+    """This worker's DICOM side: the spool and its forwarder (with a destination), the receiver (with a port)."""
+
+    def __init__(self, engine: "Engine", loop: asyncio.AbstractEventLoop | None) -> None:
+        from service.handlers import ImageHandler
+
+        config = engine.config
+        self.config = config
+        self.spool: Spool | None = None
+        self.forwarder: Forwarder | None = None
+        self.receiver: Receiver | None = None
+        try:
+            self.handler: ImageHandler = engine.pick(None, ImageHandler)
+        except Exception:  # noqa: BLE001 - UnknownModel: no image model is loaded
+            raise StartupError("BIOMED_DICOM_PORT/BIOMED_DICOM_DESTINATION need an image model in BIOMED_MODELS") from None
+        for name in ("pydicom", "pynetdicom", "highdicom", "dicomweb_client"):  # they log identifiers at INFO/ERROR
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+        if config.dicom_destination:
+            import highdicom.sr  # noqa: F401 - imported now (about a second), not on the first instance's clock
+
+            from service.dicom import destination
+            from service.dicom.spool import Forwarder, Spool
+
+            try:
+                self.spool = Spool(config.dicom_spool)
+            except OSError as err:
+                raise StartupError(f"the SR spool BIOMED_DICOM_SPOOL cannot be created ({type(err).__name__}: "
+                                   f"{err.strerror})") from None
+            self.forwarder = Forwarder(self.spool, destination.connector(config.dicom_destination, config.dicom_aet),
+                                       engine.metrics, config.dicom_retry_max_s)
+            self.forwarder.start()
+            log.info("result SRs go to the %s through the spool (%d waiting)",
+                     destination.describe(config.dicom_destination), self.spool.depth())
+        if config.dicom_port:
+            if loop is None:
+                raise StartupError("the C-STORE receiver needs the worker's event loop")
+            from service.dicom.scp import Receiver
+
+            self.receiver = Receiver(config, self.handler, loop, self.spool)
+            try:
+                self.receiver.start()
+            except OSError as err:
+                self.close()
+                raise StartupError(f"the C-STORE receiver cannot listen on port {config.dicom_port} "
+                                   f"({err.strerror or type(err).__name__})") from None
+            if not config.dicom_destination:
+                log.warning("BIOMED_DICOM_DESTINATION is not set: instances are classified but no SR goes out")
+
+    def close(self) -> None:
+        if self.receiver is not None:
+            self.receiver.stop()
+        if self.forwarder is not None:
+            self.forwarder.stop()
+
+
+def start(engine: "Engine", loop: asyncio.AbstractEventLoop | None) -> Dicom | None:
+    """Start this worker's DICOM side when configured (``StartupError`` when it cannot)."""
+    global _current
+    c = engine.config
+    _current = Dicom(engine, loop) if (c.dicom_port or c.dicom_destination) else None
+    return _current
+
+
+def current() -> Dicom | None:
+    return _current

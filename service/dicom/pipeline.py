@@ -1,0 +1,226 @@
+"""One received DICOM instance, whichever door it came through: checked, classified, its SR spooled.
+
+``receive`` is shared by the C-STORE receiver (``scp.py``, called from its threads through the
+event loop) and STOW-RS (``service/doors/dicomweb.py``): the instance's header is read with the
+decoder's own caps, its UIDs and SOP class checked, every frame classified by the image
+handler (``ImageHandler.classify``: the same decode and model run as ``/predict_image``, through
+the same batchers), and when a destination is set its SR is built (``sr.py``) and written to
+the spool (``spool.py``) before ``receive`` returns, so the sender is answered only once the
+result is durable. It never raises for bad input: it answers an ``Outcome`` with the DIMSE
+status / STOW-RS failure reason (the same codes for both doors):
+
+- ``ok``, 0x0000: classified (and its SR spooled, or already spooled or delivered);
+- ``too_large``, ``too_many_requests``, ``timeout``, ``spool_unavailable``, 0xA700 (out of
+  resources): over a size cap, a shared budget full, the spool not writable;
+- ``not_an_image``, 0x0122: a SOP class that is not an image storage class (an SR, an RT Plan);
+- ``no_pixel_data``, ``missing_uids``, ``study_mismatch``, 0xA900: the dataset does not match its
+  SOP class, lacks its UIDs, or is not of the study named in the STOW-RS path;
+- ``unsupported_transfer_syntax``, 0xC122: no decoder for its transfer syntax;
+- any other input error (``malformed_dicom``, ``bad_pixel_data``, ``unsupported_media_type``...),
+  0xC000: cannot be understood;
+- ``internal``, 0x0110: a bug of ours (logged with its code location, never the input).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import re
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.uid import (
+    BreastProjectionXRayImageStorageForPresentation, BreastProjectionXRayImageStorageForProcessing,
+    BreastTomosynthesisImageStorage, ComputedRadiographyImageStorage, CTImageStorage,
+    DermoscopicPhotographyImageStorage, DigitalIntraOralXRayImageStorageForPresentation,
+    DigitalIntraOralXRayImageStorageForProcessing, DigitalMammographyXRayImageStorageForPresentation,
+    DigitalMammographyXRayImageStorageForProcessing, DigitalXRayImageStorageForPresentation,
+    DigitalXRayImageStorageForProcessing, EnhancedCTImageStorage, EnhancedMRColorImageStorage, EnhancedMRImageStorage,
+    EnhancedPETImageStorage, EnhancedUSVolumeStorage, EnhancedXAImageStorage, EnhancedXRFImageStorage,
+    LegacyConvertedEnhancedCTImageStorage, LegacyConvertedEnhancedMRImageStorage,
+    LegacyConvertedEnhancedPETImageStorage, MRImageStorage, MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
+    MultiFrameGrayscaleWordSecondaryCaptureImageStorage, MultiFrameSingleBitSecondaryCaptureImageStorage,
+    MultiFrameTrueColorSecondaryCaptureImageStorage, NuclearMedicineImageStorage,
+    OphthalmicPhotography8BitImageStorage, OphthalmicPhotography16BitImageStorage, PhotoacousticImageStorage,
+    PositronEmissionTomographyImageStorage, SecondaryCaptureImageStorage, UltrasoundImageStorage,
+    UltrasoundMultiFrameImageStorage, VLEndoscopicImageStorage, VLMicroscopicImageStorage,
+    VLPhotographicImageStorage, VLSlideCoordinatesMicroscopicImageStorage, VLWholeSlideMicroscopyImageStorage,
+    XRay3DAngiographicImageStorage, XRay3DCraniofacialImageStorage, XRayAngiographicImageStorage,
+    XRayRadiofluoroscopicImageStorage,
+)
+
+from biomed.errors import InputError
+from biomed.preprocess.dicom_read import PIXEL_KEYWORDS, read
+from service.dicom import sr
+
+if TYPE_CHECKING:
+    from service.dicom.spool import Spool
+    from service.handlers import ImageHandler
+
+log = logging.getLogger("biomed.dicom")
+
+# The image storage SOP classes the doors accept: single- and multi-frame images our decoder presents.
+IMAGE_STORAGE = (
+    CTImageStorage, EnhancedCTImageStorage, LegacyConvertedEnhancedCTImageStorage, MRImageStorage,
+    EnhancedMRImageStorage, EnhancedMRColorImageStorage, LegacyConvertedEnhancedMRImageStorage,
+    ComputedRadiographyImageStorage, DigitalXRayImageStorageForPresentation, DigitalXRayImageStorageForProcessing,
+    DigitalMammographyXRayImageStorageForPresentation, DigitalMammographyXRayImageStorageForProcessing,
+    DigitalIntraOralXRayImageStorageForPresentation, DigitalIntraOralXRayImageStorageForProcessing,
+    BreastTomosynthesisImageStorage, BreastProjectionXRayImageStorageForPresentation,
+    BreastProjectionXRayImageStorageForProcessing, UltrasoundImageStorage, UltrasoundMultiFrameImageStorage,
+    EnhancedUSVolumeStorage, SecondaryCaptureImageStorage, MultiFrameSingleBitSecondaryCaptureImageStorage,
+    MultiFrameGrayscaleByteSecondaryCaptureImageStorage, MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
+    MultiFrameTrueColorSecondaryCaptureImageStorage, NuclearMedicineImageStorage,
+    PositronEmissionTomographyImageStorage, EnhancedPETImageStorage, LegacyConvertedEnhancedPETImageStorage,
+    XRayAngiographicImageStorage, EnhancedXAImageStorage, XRayRadiofluoroscopicImageStorage, EnhancedXRFImageStorage,
+    XRay3DAngiographicImageStorage, XRay3DCraniofacialImageStorage, VLEndoscopicImageStorage,
+    VLMicroscopicImageStorage, VLSlideCoordinatesMicroscopicImageStorage, VLPhotographicImageStorage,
+    VLWholeSlideMicroscopyImageStorage, OphthalmicPhotography8BitImageStorage, OphthalmicPhotography16BitImageStorage,
+    DermoscopicPhotographyImageStorage, PhotoacousticImageStorage,
+)
+_IMAGE_STORAGE = frozenset(str(u) for u in IMAGE_STORAGE)
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+_SR_THREADS = 2  # SR building (highdicom: tens of ms per SR) and spool writes (fsync), off the event loop
+
+OK = 0x0000
+OUT_OF_RESOURCES = 0xA700
+NOT_SUPPORTED = 0x0122
+DOES_NOT_MATCH = 0xA900
+SYNTAX_NOT_SUPPORTED = 0xC122
+CANNOT_UNDERSTAND = 0xC000
+PROCESSING_FAILURE = 0x0110
+_STATUS = {"too_large": OUT_OF_RESOURCES, "too_many_requests": OUT_OF_RESOURCES, "timeout": OUT_OF_RESOURCES,
+           "spool_unavailable": OUT_OF_RESOURCES, "not_an_image": NOT_SUPPORTED, "no_pixel_data": DOES_NOT_MATCH,
+           "missing_uids": DOES_NOT_MATCH, "study_mismatch": DOES_NOT_MATCH,
+           "unsupported_transfer_syntax": SYNTAX_NOT_SUPPORTED, "internal": PROCESSING_FAILURE}
+
+
+def status_of(code: str) -> int:
+    """The DIMSE status / STOW-RS failure reason of an outcome code (module docstring)."""
+    return OK if code == "ok" else _STATUS.get(code, CANNOT_UNDERSTAND)
+
+
+@dataclass
+class Outcome:
+    """What became of one instance: ``code`` is ``ok`` or the reason (module docstring); no patient data."""
+
+    code: str
+    sop_class: str | None = None
+    sop_instance: str | None = None
+    detail: str = ""
+    spooled: bool = False
+
+    @property
+    def status(self) -> int:
+        return status_of(self.code)
+
+    @property
+    def ok(self) -> bool:
+        return self.code == "ok"
+
+
+class Refused(InputError):
+    """An instance the doors take no further (module docstring's codes)."""
+
+
+@functools.lru_cache(maxsize=1)
+def _pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(_SR_THREADS, thread_name_prefix="dicom-sr")
+
+
+async def _off_loop(fn: Any, *args: Any) -> Any:
+    return await asyncio.get_running_loop().run_in_executor(_pool(), fn, *args)
+
+
+def algorithm(handler: "ImageHandler") -> sr.Algorithm:
+    m = handler.model
+    return sr.Algorithm(m.name, m.version, m.sha256, tuple(handler.labels))
+
+
+def read_header(data: bytes, limits: Any) -> Dataset:
+    """The instance's dataset without pixel data, parsed under the decoder's caps (elements counted first)."""
+    ds = read(data, limits)
+    for keyword in PIXEL_KEYWORDS:
+        if keyword in ds:
+            delattr(ds, keyword)
+    return ds
+
+
+def _uid_of(ds: Dataset, keyword: str) -> str | None:
+    value = str(ds.get(keyword, "") or "").strip()
+    return value if _UID.match(value) and len(value) <= 64 else None
+
+
+def check_header(ds: Dataset, study: str | None = None) -> tuple[str, str]:
+    """(SOP Class UID, SOP Instance UID) of an image instance of ``study`` (any when None); else ``Refused``."""
+    sop_class, sop_instance = _uid_of(ds, "SOPClassUID"), _uid_of(ds, "SOPInstanceUID")
+    if sop_class is None or sop_instance is None or _uid_of(ds, "StudyInstanceUID") is None:
+        raise Refused("the instance lacks a valid SOP Class, SOP Instance or Study Instance UID", code="missing_uids")
+    if sop_class not in _IMAGE_STORAGE:
+        raise Refused("the instance is not of an image storage SOP class (an SR, RT or other non-image object)",
+                      code="not_an_image")
+    if study is not None and _uid_of(ds, "StudyInstanceUID") != study:
+        raise Refused("the instance belongs to another study than the one in the request path", code="study_mismatch")
+    return sop_class, sop_instance
+
+
+async def sr_for(handler: "ImageHandler", data: bytes, door: str = "native") -> bytes:
+    """The SR of one uploaded DICOM file (``/predict_image?output=sr``); InputError for bad input."""
+    if data.startswith((b"\x89PNG", b"\xff\xd8\xff")):
+        raise InputError("output=sr needs a DICOM image to reference; this upload is a PNG or JPEG (use output=json)",
+                         code="sr_needs_dicom")
+    probs, _ = await handler.classify(data, door)
+    header = await handler.in_thread(read_header, data, handler.limits)
+    try:
+        check_header(header)
+    except Refused as err:
+        raise InputError(f"output=sr cannot reference this file: {err.detail}", code="sr_needs_dicom") from None
+    return await _off_loop(_build, header, probs, algorithm(handler))
+
+
+def _build(header: Dataset, probs: np.ndarray, algo: sr.Algorithm) -> bytes:
+    return sr.sr_bytes(sr.build_sr(header, probs, algo))
+
+
+def _build_and_spool(header: Dataset, probs: np.ndarray, algo: sr.Algorithm, spool: "Spool") -> bool:
+    uid = sr.sr_uid(str(header.SOPInstanceUID), algo)
+    if spool.is_known(uid):
+        return False
+    return spool.put(uid, _build(header, probs, algo))
+
+
+async def receive(handler: "ImageHandler", data: bytes, door: str, study: str | None = None,
+                  spool: "Spool | None" = None) -> Outcome:
+    """Check, classify and (with a spool) spool the SR of one instance; never raises for bad input."""
+    outcome = Outcome("ok")
+    try:
+        header = await handler.in_thread(read_header, data, handler.limits,
+                                         small=len(data) <= handler.config.small_upload_bytes)
+        outcome.sop_class, outcome.sop_instance = (_uid_of(header, "SOPClassUID"), _uid_of(header, "SOPInstanceUID"))
+        check_header(header, study)
+        probs, _ = await handler.classify(data, door)
+        del data
+        if spool is not None:
+            try:
+                outcome.spooled = await _off_loop(_build_and_spool, header, probs, algorithm(handler), spool)
+            except OSError as err:
+                log.error("the SR spool could not be written (%s); the instance was refused with 0xA700",
+                          type(err).__name__)
+                raise InputError("the SR spool cannot be written", code="spool_unavailable") from None
+            if not outcome.spooled:
+                handler.metrics.dicom_forwarded.labels(outcome="duplicate").inc()
+    except InputError as err:
+        outcome.code, outcome.detail = err.code, err.detail
+    except asyncio.CancelledError:
+        raise
+    except Exception as err:  # noqa: BLE001 - a bug of ours: say where, never the input
+        log.error("a DICOM instance failed with %s\n%s", type(err).__name__,
+                  "".join(traceback.format_tb(err.__traceback__)))
+        outcome.code, outcome.detail = "internal", "the server failed; see its log"
+    handler.metrics.dicom_received.labels(door=door, outcome=outcome.code).inc()
+    return outcome

@@ -1,0 +1,221 @@
+"""Classification results as a DICOM Comprehensive 3D SR (TID 1500 Measurement Report), with highdicom.
+
+One SR per classified instance: one TID 1501 image-level measurement group per frame, holding
+the predicted label as a qualitative evaluation and every label's probability as a measurement
+(``1`` UCUM, no units), each concept coded in our private coding scheme ``99BIOMED`` (declared
+in the SR's Coding Scheme Identification Sequence). Each group references its source image
+(and frame, for multi-frame images) and identifies the algorithm (TID 4019: model name, version,
+the ONNX file's sha256). The document is UNVERIFIED, its Content Qualification RESEARCH, and its
+series description says "research use only, not for diagnostic use".
+
+The patient and study modules are copied from the source, so that a PACS files the SR with
+the study: the one place where the service hands patient data back (to the PACS it came from).
+Nothing here logs.
+
+UIDs are deterministic: the SR's SOP Instance UID derives from (source SOP Instance UID, model
+name, model version), its series from (study, model name, version), so re-sending an image
+yields the same SR, which a PACS keeps once.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from dataclasses import dataclass
+from io import BytesIO
+from typing import Sequence
+
+import numpy as np
+from pydicom.dataset import Dataset
+
+SCHEME = "99BIOMED"  # private coding scheme (PS3.16 8.2: designators starting with 99 are private)
+SCHEME_NAME = "biomed-serve model outputs"
+MANUFACTURER = "biomed-serve"
+NOTICE = "research use only, not for diagnostic use"
+SERIES_NUMBER = 9001
+# uuid5 namespace of this service's UIDs (a fixed random UUID; the UIDs are 2.25.<uuid as an integer>, PS3.5 B.2).
+_NAMESPACE = uuid.UUID("6c1b1f5e-2f8e-4a4d-9a55-0d2b8f7e41c3")
+# Patient and study attributes copied from the source beyond those highdicom copies (Patient, General Study and
+# Patient Study modules).
+_COPIED = ("IssuerOfPatientID", "IssuerOfPatientIDQualifiersSequence", "OtherPatientIDsSequence", "PatientAge",
+           "PatientSize", "PatientWeight", "EthnicGroup", "PatientComments", "PatientIdentityRemoved",
+           "DeidentificationMethod", "StudyDescription", "IssuerOfAccessionNumberSequence",
+           "ProcedureCodeSequence", "AdmittingDiagnosesDescription", "PatientBirthTime", "ResponsiblePerson",
+           "ResponsibleOrganization", "PatientSpeciesDescription", "PatientBreedDescription", "TimezoneOffsetFromUTC")
+_REQUIRED_EMPTY = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "AccessionNumber", "StudyID",
+                   "StudyDate", "StudyTime", "ReferringPhysicianName")
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    """The model that produced the results."""
+
+    name: str
+    version: str
+    sha256: str
+    labels: tuple[str, ...]
+
+
+def uid(*parts: str) -> str:
+    """A UID that depends only on ``parts``: ``2.25.<uuid5>`` (at most 44 characters)."""
+    return f"2.25.{uuid.uuid5(_NAMESPACE, chr(31).join(parts)).int}"
+
+
+def sr_uid(source_sop_instance_uid: str, algorithm: Algorithm) -> str:
+    """The SR's SOP Instance UID for this source instance and model version."""
+    return uid("sr", source_sop_instance_uid, algorithm.name, algorithm.version)
+
+
+def _code(value: str, meaning: str):  # type: ignore[no-untyped-def]
+    from highdicom.sr import CodedConcept
+
+    return CodedConcept(value=value[:16], meaning=meaning[:64], scheme_designator=SCHEME)
+
+
+def label_code(label: str, index: int):  # type: ignore[no-untyped-def]
+    """The coded concept of a model label (code value ``L<index>``; meaning the label)."""
+    return _code(f"L{index}", label)
+
+
+def probability_code(label: str, index: int):  # type: ignore[no-untyped-def]
+    """The concept name of a label's probability (code value ``P<index>``)."""
+    return _code(f"P{index}", f"Probability of {label}")
+
+
+PREDICTED_LABEL = ("PRED", "Predicted label")
+FINDING_TYPE = ("CLS", "Image classification")
+
+
+def _evidence(source: Dataset) -> Dataset:
+    """A copy of the source header without pixel data, with the empty Type 2 values highdicom reads."""
+    header = Dataset()
+    for element in source:
+        if element.tag.group in (0x7FE0,) or element.keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
+            continue
+        header.add(element)
+    for keyword in _REQUIRED_EMPTY:
+        if keyword not in header:
+            setattr(header, keyword, None)
+    return header
+
+
+def _image_library(source: Dataset):  # type: ignore[no-untyped-def]
+    """TID 1600: highdicom's (with its descriptors), or a bare entry when the source lacks what they need."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    try:
+        return hd.sr.ImageLibrary([source])
+    except (AttributeError, ValueError, TypeError, KeyError, IndexError):  # e.g. a CT without Pixel Spacing
+        library = hd.sr.ContainerContentItem(name=codes.DCM.ImageLibrary,
+                                             relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
+        group = hd.sr.ContainerContentItem(name=codes.DCM.ImageLibraryGroup,
+                                           relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
+        image = hd.sr.ImageContentItem(name=hd.sr.CodedConcept("260753009", "SCT", "Source"),
+                                       referenced_sop_class_uid=source.SOPClassUID,
+                                       referenced_sop_instance_uid=source.SOPInstanceUID,
+                                       relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
+        group.ContentSequence = hd.sr.ContentSequence([image])
+        library.ContentSequence = hd.sr.ContentSequence([group])
+        return [library]
+
+
+def build_sr(source: Dataset, probs: np.ndarray, algorithm: Algorithm, now: dt.datetime | None = None) -> Dataset:
+    """The SR of one classified instance.
+
+    Args:
+        source: the source instance's header (pixel data may be absent); needs SOP Class/Instance and
+            Study Instance UIDs.
+        probs: (frames, labels) probabilities, frame order.
+        algorithm: the model.
+        now: content date/time (default: now).
+    """
+    import highdicom as hd
+    from highdicom.coding_schemes import CodingSchemeIdentificationItem
+    from pydicom.sr.codedict import codes
+
+    header = _evidence(source)
+    frames = int(probs.shape[0])
+    multi_frame = frames > 1 or int(source.get("NumberOfFrames", 1) or 1) > 1
+    algo = hd.sr.AlgorithmIdentification(name=algorithm.name, version=algorithm.version,
+                                         parameters=[f"sha256 of the ONNX file: {algorithm.sha256}", NOTICE],
+                                         manufacturer=MANUFACTURER)
+    groups = []
+    for frame, row in enumerate(np.asarray(probs, dtype=np.float64)):
+        best = int(row.argmax())
+        measurements = [hd.sr.Measurement(name=probability_code(label, i), value=float(p), unit=codes.UCUM.NoUnits)
+                        for i, (label, p) in enumerate(zip(algorithm.labels, row))]
+        evaluation = hd.sr.QualitativeEvaluation(name=_code(*PREDICTED_LABEL),
+                                                 value=label_code(algorithm.labels[best], best))
+        image = hd.sr.SourceImageForMeasurementGroup(
+            referenced_sop_class_uid=header.SOPClassUID, referenced_sop_instance_uid=header.SOPInstanceUID,
+            referenced_frame_numbers=[frame + 1] if multi_frame else None)
+        groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(
+                uid=uid("tracking", header.SOPInstanceUID, algorithm.name, algorithm.version, str(frame)),
+                identifier=f"{algorithm.name} frame {frame + 1}"),
+            finding_type=_code(*FINDING_TYPE), algorithm_id=algo, measurements=measurements,
+            qualitative_evaluations=[evaluation], source_images=[image]))
+    device = hd.sr.DeviceObserverIdentifyingAttributes(
+        uid=uid("device", algorithm.name, algorithm.version, algorithm.sha256), name=algorithm.name,
+        manufacturer_name=MANUFACTURER, model_name=f"{algorithm.name} {algorithm.version}"[:64])
+    context = hd.sr.ObservationContext(observer_device_context=hd.sr.ObserverContext(
+        observer_type=codes.cid270.Device, observer_identifying_attributes=device))
+    report = hd.sr.MeasurementReport(observation_context=context, procedure_reported=codes.cid100.ImagingProcedure,
+                                     imaging_measurements=groups)
+    root = report[0]
+    library = _image_library(header)
+    at = next(i for i, item in enumerate(root.ContentSequence)
+              if item.ConceptNameCodeSequence[0].CodeValue == codes.DCM.ImagingMeasurements.value)
+    for offset, item in enumerate(library):
+        root.ContentSequence.insert(at + offset, item)
+    now = now or dt.datetime.now()
+    sr = hd.sr.Comprehensive3DSR(
+        evidence=[header], content=root,
+        series_instance_uid=uid("series", str(header.StudyInstanceUID), algorithm.name, algorithm.version),
+        series_number=SERIES_NUMBER, sop_instance_uid=sr_uid(str(header.SOPInstanceUID), algorithm),
+        instance_number=1, manufacturer=MANUFACTURER, is_complete=True, is_final=False, is_verified=False,
+        content_qualification="RESEARCH",
+        series_description=f"{NOTICE.capitalize()}: {algorithm.name}"[:64],
+        manufacturer_model_name=algorithm.name[:64], software_versions=algorithm.version[:64],
+        coding_schemes=[CodingSchemeIdentificationItem(designator=SCHEME, name=SCHEME_NAME,
+                                                       responsible_organization=MANUFACTURER)],
+        content_date=now.date(), content_time=now.time().replace(microsecond=0),
+    )
+    for keyword in _COPIED:
+        if keyword in header:
+            sr.add(header[keyword])
+    return sr
+
+
+def sr_bytes(sr: Dataset) -> bytes:
+    """The SR as a DICOM Part-10 file."""
+    out = BytesIO()
+    sr.save_as(out, enforce_file_format=True)
+    return out.getvalue()
+
+
+def read_results(sr: Dataset) -> list[dict]:
+    """What ``build_sr`` wrote, read back with highdicom: per group, the referenced instance and frame, the
+    predicted label and every label's probability (the tests and ``biomed`` tools use it)."""
+    import highdicom as hd
+
+    document = sr if isinstance(sr, hd.sr.Comprehensive3DSR) else hd.sr.Comprehensive3DSR.from_dataset(sr)
+    results = []
+    for group in document.content.get_image_measurement_groups():
+        [image] = group.source_images
+        frames = image.referenced_frame_numbers
+        [evaluation] = group.get_qualitative_evaluations()
+        results.append({
+            "sop_instance_uid": image.referenced_sop_instance_uid,
+            "frame": (int(frames[0]) - 1) if frames else 0,
+            "label": evaluation.value.meaning,
+            "probabilities": {m.name.meaning.removeprefix("Probability of "): float(m.value)
+                              for m in group.get_measurements()},
+        })
+    return sorted(results, key=lambda r: r["frame"])
+
+
+def probabilities_of(results: Sequence[dict], labels: Sequence[str]) -> np.ndarray:
+    """(frames, labels) from ``read_results``."""
+    return np.array([[r["probabilities"][label] for label in labels] for r in results], dtype=np.float64)

@@ -1,0 +1,240 @@
+"""The DICOM network's parts on their own (fast): the multipart/related reader, the SR builder, the spool and its
+forwarder, the settings, and STOW-RS and ``output=sr`` through the in-process service.
+
+The real network (Orthanc, storescu, a real server) is tests/test_dicom_network.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+
+from biomed.errors import MalformedInput
+from service.config import ServiceConfig
+from service.dicom import multipart, sr
+from service.dicom.spool import Forwarder, Spool
+
+ALGO = sr.Algorithm("demo-image", "20250101-000000-abcdef01", "ab" * 32, ("cavity", "nodule", "normal"))
+
+
+# ---------------------------------------------------------------------------------------------- multipart/related
+
+
+def _body(parts: list[bytes], boundary: str = "b0undary", preamble: bytes = b"") -> bytes:
+    return preamble + b"".join(f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + p + b"\r\n"
+                               for p in parts) + f"--{boundary}--\r\n".encode()
+
+
+def _read(body: bytes, chunk: int, boundary: bytes = b"b0undary", cap: int = 1 << 20) -> list[multipart.Part]:
+    async def stream():  # type: ignore[no-untyped-def]
+        for i in range(0, len(body), chunk):
+            yield body[i : i + chunk]
+
+    async def collect() -> list[multipart.Part]:
+        return [p async for p in multipart.parts(stream(), boundary, cap)]
+
+    return asyncio.run(collect())
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 7, 64, 1 << 20])
+def test_parts_are_the_same_whatever_the_chunking(chunk: int) -> None:
+    parts = [b"", b"--b0undary", b"\r\n--b0undar", b"x\r\n-b0undary\r\n", bytes(range(256)) * 3]  # near misses
+    got = _read(_body(parts, preamble=b"a preamble\r\n"), chunk)
+    assert [p.data for p in got] == parts
+    assert all(p.media_type == "application/dicom" for p in got)
+
+
+def test_a_part_over_the_cap_is_read_past_not_kept() -> None:
+    got = _read(_body([b"x" * 100, b"small"]), 7, cap=50)
+    assert got[0].too_large and got[0].data == b"" and got[0].size == 100
+    assert not got[1].too_large and got[1].data == b"small"
+
+
+@pytest.mark.parametrize("body", [b"", b"no delimiter at all", b"--b0undary\r\nContent-Type: x\r\n\r\nunfinished",
+                                  b"--b0undary\r\nno colon here\r\n\r\ndata\r\n--b0undary--",
+                                  b"--b0undary\r\n" + b"X-Long: " + b"y" * 20000 + b"\r\n\r\n"])
+def test_broken_bodies_are_malformed(body: bytes) -> None:
+    with pytest.raises(MalformedInput):
+        _read(body, 5)
+
+
+def test_boundary_and_parameters_of_a_content_type() -> None:
+    assert multipart.boundary_of('multipart/related; type="application/dicom"; boundary="a b:c"') == b"a b:c"
+    assert multipart.boundary_of("multipart/related;boundary=xyz") == b"xyz"
+    assert multipart.parameter('multipart/related; Type="application/DICOM"', "type") == "application/dicom"
+    for bad in ("multipart/related", "multipart/related; boundary=", "multipart/related; boundary=" + "x" * 71):
+        with pytest.raises(MalformedInput):
+            multipart.boundary_of(bad)
+
+
+# ---------------------------------------------------------------------------------------------- the SR
+
+
+def test_the_sr_reads_back_with_highdicom_and_its_uid_is_deterministic() -> None:
+    source = pydicom.dcmread(get_testdata_file("SC_rgb_rle_2frame.dcm"), stop_before_pixels=True)
+    probs = np.array([[0.1, 0.2, 0.7], [0.5, 0.25, 0.25]], dtype=np.float32)
+    first = sr.build_sr(source, probs, ALGO)
+    again = pydicom.dcmread(io.BytesIO(sr.sr_bytes(sr.build_sr(source, probs, ALGO))))
+    assert first.SOPInstanceUID == again.SOPInstanceUID == sr.sr_uid(source.SOPInstanceUID, ALGO)
+    assert len(first.SOPInstanceUID) <= 64 and first.SOPInstanceUID.startswith("2.25.")
+    other = sr.Algorithm(ALGO.name, "another-version", ALGO.sha256, ALGO.labels)
+    assert sr.sr_uid(source.SOPInstanceUID, other) != first.SOPInstanceUID
+    results = sr.read_results(again)
+    assert [r["frame"] for r in results] == [0, 1] and [r["label"] for r in results] == ["normal", "cavity"]
+    assert np.array_equal(sr.probabilities_of(results, ALGO.labels), probs.astype(np.float64))
+    assert {r["sop_instance_uid"] for r in results} == {source.SOPInstanceUID}
+    assert (again.VerificationFlag, again.CompletionFlag, again.ContentQualification) == ("UNVERIFIED", "COMPLETE",
+                                                                                          "RESEARCH")
+    assert (again.PatientID, again.StudyInstanceUID) == (source.PatientID, source.StudyInstanceUID)
+    assert again.CodingSchemeIdentificationSequence[0].CodingSchemeDesignator == sr.SCHEME
+
+
+def test_a_source_without_patient_attributes_or_image_geometry_still_gets_its_sr() -> None:
+    source = pydicom.dcmread(get_testdata_file("CT_small.dcm"), stop_before_pixels=True)
+    for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyID", "PixelSpacing",
+                    "ImagePositionPatient", "FrameOfReferenceUID"):
+        if keyword in source:
+            delattr(source, keyword)
+    ds = pydicom.dcmread(io.BytesIO(sr.sr_bytes(sr.build_sr(source, np.array([[0.3, 0.3, 0.4]]), ALGO))))
+    assert ds.PatientID == "" and sr.read_results(ds)[0]["sop_instance_uid"] == source.SOPInstanceUID
+
+
+# ---------------------------------------------------------------------------------------------- spool, forwarder
+
+
+class _Scripted:
+    """A destination that answers from a script (``delivered``, ``retry``, ``rejected``), recording what it got."""
+
+    def __init__(self, answers: list[str], got: list[bytes]) -> None:
+        self.answers, self.got = answers, got
+
+    def send(self, data: bytes) -> str:
+        answer = self.answers.pop(0) if self.answers else "delivered"
+        if answer == "delivered":
+            self.got.append(data)
+        return answer
+
+    def close(self) -> None:
+        pass
+
+
+def test_the_spool_keeps_one_copy_and_remembers_what_was_delivered(tmp_path: Path) -> None:
+    spool = Spool(tmp_path)
+    assert spool.put("1.2.3", b"a") and not spool.put("1.2.3", b"a")  # pending: a duplicate
+    time.sleep(0.01)
+    assert spool.put("1.2.4", b"b")
+    assert [p.name for p in spool.pending()] == ["1.2.3.dcm", "1.2.4.dcm"]  # oldest first
+    spool.delivered(spool.pending()[0])
+    assert not spool.put("1.2.3", b"a") and spool.is_known("1.2.3")  # delivered: not again
+    spool.reject(spool.pending()[0])
+    assert spool.pending() == [] and (tmp_path / "rejected" / "1.2.4.dcm").read_bytes() == b"b"
+    assert spool.prune(now=time.time() + 8 * 24 * 3600) == 1 and not spool.is_known("1.2.3")
+    with pytest.raises(ValueError):
+        spool.put("../../etc/passwd", b"x")
+
+
+def test_one_forwarder_delivers_in_order_retrying_and_setting_refusals_aside(tmp_path: Path) -> None:
+    from service.metrics import metrics
+
+    spool = Spool(tmp_path)
+    for i in range(4):
+        spool.put(f"1.2.{i}", f"sr{i}".encode())
+        time.sleep(0.01)
+    got: list[bytes] = []
+    answers = ["retry", "delivered", "rejected"]  # sr0 retried then delivered, sr1 refused, then the rest
+    forwarders = [Forwarder(spool, lambda: _Scripted(answers, got), metrics(), retry_max_s=1) for _ in range(2)]
+    for f in forwarders:
+        f.start()
+    try:
+        deadline = time.monotonic() + 20
+        while spool.pending():
+            assert time.monotonic() < deadline, "the spool did not empty"
+            time.sleep(0.05)
+    finally:
+        for f in forwarders:
+            f.stop()
+    assert got == [b"sr0", b"sr2", b"sr3"]  # each once, in order, by one forwarder (the lock)
+    assert (tmp_path / "rejected" / "1.2.1.dcm").exists()
+    assert sorted(p.name for p in (tmp_path / "sent").iterdir()) == ["1.2.0", "1.2.2", "1.2.3"]
+
+
+# ---------------------------------------------------------------------------------------------- settings
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"BIOMED_DICOM_PORT": "11112"}, "BIOMED_DICOM_ALLOWED_AETS is empty"),
+    ({"BIOMED_DICOM_PORT": "70000", "BIOMED_DICOM_ALLOWED_AETS": "*"}, "not a TCP port"),
+    ({"BIOMED_DICOM_AET": "WAY-TOO-LONG-AE-TITLE"}, "not an AE title"),
+    ({"BIOMED_DICOM_ALLOWED_AETS": "OK,BAD\\AET"}, "not an AE title"),
+    ({"BIOMED_DICOM_DESTINATION": "ftp://pacs/"}, "neither a DICOMweb base URL"),
+    ({"BIOMED_DICOM_DESTINATION": "PACS@host"}, "neither a DICOMweb base URL"),
+])
+def test_bad_dicom_settings_stop_start_up(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        ServiceConfig.from_env(env)
+
+
+def test_dicom_settings_and_their_defaults(tmp_path: Path) -> None:
+    c = ServiceConfig.from_env({"BENTOML_HOME": str(tmp_path)})
+    assert (c.dicom_port, c.dicom_aet, c.dicom_destination) == (0, "BIOMED", "")
+    assert c.dicom_spool == str(tmp_path / "dicom-spool") and c.max_stow_bytes == 1024 * 2**20
+    on = ServiceConfig.from_env({"BIOMED_DICOM_PORT": "11112", "BIOMED_DICOM_ALLOWED_AETS": "CT01, PACS",
+                                 "BIOMED_DICOM_DESTINATION": "PACS@[::1]:104"})
+    assert on.dicom_allowed_aets == ("CT01", "PACS")
+    assert on.memory_bound() == c.memory_bound() + 3 * c.max_body_bytes  # the receiver's instances
+
+
+# ---------------------------------------------------------------------------------------------- in-process service
+
+
+@pytest.fixture(scope="module")
+def client(demo_models: dict[str, str]) -> Iterator:  # type: ignore[type-arg]
+    from conftest import inprocess_client
+
+    yield from inprocess_client({"BIOMED_MODELS": "demo-image", "BIOMED_MAX_STOW_MB": "1"})
+
+
+def test_stow_in_process_and_the_guard_streams_it(client) -> None:  # type: ignore[no-untyped-def]
+    ct = Path(get_testdata_file("CT_small.dcm")).read_bytes()
+    kind = 'multipart/related; type="application/dicom"; boundary=b0undary'
+    r = client.post("/dicomweb/studies", content=_body([ct, ct]), headers={"content-type": kind})
+    assert r.status_code == 200 and r.headers["content-type"] == "application/dicom+json"
+    assert len(r.json()["00081199"]["Value"]) == 2 and "00081198" not in r.json()
+    assert r.headers["content-security-policy"] == "default-src 'self'"
+    big = _body([b"\0" * (2**20 + 1)])
+    r = client.post("/dicomweb/studies", content=big, headers={"content-type": kind})
+    assert r.status_code == 413 and "BIOMED_MAX_STOW_MB" in r.json()["detail"]
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: the cap holds while streaming
+        for i in range(0, len(big), 65536):
+            yield big[i : i + 65536]
+
+    r = client.post("/dicomweb/studies", content=chunks(), headers={"content-type": kind})
+    assert r.status_code == 413 and r.json()["error"] == "too_large"
+    r = client.post("/predict_image", content=ct, params={"output": "sr"}, headers={"content-type": "application/dicom"})
+    assert r.status_code == 200 and r.headers["content-type"] == "application/dicom"
+    [result] = sr.read_results(pydicom.dcmread(io.BytesIO(r.content)))
+    native = client.post("/predict_image", content=ct, headers={"content-type": "application/dicom"}).json()
+    assert result["probabilities"] == native["predictions"][0]["probabilities"]
+    r = client.post("/predict_image", content=ct, params={"output": "xml"}, headers={"content-type": "application/dicom"})
+    assert r.status_code == 400 and r.json()["error"] == "malformed"
+
+
+def test_the_access_log_writes_stows_study_path_as_its_template() -> None:
+    import logging
+
+    from service.traffic import EscapedAccessLog
+
+    record = logging.LogRecord("bentoml.access", logging.INFO, "", 0, "%s (%s) (%s) %.3fms",
+                               ("127.0.0.1:1", "scheme=http,method=POST,path=/dicomweb/studies/1.2.840.99,type=x",
+                                "status=200", 1.0), None)
+    EscapedAccessLog().filter(record)
+    assert "1.2.840.99" not in record.getMessage() and "path=/dicomweb/studies/{StudyInstanceUID}," in record.getMessage()

@@ -1,0 +1,184 @@
+"""The page at ``/`` in a real headless Chromium (Debian's ``chromium`` + ``chromium-driver``, driven by Selenium),
+against a real ``bentoml serve`` with a token set: an uploaded DICOM gets its label, probabilities, header fields and a
+non-empty heat map; a pasted sequence gets its predictions and importance track; a bad file and a missing token show
+the API's ``detail`` text. Screenshots go to the test's temporary folder (``BIOMED_SCREENSHOTS`` names another).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+try:
+    from tests import live_server
+    from tests.tools import require_module, require_tool
+except ImportError:  # tests/ is not a package: pytest puts it on sys.path
+    import live_server
+    from tools import require_module, require_tool
+
+pytestmark = pytest.mark.slow
+TOKEN = "page-test-token"
+CHROME_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--window-size=1280,1700")
+WAIT_S = 60
+
+
+@pytest.fixture(scope="module")
+def server(demo_models: dict, tmp_path_factory: pytest.TempPathFactory) -> Iterator[live_server.Server]:
+    log = tmp_path_factory.mktemp("page-server") / "server.log"
+    with live_server.running(log, BIOMED_API_TOKEN=TOKEN) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    chromium = require_tool("chromium", "apt-get install chromium chromium-driver")
+    driver_path = require_tool("chromedriver", "apt-get install chromium-driver")
+    require_module("selenium", "pip install selenium (the test extra)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in (*CHROME_FLAGS, f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    driver.set_page_load_timeout(WAIT_S)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from training.demo.dicom_demo import generate_images
+
+    root = tmp_path_factory.mktemp("page-files")
+    images = generate_images(root / "images", n=3, seed=4, classes=("nodule",))
+    bad = root / "notes.dcm"
+    bad.write_text("this is not an image\n")
+    return {"dicom": sorted(images.rglob("*.dcm"))[0], "bad": bad}
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = Path(os.environ.get("BIOMED_SCREENSHOTS") or tmp_path_factory.mktemp("screenshots"))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def open_page(browser, server: live_server.Server, token: str = TOKEN) -> None:  # type: ignore[no-untyped-def]
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    browser.get(f"{server.url}/")
+    field = browser.find_element(By.ID, "token")
+    field.clear()
+    if token:
+        field.send_keys(token + Keys.TAB)  # input keeps it in memory, change (on leaving the field) reloads the models
+
+
+def wait_for(browser, condition, what: str):  # type: ignore[no-untyped-def]
+    from selenium.common.exceptions import TimeoutException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    try:
+        return WebDriverWait(browser, WAIT_S).until(lambda d: condition(d))
+    except TimeoutException:
+        raise AssertionError(f"{what} did not happen within {WAIT_S} s; page log: {browser_log(browser)}") from None
+
+
+def shown(browser, element_id: str) -> bool:  # type: ignore[no-untyped-def]
+    from selenium.webdriver.common.by import By
+
+    return browser.find_element(By.ID, element_id).is_displayed()
+
+
+def text(browser, element_id: str) -> str:  # type: ignore[no-untyped-def]
+    from selenium.webdriver.common.by import By
+
+    return browser.find_element(By.ID, element_id).text
+
+
+def browser_log(browser) -> list[str]:  # type: ignore[no-untyped-def]
+    try:
+        return [entry["message"] for entry in browser.get_log("browser")]
+    except Exception:  # noqa: BLE001 - a driver without logs
+        return []
+
+
+def test_a_dicom_shows_its_label_probabilities_header_and_a_heat_map(  # type: ignore[no-untyped-def]
+        browser, server, files, shots) -> None:
+    from selenium.webdriver.common.by import By
+
+    open_page(browser, server)
+    wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#models-list .card"), "the model cards")
+    assert "demo-image" in text(browser, "models-list") and "research use only" in text(browser, "models-list")
+    browser.find_element(By.ID, "image-file").send_keys(str(files["dicom"]))
+    wait_for(browser, lambda d: shown(d, "image-result"), "the image result")
+    assert text(browser, "image-predicted") in {"cavity", "nodule", "normal"}
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#image-probabilities tbody tr")) == 3
+    header = text(browser, "image-header")
+    assert "modality" in header and "transfer syntax" in header and "window" in header
+    canvas = browser.find_element(By.ID, "image-canvas")
+    assert int(canvas.get_attribute("data-heat-pixels")) > 0
+    assert (int(canvas.get_attribute("width")), int(canvas.get_attribute("height"))) != (64, 64)  # presented geometry
+    assert "Demo^Synthetic" not in browser.page_source  # no patient data on the page
+    browser.find_element(By.ID, "image").screenshot(str(shots / "page-image.png"))
+    browser.save_screenshot(str(shots / "page.png"))
+    browser.execute_script("const s = document.getElementById('image-opacity'); s.value = '25';"
+                           "s.dispatchEvent(new Event('input'));")
+    assert canvas.get_attribute("data-opacity") == "25"
+    assert not [m for m in browser_log(browser) if "Content Security Policy" in m or "Refused" in m]
+
+
+def test_a_pasted_sequence_shows_predictions_windows_and_the_importance_track(  # type: ignore[no-untyped-def]
+        browser, server, shots) -> None:
+    from selenium.webdriver.common.by import By
+
+    open_page(browser, server)
+    short = "ACGTTGCAGGCCTAGGCTAGCTAGGATCGATCGGCTAGCTAGCATCGATCGA"
+    long = ("GATTACA" * 50)[:350]
+    browser.find_element(By.ID, "dna-text").send_keys(f">short\n{short}\n>long one\n{long}\n")
+    browser.find_element(By.ID, "dna-run").click()
+    wait_for(browser, lambda d: d.find_element(By.ID, "dna-track").get_attribute("data-positions") == str(len(short)),
+             "the importance track")
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#dna-predictions tr.sequence")) == 2
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#dna-predictions tr.window")) == 3  # 350 bases: 3 windows
+    assert float(browser.find_element(By.ID, "dna-track").get_attribute("data-max-importance")) > 0
+    browser.find_element(By.CSS_SELECTOR, "#dna-predictions tr.sequence[data-index='1']").click()
+    wait_for(browser, lambda d: d.find_element(By.ID, "dna-track").get_attribute("data-positions") == "350",
+             "the long sequence's track")
+    browser.find_element(By.ID, "dna").screenshot(str(shots / "page-dna.png"))
+
+
+def test_a_bad_file_shows_the_api_detail(browser, server, files) -> None:  # type: ignore[no-untyped-def]
+    from selenium.webdriver.common.by import By
+
+    open_page(browser, server)
+    browser.find_element(By.ID, "image-file").send_keys(str(files["bad"]))
+    wait_for(browser, lambda d: shown(d, "image-error"), "the error")
+    assert "the upload is not a recognised image" in text(browser, "image-error")
+    assert not shown(browser, "image-result")
+
+
+def test_without_the_token_the_page_shows_the_401_detail(browser, server, files) -> None:  # type: ignore[no-untyped-def]
+    from selenium.webdriver.common.by import By
+
+    open_page(browser, server, token="")
+    detail = "send Authorization: Bearer <token> (BIOMED_API_TOKEN)"
+    wait_for(browser, lambda d: shown(d, "models-error"), "the models' 401")
+    assert text(browser, "models-error") == detail
+    browser.find_element(By.ID, "image-file").send_keys(str(files["dicom"]))
+    wait_for(browser, lambda d: shown(d, "image-error"), "the upload's 401")
+    assert text(browser, "image-error") == detail
+    browser.find_element(By.ID, "dna-text").send_keys("ACGTACGT")
+    browser.find_element(By.ID, "dna-run").click()
+    wait_for(browser, lambda d: shown(d, "dna-error"), "the DNA 401")
+    assert text(browser, "dna-error") == detail

@@ -12,12 +12,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-from bench import cases, load, machine, report
+from bench import cases, large, load, machine, report
 from bench import v2 as v2_bench
 from bench import dicom as dicom_bench
 from bench.explain import explain_image
 from bench.genome import throughput as genome_throughput
-from bench.inputs import Model, ct_slice, dna_body, load_model
+from bench.inputs import Model, ct_slice, ct_small, dna_body, load_model
 from bench.server import Server, free_port
 
 log = logging.getLogger("bench")
@@ -120,8 +120,14 @@ def run(models: dict[str, Model], plan: Plan, out: Path, tensorrt: bool = False)
         if "dna" in models:
             requests["dna"] = dna_body(work / "dna.json", models["dna"].length)
         targets = {k: load.target(m, requests[k]) for k, m in models.items()}
+        if "image" in models:  # beside the 512x512 slice, a small upload: pydicom's 128x128 CT_small
+            requests["image_small"] = ct_small(work / "ct_small.dcm")
+            targets["image_small"] = load.target(models["image"], requests["image_small"],
+                                                 f"{models['image'].name} (128x128)")
         results["requests"] = {"image": "synthetic CT slice, 512x512 16-bit, explicit VR LE, "
                                f"{requests['image'].stat().st_size // 1024} KiB, multipart field 'file'"
+                               if "image" in requests else None,
+                               "image_small": "pydicom's CT_small.dcm, 128x128 16-bit, 39 KiB, multipart field 'file'"
                                if "image" in requests else None,
                                "dna": f"one {models['dna'].length}-base sequence (2 rows with the reverse strand)"
                                if "dna" in requests else None}
@@ -180,13 +186,18 @@ def _served(runner: Runner, results: dict, models: dict[str, Model], targets: di
                     load.Arm("pipeline_rounds", local=lambda secs, loop=loop: loop(secs)["rps"])]
             if floor_up:
                 arms += [load.Arm("floor_mounted", floor, t.mounted), load.Arm("floor_api", floor, t.api)]
-            rows = runner.case(f"service and floor {t.model.kind}", lambda t=t, arms=arms: load.interleaved(
-                arms, t, plan.concurrency, plan.wrk_seconds, plan.rounds)) or {}
+            # the small upload at 1 and 16 connections only (the point): the sweep's length stays as it was
+            sweep = plan.concurrency if kind != "image_small" else tuple(c for c in plan.concurrency if c in (1, 16)) \
+                or plan.concurrency[:1]
+            rows = runner.case(f"service and floor {t.name}", lambda t=t, arms=arms, sweep=sweep: load.interleaved(
+                arms, t, sweep, plan.wrk_seconds, plan.rounds)) or {}
             for key, series in rows.items():
                 results.setdefault(key, []).extend(series)
         if "dna" in models:
             results["ism"] = runner.case("ism", lambda: load.ism(service, models["dna"], plan.ism_bases,
                                                                  plan.ism_repeats)) or {}
+            results["large"] = runner.case("large requests", lambda: large.large_requests(
+                service, models["dna"], plan.quick, plan.rounds)) or []
         if "image" in models:
             results["dicom"] = runner.case("dicom network", lambda: dicom_bench.throughput(
                 service, dicom_port, requests["image"], plan.dicom_instances, plan.dicom_rounds, work)) or []

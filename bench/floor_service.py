@@ -48,6 +48,7 @@ def build_app() -> Starlette:
     name="biomed-bench-floor",
     workers=1,
     traffic={"timeout": 300, "max_concurrency": 256},
+    tracing={"sample_rate": 0.0, "excluded_urls": [".*"]},  # as the service's default (BIOMED_TRACE_SAMPLE_RATE=0)
     http={"cors": {"enabled": False}},
     metrics={"enabled": True, "namespace": "bentoml_service"},
 )

@@ -69,6 +69,15 @@ def ct_slice(out: Path, size: int = 512) -> Path:
     return out
 
 
+def ct_small(out: Path) -> Path:
+    """pydicom's CT_small.dcm (128 x 128, 16-bit, 39 KB): a small upload, where the per-request cost shows most."""
+    from pydicom.data import get_testdata_file
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(Path(get_testdata_file("CT_small.dcm")).read_bytes())
+    return out
+
+
 def random_sequence(length: int, seed: int = 0) -> str:
     rng = np.random.default_rng(seed)
     return np.frombuffer(b"ACGT", dtype=np.uint8)[rng.integers(0, 4, length)].tobytes().decode()

@@ -27,13 +27,19 @@ class Target:
     path: str  # our endpoint
     mounted: str  # the floor's Starlette route
     api: str  # the floor's @bentoml.api endpoint
+    label: str = ""  # how its rows name it (default: the model's name), e.g. the model and the request's size
+
+    @property
+    def name(self) -> str:
+        return self.label or self.model.name
 
 
-def target(model: Model, request_file: Path) -> Target:
+def target(model: Model, request_file: Path, label: str = "") -> Target:
     if model.kind == "image":
         return Target(model, "image.lua", {"BENCH_FILE": str(request_file)}, "/predict_image",
-                      "/mounted/predict_image", "/api_image")
-    return Target(model, "dna.lua", {"BENCH_BODY": str(request_file)}, "/predict_dna", "/mounted/predict_dna", "/api_dna")
+                      "/mounted/predict_image", "/api_image", label)
+    return Target(model, "dna.lua", {"BENCH_BODY": str(request_file)}, "/predict_dna", "/mounted/predict_dna", "/api_dna",
+                  label)
 
 
 def ceiling(pipeline_rps: float, floor_rps: float) -> float:
@@ -119,10 +125,10 @@ def interleaved(arms: list[Arm], t: Target, concurrencies: tuple[int, ...], seco
                 continue
             if arm.local is not None:  # a rate per round (1/median request time): their median
                 rates = [r["rps"] for r in runs[arm.label]]
-                rows[arm.label].append({"model": t.model.name, "concurrency": c, "rps": statistics.median(rates),
+                rows[arm.label].append({"model": t.name, "concurrency": c, "rps": statistics.median(rates),
                                         **per_round(rates)})
                 continue
-            rows[arm.label].append({"model": t.model.name, "endpoint": arm.path, "concurrency": c,
+            rows[arm.label].append({"model": t.name, "endpoint": arm.path, "concurrency": c,
                                     **combine(runs[arm.label]), **deltas[arm.label]})
     return rows
 

@@ -47,28 +47,30 @@ async def score_windows(predict: Predict, windows: np.ndarray, reverse_complemen
 
 
 def _labelled(labels: list[str], row: np.ndarray) -> dict[str, float]:
-    return {label: float(v) for label, v in zip(labels, row)}
+    return dict(zip(labels, row.tolist()))
 
 
 async def predict_sequences(predict: Predict, labels: list[str], params: DnaSpec, items: list[tuple[str, str]],
                             reverse_complement: bool) -> list[dict]:
-    """One prediction per sequence: the per-task max over its windows, and the windows when there are several."""
-    tiled = []
-    for name, seq in items:
-        codes = dna.encode(seq, name=name)
-        if len(codes) == 0:
-            raise InputError(f"sequence {name!r} is empty", code="empty_sequence")
-        tiled.append((name, len(codes), dna.tile(codes, params.length, params.stride)))
-    probs = await score_windows(predict, np.concatenate([t.codes for _, _, t in tiled]), reverse_complement)
-    out, row = [], 0
-    for name, n, windows in tiled:
-        k = len(windows.starts)
-        p = probs[row : row + k]
-        row += k
+    """One prediction per sequence: the per-task max over its windows, and the windows when there are several.
+
+    All sequences are encoded in one table lookup and those of one length tiled together, so ten thousand
+    sequences cost a few array operations, not ten thousand.
+    """
+    names = [name for name, _ in items]
+    codes, offsets = dna.encode_many([seq for _, seq in items], names)
+    lengths = np.diff(offsets)
+    if not lengths.all():
+        raise InputError(f"sequence {names[int(np.argmin(lengths))]!r} is empty", code="empty_sequence")
+    rows, firsts, starts_of = dna.tile_many(codes, offsets, params.length, params.stride)
+    probs = await score_windows(predict, rows, reverse_complement)
+    out = []
+    for name, n, first, starts in zip(names, lengths.tolist(), firsts, starts_of):
+        p = probs[first : first + len(starts)]
         entry = {"id": name, "length": n, "probabilities": _labelled(labels, p.max(axis=0))}
         if n > params.length:
-            entry["windows"] = [{"start": s, "end": s + params.length, "probabilities": _labelled(labels, w)}
-                                for s, w in zip(windows.starts, p)]
+            entry["windows"] = [{"start": s, "end": s + params.length, "probabilities": dict(zip(labels, w))}
+                                for s, w in zip(starts, p.tolist())]
         out.append(entry)
     return out
 

@@ -1,7 +1,20 @@
-"""The BentoML model store as biomed sees it: models exported by ``biomed export``."""
+"""The BentoML model store as biomed sees it: models exported by ``biomed export``, and their rollout.
+
+A store is BentoML's (``$BENTOML_HOME/models``, or a bento's own) unless a folder is named
+(``store``: a folder of ``<name>/<version>/`` entries, e.g. a volume several servers share).
+Beside a model's versions, ``<name>/biomed-rollout.json`` says which version servers make the
+default and which get a canary share (``promote``, ``set_canary``); servers that watch the store
+pick it up (docs/deployment.md, "Rolling out a new model version").
+"""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import math
+import os
+import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -9,24 +22,37 @@ from typing import Any
 import bentoml
 
 DEMO_MODELS = ("demo-image", "demo-dna")
+ROLLOUT_FILE = "biomed-rollout.json"  # beside the versions of a model: {"default": version, "canary": {version: %}}
+LATEST = "latest"
 
 
 class ModelNotFound(LookupError):
     """No model in the store matches a reference."""
 
 
-def biomed_models() -> list[bentoml.Model]:
+def _store(store: str | Path | None) -> dict[str, Any]:
+    """BentoML's ``_model_store`` argument for a named store folder (none: BentoML's own store)."""
+    if not store:
+        return {}
+    from bentoml._internal.models.model import ModelStore  # BentoML 1.4's store class (no public constructor)
+
+    return {"_model_store": ModelStore(Path(store))}
+
+
+def biomed_models(store: str | Path | None = None) -> list[bentoml.Model]:
     """Every model in the store exported by ``biomed export``, newest first."""
-    models = [m for m in bentoml.models.list() if m.info.labels.get("biomed") == "1"]
+    if store and not Path(store).is_dir():
+        return []
+    models = [m for m in bentoml.models.list(**_store(store)) if m.info.labels.get("biomed") == "1"]
     return sorted(models, key=lambda m: m.info.creation_time, reverse=True)
 
 
-def resolve(ref: str) -> bentoml.Model:
+def resolve(ref: str, store: str | Path | None = None) -> bentoml.Model:
     """A model by ``name`` (latest version) or ``name:version``."""
     try:
-        return bentoml.models.get(ref)
+        return bentoml.models.get(ref, **_store(store))
     except Exception:  # BentoML raises NotFound or a tag validation error
-        known = sorted({m.tag.name for m in biomed_models()})
+        known = sorted({m.tag.name for m in biomed_models(store)})
         raise ModelNotFound(f"model {ref!r} is not in the model store; available: {', '.join(known) or 'none'}") from None
 
 
@@ -34,8 +60,8 @@ def onnx_path(model: bentoml.Model) -> Path:
     return Path(model.path_of("model.onnx"))
 
 
-def has_models(names: tuple[str, ...] = DEMO_MODELS) -> bool:
-    present = {m.tag.name for m in biomed_models()}
+def has_models(names: tuple[str, ...] = DEMO_MODELS, store: str | Path | None = None) -> bool:
+    present = {m.tag.name for m in biomed_models(store)}
     return all(name in present for name in names)
 
 
@@ -74,3 +100,108 @@ def import_onnx(path: str | Path, name: str | None = None) -> str:
     with bentoml.models.create(f"{name}:{doc['version']}", labels=labels, metadata=meta) as stored:
         Path(stored.path_of("model.onnx")).write_bytes(Path(path).read_bytes())
         return str(stored.tag)
+
+
+# ---------------------------------------------------------------- rollout: which version serves
+
+
+def split_ref(ref: str) -> tuple[str, str]:
+    """``name:version`` as (name, version); ``version`` is ``""`` for a bare name."""
+    name, _, version = ref.strip().partition(":")
+    return name, version
+
+
+def latest_version(name_dir: Path) -> str | None:
+    """The version BentoML's ``latest`` file names in a model's folder (written once an export is complete)."""
+    try:
+        return (name_dir / LATEST).read_text().strip() or None
+    except OSError:
+        return None
+
+
+def read_rollout(name_dir: Path) -> dict[str, Any]:
+    """The rollout of a model: ``{"default": version}`` and/or ``{"canary": {version: percent}}``; ``{}`` when
+    there is none (or it cannot be read: a half-written file is never seen, ``write_rollout`` replaces it whole)."""
+    try:
+        doc = json.loads((name_dir / ROLLOUT_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(doc, dict):
+        return {}
+    out: dict[str, Any] = {}
+    if isinstance(doc.get("default"), str) and doc["default"]:
+        out["default"] = doc["default"]
+    canary = doc.get("canary")
+    if isinstance(canary, dict):
+        out["canary"] = {str(v): float(p) for v, p in canary.items()
+                         if isinstance(p, (int, float)) and math.isfinite(p) and 0 < p <= 100}
+    return out
+
+
+def write_rollout(name_dir: Path, rollout: dict[str, Any]) -> None:
+    """Replace the rollout file of a model atomically (every watching server reads either the old or the new)."""
+    doc = {**rollout, "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    fd, tmp = tempfile.mkstemp(prefix=f".{ROLLOUT_FILE}.", dir=name_dir)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(doc, f, indent=2, sort_keys=True)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, name_dir / ROLLOUT_FILE)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _name_dir(name: str, version: str, store: str | Path | None) -> tuple[Path, str]:
+    """The model's folder in the store and the exact version ``version`` names (``latest``: the newest export)."""
+    if not name or ":" in version:
+        raise ModelNotFound(f"{name}:{version} is not a model reference; use NAME:VERSION")
+    stored = resolve(name if version in ("", LATEST) else f"{name}:{version}", store)
+    return Path(stored.path).parent, str(stored.tag.version)
+
+
+def promote(ref: str, store: str | Path | None = None) -> dict[str, Any]:
+    """Make ``name:version`` the default version of ``name`` for every server watching the store; a promote ends
+    any canary of that model. ``name:latest`` (or a bare name) makes the servers follow the newest export again.
+
+    Returns the rollout written. Raises ModelNotFound when the version is not in the store, and OSError when
+    the store cannot be written (a bento's own store is read-only).
+    """
+    name, version = split_ref(ref)
+    name_dir, exact = _name_dir(name, version, store)
+    rollout = {"default": LATEST if version in ("", LATEST) else exact, "canary": {}}
+    write_rollout(name_dir, rollout)
+    return {"model": name, **rollout}
+
+
+def set_canary(ref: str, percent: float, store: str | Path | None = None) -> dict[str, Any]:
+    """Send ``percent`` (0 to 100; 0 ends it) of the requests for ``name`` to ``version``, on every server watching
+    the store; the other canaries of the model are kept (their shares add up to at most 100)."""
+    name, version = split_ref(ref)
+    if not version or version == LATEST:
+        raise ValueError("a canary needs an exact version: NAME:VERSION")
+    if not (math.isfinite(percent) and 0 <= percent <= 100):
+        raise ValueError(f"the canary share must be a percentage from 0 to 100, not {percent:g}")
+    name_dir, exact = _name_dir(name, version, store)
+    rollout = read_rollout(name_dir)
+    canary = dict(rollout.get("canary") or {})
+    canary.pop(exact, None)
+    if percent > 0:
+        canary[exact] = float(percent)
+    if sum(canary.values()) > 100:
+        raise ValueError(f"the canary shares of {name} would add up to {sum(canary.values()):g}%, over 100")
+    rollout["canary"] = canary
+    write_rollout(name_dir, rollout)
+    return {"model": name, **rollout}
+
+
+def rollout_of(name: str, store: str | Path | None = None) -> dict[str, Any]:
+    """The rollout file of ``name`` as ``read_rollout`` gives it (``{}``: none, or the model is not in the store)."""
+    try:
+        return read_rollout(Path(resolve(name, store).path).parent)
+    except ModelNotFound:
+        return {}

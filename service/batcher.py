@@ -179,6 +179,10 @@ class Batcher:
                 item.future.set_result(pieces[0][1] if len(pieces) == 1 else np.concatenate([p for _, p in pieces]))
 
     def close(self) -> None:
+        """Stop the loop and the inference thread; the batcher keeps no reference to its cancelled task (with the
+        heap frozen after start-up, a cycle through it would keep an unloaded model alive)."""
         if self._task is not None:
             self._task.cancel()
+            self._task = None
+        self._queue.clear()
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -19,6 +19,12 @@ BASELINE_BYTES = 400 * 2**20  # a worker at rest: Python, BentoML, onnxruntime, 
 SLACK_BYTES = 128 * 2**20  # responses being written, parsed JSON within its value cap, allocator overhead
 
 
+def _share(value: float, name: str) -> float:
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name}={value:g} must be between 0 and 1")
+    return float(value)
+
+
 def _list(value: str | None, default: tuple[str, ...]) -> tuple[str, ...]:
     items = tuple(v.strip() for v in (value or "").split(",") if v.strip())
     return items or default
@@ -53,11 +59,34 @@ def _destination(value: str) -> str:
     return value
 
 
+def _canary(value: str) -> tuple[tuple[str, str, float], ...]:
+    """``BIOMED_CANARY``: comma list of ``name:version=percent`` (the share of the requests for ``name``)."""
+    out, shares = [], {}
+    for item in _list(value, ()):
+        ref, _, share = item.rpartition("=")
+        name, _, version = ref.strip().partition(":")
+        try:
+            percent = float(share)
+        except ValueError:
+            percent = float("nan")
+        if not name or not version or version == "latest" or not 0 <= percent <= 100:
+            raise ValueError(f"BIOMED_CANARY: {item!r} is not name:version=percent (a version of name and a "
+                             "percentage from 0 to 100)")
+        shares[name] = shares.get(name, 0.0) + percent
+        if shares[name] > 100:
+            raise ValueError(f"BIOMED_CANARY: the canary shares of {name} add up to {shares[name]:g}%, over 100")
+        out.append((name, version, percent))
+    return tuple(out)
+
+
 @dataclass(frozen=True)
 class ServiceConfig:
     """Everything the service reads from its environment (documented in docs/api.md)."""
 
     models: tuple[str, ...] = DEMO_MODELS
+    model_store: str = ""  # a model store folder to load from and watch (""; BentoML's store)
+    model_poll_s: float = 10.0  # seconds between looks at the store for new versions and rollouts (0: never)
+    canary: tuple[tuple[str, str, float], ...] = ()  # (name, version, percent of the requests for name)
     providers: tuple[str, ...] = ("cuda", "cpu")  # preference order; "tensorrt" is opt-in
     require_gpu: bool = False
     gpu_mem_limit_mb: int = 0  # 0: no cap
@@ -80,6 +109,7 @@ class ServiceConfig:
     workers: int = 1  # BentoML worker processes
     request_timeout_s: float = 60.0  # 504 when no response has started by then
     max_concurrency: int = 256  # requests in flight per worker; 429 past it
+    trace_sample_rate: float = 0.0  # OpenTelemetry traces sampled (0: BentoML's tracing middleware is skipped)
     max_decoded_bytes: int = 256 * 2**20  # decoded pixel bytes of one file (samples x bits x frames)
     max_decoding_bytes: int = 1024 * 2**20  # what all decodes in flight may hold together (429 past it)
     max_dicom_elements: int = 100_000  # data elements of one DICOM dataset
@@ -114,7 +144,10 @@ class ServiceConfig:
         placements, ISM mutants) and their outputs. With the C-STORE receiver on, the instances it holds
         (``BIOMED_MAX_BODIES_MB`` of them, parsed like bodies) come on top.
         """
-        n = len(self.models) if models is None else models
+        # Models loaded at once: each entry of BIOMED_MODELS and canary version not among them, and while the store
+        # is watched one more (a reload warms the new version up beside the old one, which drains before it goes).
+        canaries = {f"{name}:{version}" for name, version, _ in self.canary} - set(self.models)
+        n = len(self.models) + len(canaries) + (1 if self.model_poll_s > 0 else 0) if models is None else models
         received = 3 * self.max_body_bytes if self.dicom_port else 0  # instances the C-STORE receiver holds
         return BASELINE_BYTES + 3 * self.max_body_bytes + self.max_decoding_bytes + n * 3 * self.max_queued_bytes \
             + SLACK_BYTES + received
@@ -139,6 +172,9 @@ class ServiceConfig:
 
         return cls(
             models=_list(e.get("BIOMED_MODELS"), DEMO_MODELS),
+            model_store=e.get("BIOMED_MODEL_STORE", "").strip(),
+            model_poll_s=float(num("BIOMED_MODEL_POLL_S", 10.0, float)),
+            canary=_canary(e.get("BIOMED_CANARY", "")),
             providers=tuple(p.lower() for p in _list(e.get("BIOMED_PROVIDERS"), ("cuda", "cpu"))),
             require_gpu=parse_flag(e.get("BIOMED_REQUIRE_GPU"), False, "BIOMED_REQUIRE_GPU"),
             gpu_mem_limit_mb=int(num("BIOMED_GPU_MEM_LIMIT_MB", 0)),
@@ -161,6 +197,7 @@ class ServiceConfig:
             workers=int(num("BIOMED_WORKERS", 1)),
             request_timeout_s=float(num("BIOMED_REQUEST_TIMEOUT_S", 60.0, float)),
             max_concurrency=int(num("BIOMED_MAX_CONCURRENCY", 256)),
+            trace_sample_rate=_share(num("BIOMED_TRACE_SAMPLE_RATE", 0.0, float), "BIOMED_TRACE_SAMPLE_RATE"),
             max_decoded_bytes=int(num("BIOMED_MAX_DECODED_MB", 256, float) * 2**20),
             max_decoding_bytes=int(num("BIOMED_MAX_DECODING_MB", 1024, float) * 2**20),
             max_dicom_elements=int(num("BIOMED_MAX_DICOM_ELEMENTS", 100_000)),

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import Iterator, TypeVar
 
 from biomed.errors import InputError
 from biomed.preprocess.budget import DecodeBudget
 from service.config import ServiceConfig
-from service.handlers import HANDLERS, Handler, Shared
+from service.handlers import Handler, Shared
+from service.lifecycle import Lifecycle
 from service.memory import Trimmer
 from service.metrics import metrics
-from service.runtime import LoadedModel, StartupError, load_model, warm_up
+from service.runtime import LoadedModel, StartupError
+from service.versions import Scope, Versions, current_scope
 
 log = logging.getLogger("biomed.service")
 H = TypeVar("H", bound=Handler)
@@ -33,59 +37,115 @@ def current() -> "Engine":
 
 
 class Engine:
-    """Loads every configured model once, warms it up, and hands requests to each model's handler."""
+    """Loads every configured model version once, warms it up, and hands requests to the version's handler.
+
+    ``versions`` holds each model name's loaded versions, its default and its canaries
+    (``service/versions.py``); ``lifecycle`` decides what is loaded and reloads it while serving
+    (``service/lifecycle.py``); ``users`` counts the requests holding each handler (``scope``).
+    """
 
     def __init__(self, config: ServiceConfig) -> None:
         self.config = config
         self.metrics = metrics()
-        self.handlers: dict[str, Handler] = {}
+        self.versions: dict[str, Versions] = {}
+        self.users: dict[Handler, int] = {}
         self.trimmer = Trimmer()
         self.ready = False
         self._pools = (ThreadPoolExecutor(config.preprocess_threads, thread_name_prefix="preprocess"),
                        ThreadPoolExecutor(max(1, config.preprocess_threads // 2), thread_name_prefix="preprocess-small"))
         shared = Shared(config, self.metrics, *self._pools, DecodeBudget(config.max_decoding_bytes))
         self.metrics.gpu_required.set(1 if config.require_gpu else 0)
-        for ref in config.models:
-            model = load_model(ref, config)
-            if model.name in self.handlers:
-                raise StartupError(f"model {model.name} is configured twice in BIOMED_MODELS")
-            if model.kind not in HANDLERS:
-                raise StartupError(f"model {model.name}: kind {model.kind!r} has no handler; known: {', '.join(HANDLERS)}")
-            handler = HANDLERS[model.kind]
-            warm_up(model, handler.max_batch_size(config))
-            self.handlers[model.name] = handler(model, shared)
-            self.metrics.model_info.labels(model=model.name, version=model.version, provider=model.provider,
-                                           sha256=model.sha256).set(1)
-        if not self.handlers:
+        if not config.models:
             raise StartupError("no models configured; set BIOMED_MODELS to a comma list of name[:version]")
+        self.lifecycle = Lifecycle(self, shared)
+        self.lifecycle.start()
+        if not self.versions:
+            raise StartupError("no models configured; set BIOMED_MODELS to a comma list of name[:version]")
+        self.lifecycle.watch()
         self.ready = True
 
     @property
-    def models(self) -> dict[str, LoadedModel]:
-        return {name: h.model for name, h in self.handlers.items()}
+    def handlers(self) -> dict[str, Handler]:
+        """Each model name's default handler, in ``BIOMED_MODELS`` order."""
+        return {name: v.default_handler for name, v in self.versions.items()}
 
-    def pick(self, ref: str | None, kind: type[H]) -> H:
-        """The handler of the model named ``name`` or ``name:version``, or of the first loaded model of ``kind``."""
+    @property
+    def models(self) -> dict[str, LoadedModel]:
+        """Every loaded model version, by ``name:version``: each name's versions in load order."""
+        return {f"{name}:{version}": h.model for name, v in self.versions.items() for version, h in v.handlers.items()}
+
+    def loaded_versions(self, name: str) -> list[str]:
+        """The versions of ``name`` this worker serves (none: ``[]``)."""
+        v = self.versions.get(name)
+        return list(v.handlers) if v is not None else []
+
+    def pick(self, ref: str | None, kind: type[H], request_id: str | None = None) -> H:
+        """The handler for ``ref``: ``name:version`` is that version; ``name`` (or ``name:latest``) is the name's
+        default or, for its share of the requests, a canary; none is the first model of ``kind`` (its default or
+        canary). The choice of a canary follows ``request_id`` (the request's ``X-Request-ID``, from the scope
+        when not given) when there is one. Inside a ``scope`` the handler counts as in use until it closes."""
+        scope = current_scope.get()
+        if request_id is None and scope is not None:
+            request_id = scope.request_id
         if ref is None or ref == "":
-            for handler in self.handlers.values():
-                if isinstance(handler, kind):
-                    return handler
+            for v in self.versions.values():
+                if isinstance(v.default_handler, kind):
+                    handler, route = v.route(request_id)
+                    return self._hold(handler, route, scope)  # type: ignore[return-value]
             raise UnknownModel(f"no {kind.kind} model is loaded; loaded: {self._names()}")
         name, _, version = ref.partition(":")
-        handler = self.handlers.get(name)
-        if handler is None or (version and version not in ("latest", handler.model.version)):
+        v = self.versions.get(name)
+        if v is None:
+            raise UnknownModel(f"model {ref!r} is not loaded; loaded: {self._names()}")
+        if version in ("", "latest"):
+            handler, route = v.route(request_id)
+        elif version in v.handlers:
+            handler, route = v.handlers[version], "named"
+        else:
             raise UnknownModel(f"model {ref!r} is not loaded; loaded: {self._names()}")
         if not isinstance(handler, kind):
             raise InputError(f"model {ref!r} is a {handler.kind} model; this endpoint needs a {kind.kind} model",
                              code="wrong_model_kind")
+        return self._hold(handler, route, scope)  # type: ignore[return-value]
+
+    def _hold(self, handler: Handler, route: str, scope: Scope | None) -> Handler:
+        if scope is not None:
+            self.users[handler] = self.users.get(handler, 0) + 1
+            scope.picked.append((handler, route))
         return handler
+
+    @contextlib.contextmanager
+    def scope(self, request_id: str | None = None) -> Iterator[Scope]:
+        """One request: the handlers ``pick`` hands out inside it stay in use (not unloaded) until it closes, and
+        its time is counted per version in ``biomed_model_request_seconds``."""
+        scope = Scope(request_id or None)
+        token = current_scope.set(scope)
+        try:
+            yield scope
+        finally:
+            current_scope.reset(token)
+            seconds = time.perf_counter() - scope.started
+            seen = set()
+            for handler, route in scope.picked:
+                left = self.users.get(handler, 0) - 1
+                if left > 0:
+                    self.users[handler] = left
+                else:
+                    self.users.pop(handler, None)
+                if handler not in seen:
+                    seen.add(handler)
+                    m = handler.model
+                    self.metrics.model_requests.labels(model=m.name, version=m.version, route=route).observe(seconds)
+            scope.picked.clear()
 
     def _names(self) -> str:
         return ", ".join(f"{m.name}:{m.version} ({m.kind})" for m in self.models.values())
 
     def close(self) -> None:
-        for handler in self.handlers.values():
-            handler.close()
+        self.lifecycle.close()
+        for v in self.versions.values():
+            for handler in v.handlers.values():
+                handler.close()
         for pool in self._pools:
             pool.shutdown(wait=False, cancel_futures=True)
 

@@ -101,7 +101,7 @@ class Guard:
             from starlette.middleware.cors import CORSMiddleware
 
             app = CORSMiddleware(app, allow_origins=list(config.cors_origins), allow_methods=["GET", "POST"],
-                                 allow_headers=["Authorization", "Content-Type"])
+                                 allow_headers=["Authorization", "Content-Type", "X-Request-ID"])
         self._inner = app
         return app
 

@@ -48,6 +48,11 @@ def _trim() -> None:
         libc.malloc_trim(0)
 
 
+def release() -> None:
+    """Collect and return free heap pages to the system now (after a model is unloaded); blocking, for a thread."""
+    _trim()
+
+
 class Trimmer:
     """Schedules one ``malloc_trim`` a moment after the latest request, off the event loop."""
 

@@ -28,6 +28,9 @@ class Metrics:
     dicom_received: Any
     dicom_forwarded: Any
     dicom_spool_depth: Any
+    model_memory: Any
+    model_requests: Any
+    model_reloads: Any
 
 
 @functools.lru_cache(maxsize=1)
@@ -36,25 +39,71 @@ def metrics() -> Metrics:
     from prometheus_client import Counter, Gauge, Histogram
 
     return Metrics(
-        inference_seconds=Histogram("biomed_inference_seconds", "onnxruntime time per batch", ["model", "provider"],
-                                    buckets=LATENCY_BUCKETS),
-        batch_size=Histogram("biomed_batch_size", "rows per inference call (adaptive batching)", ["model"],
+        inference_seconds=Histogram("biomed_inference_seconds", "onnxruntime time per batch",
+                                    ["model", "version", "provider"], buckets=LATENCY_BUCKETS),
+        batch_size=Histogram("biomed_batch_size", "rows per inference call (adaptive batching)", ["model", "version"],
                              buckets=BATCH_BUCKETS),
-        predictions=Counter("biomed_predictions_total", "predictions returned: the top label per image frame; each task with p >= 0.5 (or none) per DNA sequence (door: native or v2, the API that returned them)", ["model", "label", "door"]),
+        predictions=Counter("biomed_predictions_total", "predictions returned: the top label per image frame; each task with p >= 0.5 (or none) per DNA sequence (door: native or v2, the API that returned them)", ["model", "version", "label", "door"]),
         rejected=Counter("biomed_rejected_requests_total", "requests refused with a 4xx", ["endpoint", "reason"]),
         preprocess_seconds=Histogram("biomed_preprocess_seconds", "decode and preprocessing time per request", ["kind"],
                                      buckets=LATENCY_BUCKETS),
         model_info=Gauge("biomed_model_info", "loaded models (value 1)", ["model", "version", "provider", "sha256"],
                          multiprocess_mode="livemax"),
         gpu_required=Gauge("biomed_gpu_required", "1 when BIOMED_REQUIRE_GPU is set", [], multiprocess_mode="livemax"),
-        queue_rows=Gauge("biomed_queue_rows", "model rows waiting for an inference call", ["model"],
+        queue_rows=Gauge("biomed_queue_rows", "model rows waiting for an inference call", ["model", "version"],
                          multiprocess_mode="livesum"),
         queue_seconds=Histogram("biomed_queue_seconds", "time from a request's rows joining the queue to the start of "
-                                "their first batch", ["model"], buckets=LATENCY_BUCKETS),
+                                "their first batch", ["model", "version"], buckets=LATENCY_BUCKETS),
         dicom_received=Counter("biomed_dicom_received_total", "DICOM instances received (door: dimse or stow; outcome: "
                                "ok or the error code)", ["door", "outcome"]),
         dicom_forwarded=Counter("biomed_dicom_forwarded_total", "result SRs on their way to BIOMED_DICOM_DESTINATION "
                                 "(outcome: delivered, retried, rejected, duplicate)", ["outcome"]),
         dicom_spool_depth=Gauge("biomed_dicom_spool_depth", "result SRs in the spool, not yet confirmed by the destination",
                                 [], multiprocess_mode="livemax"),
+        model_memory=Gauge("biomed_model_memory_bytes", "memory a loaded model version takes, summed over the workers "
+                           "(device: host, or gpu for the accelerator's memory)", ["model", "version", "device"],
+                           multiprocess_mode="livesum"),
+        model_requests=Histogram("biomed_model_request_seconds", "requests a model version served, from the endpoint's "
+                                 "start to its answer (route: default, canary, or named: the request named the version)",
+                                 ["model", "version", "route"], buckets=LATENCY_BUCKETS),
+        model_reloads=Counter("biomed_model_reloads_total", "model versions loaded, unloaded or failing to load while "
+                              "serving (outcome: loaded, unloaded, failed)", ["model", "outcome"]),
     )
+
+
+def remove_series(metric: Any, **labels: str) -> None:
+    """Remove one labelled series from ``metric``, also from this worker's multi-process file (a gauge only).
+
+    prometheus_client cannot remove a series in multi-process mode (BentoML's, with workers): ``/metrics`` reads
+    every worker's mmapped file, where the series stays. This rewrites the worker's file of that gauge without
+    it, into a new file renamed over the old one, so a concurrent scrape reads one or the other. Meant for the
+    event loop (where the other gauges of the file are set); a value set meanwhile from another thread (the SR
+    spool's depth) may be lost until it is next set.
+    """
+    import contextlib
+    import os
+    import warnings
+
+    values = tuple(str(labels[n]) for n in metric._labelnames)  # noqa: SLF001 - prometheus_client has no public view
+    child = metric._metrics.get(values)  # noqa: SLF001
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "not implemented in multi-process mode": done below
+        metric.remove(*values)
+    value = getattr(child, "_value", None)
+    mmap = getattr(value, "_file", None)
+    if mmap is None or not getattr(value, "_multiprocess", False):
+        return
+    from prometheus_client.mmap_dict import MmapedDict
+
+    key, path = value._key, mmap._fname  # noqa: SLF001
+    kept = [(k, v, ts) for k, v, ts in mmap.read_all_values() if k != key]
+    fresh = path + ".new"  # not *.db: the collector never reads it
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(fresh)
+    new = MmapedDict(fresh)
+    for k, v, ts in kept:
+        new.write_value(k, v, ts)
+    new.close()
+    os.replace(fresh, path)
+    mmap.close()
+    mmap.__init__(path)  # the same object, which every other value of the file holds, now on the new file

@@ -13,7 +13,8 @@ from service.routes import ROUTES, Route
 
 _REF = "#/components/schemas/{model}"
 _ERROR_TEXT = {400: "malformed body", 401: "missing or wrong bearer token", 404: "not found: an unknown model, path or asset", 413: "over a size limit",
-               415: "unsupported media type", 422: "well-formed but invalid input"}
+               409: "conflict with the service's state", 415: "unsupported media type",
+               422: "well-formed but invalid input"}
 
 
 def _schema(model: type[BaseModel], components: dict, mode: str = "validation") -> dict:

@@ -8,6 +8,7 @@ served by BentoML itself (probes, metrics) and are listed so the guard and the d
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -15,7 +16,7 @@ from typing import Any, Callable
 from pydantic import BaseModel
 
 from service import schemas
-from service.doors import dicomweb, native, page, v2
+from service.doors import admin, dicomweb, native, page, v2
 
 ERRORS_JSON = (400, 401, 404, 413, 415, 422)
 
@@ -46,7 +47,7 @@ class Route:
     body_cap_setting: str | None = None  # that setting's name, for the 413's detail
     log_template: bool = False  # the access log writes the template: the path's parameters identify a study
 
-    @property
+    @functools.cached_property
     def pattern(self) -> re.Pattern[str]:
         return re.compile("^" + re.sub(r"\{[^/}]+\}", "[^/]+", self.path) + "$")
 
@@ -127,6 +128,9 @@ ROUTES: tuple[Route, ...] = (
          "its result goes to the PACS as a DICOM SR"),
         ("/dicomweb/studies/{StudyInstanceUID}", "stow_study", "STOW-RS into one study: instances of another study fail"),
     )),
+    _native("/admin/models/promote", "admin_promote", admin.promote, "Make a model version the default on every "
+            "worker watching the store (only with BIOMED_API_TOKEN set; else 404)", body="json",
+            request=schemas.PromoteRequest, response=schemas.PromoteResponse, errors=(400, 401, 404, 409, 413, 415, 422)),
     Route("/livez", "GET", "livez", "Liveness: 200 while the process serves", open=True, response_media="text/plain"),
     Route("/readyz", "GET", "readyz", "Readiness: 200 once every model is loaded and warmed up", open=True,
           response_media="text/plain"),
@@ -158,17 +162,16 @@ def is_open(path: str) -> bool:
 ALIASES = {r.path: r.alias_of for r in ROUTES if r.alias_of}
 
 
+@functools.lru_cache(maxsize=4096)  # every request asks (guard, metrics, access log); unknown paths are bounded too
+def match_any(path: str) -> tuple[Route, ...]:
+    """Every route whose template matches ``path`` (any method), in table order."""
+    return tuple(r for r in ROUTES if r.pattern.match(path))
+
+
 def match(path: str) -> Route | None:
     """The first route whose template matches ``path``, if any."""
-    for route in ROUTES:
-        if route.pattern.match(path):
-            return route
-    return None
-
-
-def match_any(path: str) -> list[Route]:
-    """Every route whose template matches ``path`` (any method)."""
-    return [r for r in ROUTES if r.pattern.match(path)]
+    found = match_any(path)
+    return found[0] if found else None
 
 
 def label(path: str) -> str:

@@ -103,6 +103,9 @@ class LoadedModel:
     session: ort.InferenceSession
     provider: str
     input_name: str = field(init=False)
+    # What loading it cost (service/footprint.py) and how the engine routes to it (service/lifecycle.py).
+    memory: dict = field(default_factory=lambda: {"host_bytes": None, "device_bytes": None})
+    serving: dict = field(default_factory=lambda: {"default": True, "canary_percent": 0.0})
 
     def __post_init__(self) -> None:
         self.input_name = self.session.get_inputs()[0].name
@@ -136,6 +139,8 @@ class LoadedModel:
             "provider": self.provider, "sha256": self.sha256, "architecture": d.get("architecture", {}).get("arch"),
             "metrics": d["training"]["metrics"], "baseline": d["training"].get("baseline"),
             "export": d.get("export", {}), "intended_use": d["intended_use"],
+            "default": self.serving["default"], "canary_percent": self.serving["canary_percent"],
+            "memory": dict(self.memory),
         }
 
 
@@ -156,7 +161,7 @@ def load_model(ref: str, config: ServiceConfig) -> LoadedModel:
     from biomed.store import ModelNotFound, onnx_path, resolve
 
     try:
-        stored = resolve(ref)
+        stored = resolve(ref, config.model_store) if config.model_store else resolve(ref)
     except ModelNotFound as err:
         raise StartupError(str(err)) from None
     path = onnx_path(stored)

@@ -144,6 +144,19 @@ class ModelsResponse(BaseModel):
     models: list[dict] = Field(description="one entry per loaded model (see docs/api.md)")
 
 
+class PromoteRequest(_Strict):
+    model: StrictStr = Field(min_length=1, max_length=200, description="NAME:VERSION to make the default "
+                             "(NAME:latest: follow the newest export)")
+
+
+class PromoteResponse(BaseModel):
+    model: str
+    default: str = Field(description="the default version every worker now takes up (latest: the newest export)")
+    canary: dict[str, float] = Field(description="canary shares in force after the promote (a promote ends them)")
+    serving: str = Field(description="the default version of the worker that answered, already swapped in")
+    previous: str = Field(description="that worker's default before the promote")
+
+
 # ---- Open Inference Protocol v2 (service/doors/v2.py; docs/api.md, "Open Inference Protocol v2")
 
 

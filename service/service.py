@@ -70,6 +70,9 @@ def _fail_fast(err: Exception) -> None:
     name="biomed-serve",
     workers=_BENTOML.workers,
     traffic={"timeout": _BENTOML.request_timeout_s},  # the concurrency limit is service/guard.py's
+    # No sampling, no tracing middleware work per request (~8 % of a small request's CPU); a rate > 0 turns it on.
+    tracing={"sample_rate": _BENTOML.trace_sample_rate} if _BENTOML.trace_sample_rate > 0
+    else {"sample_rate": 0.0, "excluded_urls": [".*"]},
     http={"cors": {"enabled": False}},
     endpoints={"livez": "/livez", "readyz": "/readyz"},
     metrics={"enabled": True, "namespace": "bentoml_service"},

@@ -128,11 +128,16 @@ class EscapedAccessLog(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.args:
-            record.args = tuple(_PATH.sub(lambda m: routes.logged_path(m.group(0)), a.translate(_CONTROL))
-                                if isinstance(a, str) else a for a in record.args)
-        if isinstance(record.msg, str):
+            record.args = tuple(_clean(a) if isinstance(a, str) else a for a in record.args)
+        if isinstance(record.msg, str) and not record.msg.isprintable():
             record.msg = record.msg.translate(_CONTROL)
         return True
+
+
+def _clean(text: str) -> str:
+    if not text.isprintable():  # the usual line has no control character: skip the translation
+        text = text.translate(_CONTROL)
+    return _PATH.sub(lambda m: routes.logged_path(m.group(0)), text) if "path=" in text else text
 
 
 def install() -> None:

@@ -12,12 +12,16 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 # The contract's custom metrics and their labels (docs/api.md, "Metrics").
 METRIC_LABELS = {
-    "biomed_inference_seconds": {"model", "provider"},
-    "biomed_batch_size": {"model"},
-    "biomed_predictions": {"model", "label", "door"},
+    "biomed_inference_seconds": {"model", "version", "provider"},
+    "biomed_batch_size": {"model", "version"},
+    "biomed_predictions": {"model", "version", "label", "door"},
     "biomed_rejected_requests": {"endpoint", "reason"},
     "biomed_preprocess_seconds": {"kind"},
     "biomed_model_info": {"model", "version", "provider", "sha256"},
+    "biomed_queue_rows": {"model", "version"},
+    "biomed_queue_seconds": {"model", "version"},
+    "biomed_model_memory_bytes": {"model", "version", "device"},
+    "biomed_model_request_seconds": {"model", "version", "route"},
 }
 
 

@@ -173,15 +173,21 @@ def test_bench_quick_end_to_end(demo_models: dict[str, str], tmp_path: Path) -> 
             "ism", "startup", "targets"} <= set(results)
     assert {r["concurrency"] for r in results["service"]} == {1, 4}
     assert {(r["model"], r["concurrency"]) for r in results["pipeline_rounds"]} == {
-        (m, c) for m in ("demo-image", "demo-dna") for c in (1, 4)}  # measured in the same rounds as the service
+        (m, c) for m in ("demo-image", "demo-dna") for c in (1, 4)} | {("demo-image (128x128)", 1)}  # same rounds
+    # the small upload (CT_small, 128x128) beside the 512x512 slice, and the large DNA requests against onnxruntime
+    assert {r["model"] for r in results["efficiency"]} == {"demo-image", "demo-image (128x128)", "demo-dna"}
+    large = {r["case"].split(",")[0]: r for r in results["large"]}
+    assert set(large) == {"/predict_dna", "/score_variants", "/explain_dna"}
+    assert all(r["rows"] > 0 and r["ratio"] > 0 for r in large.values())
     assert all(r["non_2xx"] == 0 and r["requests"] > 0 for r in results["service"] + results["batching"])
     assert {r["batching"] for r in results["batching"]} == {"on", "off"}
     # the v2 rows: binary v2 beside the native endpoint, same rounds (quick: concurrency 1 only)
-    assert {(r["model"], r["concurrency"]) for r in results["v2"]} == {("demo-image", 1), ("demo-dna", 1)}
+    assert {(r["model"], r["concurrency"]) for r in results["v2"]} == {("demo-image", 1), ("demo-dna", 1),
+                                                                       ("demo-image (128x128)", 1)}
     assert all(r["non_2xx"] == 0 and r["v2_rps"] > 0 and r["v2_of_native"] > 0 for r in results["v2"])
     assert all(r["endpoint"].startswith("/v2/models/") for r in results["v2_binary"])
     off = {r["model"]: r["rows_per_call"] for r in results["batching"] if r["batching"] == "off"}
-    assert off == {"demo-image": 1.0, "demo-dna": 2.0}  # one request per call: the unbatched server's own metrics
+    assert off == {"demo-image": 1.0, "demo-image (128x128)": 1.0, "demo-dna": 2.0}  # one request per call: the unbatched server's own metrics
     assert {r["engine"] for r in results["runtime"]} >= {"onnxruntime-cpu", "torch-eager-cpu"}
     assert results["startup"]["first_start_s"] > 0 and results["startup"]["rss_ready_mb"] > 50
     assert results["ism"]["bases"] == 1000 and results["ism"]["scores_rows"] == 1000

@@ -36,13 +36,18 @@ DASHBOARD = REPO / "deploy" / "grafana" / "biomed-dashboard.json"
 ADAPTER = K8S / "prometheus-adapter" / "values.yaml"
 KUBE_VERSION = "1.32"
 BENTO_UID = 1034  # the `bentoml` user of BentoML's generated Dockerfile
-API_ENDPOINTS = {"/predict_image", "/predict_dna", "/predict_fasta", "/score_variants", "/explain_dna"}
+# The inference routes, as the `endpoint` label has them (the route template): what a pod's in-flight requests count.
+LATENCY_ENDPOINTS = {"/predict_image", "/predict_dna", "/predict_fasta", "/score_variants", "/explain_dna",
+                     "/explain_image", "/v2/models/{name}/infer", "/v2/models/{name}/versions/{version}/infer"}
+API_ENDPOINTS = LATENCY_ENDPOINTS | {"/dicomweb/studies", "/dicomweb/studies/{StudyInstanceUID}"}  # + STOW-RS
 
 KUSTOMIZATIONS = {
     "cpu": K8S / "overlays" / "cpu",
     "gpu": K8S / "overlays" / "gpu",
     "gpu-monitoring": K8S / "overlays" / "gpu-monitoring",
     "cpu-dicom": K8S / "overlays" / "cpu-dicom",
+    "cpu-keda": K8S / "overlays" / "cpu-keda",
+    "cpu-store": K8S / "overlays" / "cpu-store",
     "training": K8S / "training",
     "jobs": K8S / "jobs",
 }
@@ -50,16 +55,19 @@ KUSTOMIZATIONS = {
 CRD_REQUIRED = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"): ("selector", "endpoints"),
     ("kubeflow.org/v1", "PyTorchJob"): ("pytorchReplicaSpecs",),
+    ("keda.sh/v1alpha1", "ScaledObject"): ("scaleTargetRef", "triggers"),
 }
 # Every metric name a rule, panel or adapter rule may use: the service's (docs/api.md plus
 # the proposed biomed_gpu_required), BentoML 1.4's own, and kube-state-metrics'.
 HISTOGRAMS = {
-    "biomed_inference_seconds", "biomed_batch_size", "biomed_preprocess_seconds",
+    "biomed_inference_seconds", "biomed_batch_size", "biomed_preprocess_seconds", "biomed_queue_seconds",
+    "biomed_model_request_seconds",
     "bentoml_service_request_duration_seconds", "bentoml_service_adaptive_batch_size",
 }
 SAMPLES = {
     "biomed_predictions_total", "biomed_rejected_requests_total", "biomed_model_info",
-    "biomed_gpu_required", "bentoml_service_request_total",
+    "biomed_gpu_required", "biomed_queue_rows", "biomed_model_memory_bytes", "biomed_model_reloads_total",
+    "bentoml_service_request_total",
     "bentoml_service_request_in_progress", "bentoml_service_last_request_timestamp_seconds",
     "kube_deployment_status_replicas_available", "up",
 }
@@ -226,7 +234,7 @@ def _bytes(quantity: str) -> int:
     return int(quantity)
 
 
-@pytest.mark.parametrize("overlay", ["cpu", "gpu", "cpu-dicom"])
+@pytest.mark.parametrize("overlay", ["cpu", "gpu", "cpu-dicom", "cpu-store"])
 def test_the_memory_limit_covers_the_memory_model(rendered: dict[str, list[dict[str, Any]]], overlay: str) -> None:
     """The pod's memory limit is at least workers x the worst case of one worker under the ConfigMap's limits."""
     from service.config import ServiceConfig
@@ -287,20 +295,102 @@ def test_cpu_overlay_has_no_gpu(rendered: dict[str, list[dict[str, Any]]]) -> No
     assert "cuda" not in _config(docs)["BIOMED_PROVIDERS"]
 
 
+def _endpoints(expr: str) -> set[str]:
+    """The route templates an ``endpoint=~"..."`` matcher of a PromQL expression selects (regex escapes removed)."""
+    regex = re.search(r'endpoint=~"([^"]+)"', expr).group(1)
+    return {part.replace("\\\\", "") for part in regex.split("|")}
+
+
+def _adapter_rules() -> dict[str, dict]:
+    return {r["name"]["as"]: r for r in yaml.safe_load(ADAPTER.read_text())["rules"]["custom"]}
+
+
+def test_the_endpoint_lists_are_the_inference_routes() -> None:
+    """The adapter, the alerts and the dashboard select the inference routes by their templates, as served."""
+    from service.routes import ROUTES
+
+    templates = {r.path for r in ROUTES}
+    assert API_ENDPOINTS <= templates
+    inference = {r.path for r in ROUTES if r.body is not None and r.method == "POST" and not r.path.startswith("/admin")}
+    assert inference == API_ENDPOINTS
+    assert _endpoints(_adapter_rules()["biomed_requests_in_flight"]["metricsQuery"]) == API_ENDPOINTS
+    groups = yaml.safe_load(RULES.read_text())["groups"]
+    [latency] = [r for g in groups for r in g["rules"] if r.get("alert") == "BiomedHighP99Latency"]
+    assert _endpoints(latency["expr"]) == LATENCY_ENDPOINTS  # a STOW-RS study is not a latency
+    for panel in json.loads(DASHBOARD.read_text())["panels"]:
+        for target in panel.get("targets", []):
+            if "endpoint=~" in target["expr"]:
+                assert _endpoints(target["expr"]) == API_ENDPOINTS, panel["title"]
+
+
 @pytest.mark.parametrize("overlay", ["cpu", "gpu"])
-def test_hpa_scales_on_the_adapter_metric_and_cpu(rendered: dict[str, list[dict[str, Any]]], overlay: str) -> None:
+def test_hpa_scales_on_queue_time_with_in_flight_and_cpu_as_fallbacks(rendered: dict[str, list[dict[str, Any]]],
+                                                                      overlay: str) -> None:
     hpa = _one(rendered[overlay], "HorizontalPodAutoscaler", "biomed-serve")
     assert hpa["apiVersion"] == "autoscaling/v2"
     assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "biomed-serve"}
-    by_type = {m["type"]: m for m in hpa["spec"]["metrics"]}
-    assert by_type["Resource"]["resource"]["name"] == "cpu"
-    pods_metric = by_type["Pods"]["pods"]["metric"]["name"]
-    [rule] = yaml.safe_load(ADAPTER.read_text())["rules"]["custom"]
-    assert rule["name"]["as"] == pods_metric
-    series = re.match(r"([a-zA-Z_:][\w:]*)", rule["seriesQuery"]).group(1)
-    assert series == "bentoml_service_request_in_progress"
-    assert set(re.search(r'endpoint=~"([^"]+)"', rule["metricsQuery"]).group(1).split("|")) == API_ENDPOINTS
-    assert {"namespace", "pod"} <= set(rule["resources"]["overrides"])
+    metrics = hpa["spec"]["metrics"]
+    assert [m["type"] for m in metrics] == ["Pods", "Pods", "Resource"]
+    assert [m["pods"]["metric"]["name"] for m in metrics[:2]] == ["biomed_queue_time_seconds",
+                                                                  "biomed_requests_in_flight"]
+    assert metrics[0]["pods"]["target"] == {"type": "AverageValue", "averageValue": "100m"}
+    assert metrics[2]["resource"]["name"] == "cpu"
+    rules = _adapter_rules()
+    assert set(rules) == {"biomed_queue_time_seconds", "biomed_requests_in_flight"}
+    for rule in rules.values():
+        series = re.match(r"([a-zA-Z_:][\w:]*)", rule["seriesQuery"]).group(1)
+        assert {"namespace", "pod"} <= set(rule["resources"]["overrides"])
+        expr = rule["metricsQuery"].replace("<<.Series>>", series).replace("<<.LabelMatchers>>", 'pod="x"')
+        assert metric_names(expr.replace("<<.GroupBy>>", "pod")) <= KNOWN_METRICS
+    assert rules["biomed_queue_time_seconds"]["seriesQuery"].startswith("biomed_queue_seconds_count")
+    assert rules["biomed_requests_in_flight"]["seriesQuery"].startswith("bentoml_service_request_in_progress")
+
+
+def test_keda_replaces_the_hpa_with_the_same_signals(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    """components/keda: no HPA of ours, a ScaledObject on the Deployment with the HPA's targets and replicas."""
+    docs = rendered["cpu-keda"]
+    assert not [d for d in docs if d["kind"] == "HorizontalPodAutoscaler"]
+    hpa = _one(rendered["cpu"], "HorizontalPodAutoscaler", "biomed-serve")["spec"]
+    scaled = _one(docs, "ScaledObject", "biomed-serve")
+    assert scaled["apiVersion"] == "keda.sh/v1alpha1"
+    spec = scaled["spec"]
+    assert spec["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "biomed-serve"}
+    assert (spec["minReplicaCount"], spec["maxReplicaCount"]) == (hpa["minReplicas"], hpa["maxReplicas"])
+    assert spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"] == hpa["behavior"]
+    triggers = {t["name"] if "name" in t else t["type"]: t for t in spec["triggers"]}
+    assert [t.get("name", t["type"]) for t in spec["triggers"]] == ["queue-time", "in-flight", "cpu"]
+    for name in ("queue-time", "in-flight"):
+        t = triggers[name]
+        assert t["type"] == "prometheus" and t["metadata"]["serverAddress"].startswith("http")
+        names = metric_names(t["metadata"]["query"])
+        assert names and names <= KNOWN_METRICS, names
+        assert 'namespace="biomed"' in t["metadata"]["query"]
+    assert triggers["queue-time"]["metricType"] == "Value"  # a mean: compared as it is
+    assert float(triggers["queue-time"]["metadata"]["threshold"]) == 0.1  # the HPA's 100m
+    assert triggers["in-flight"]["metricType"] == "AverageValue"
+    assert triggers["in-flight"]["metadata"]["threshold"] == hpa["metrics"][1]["pods"]["target"]["averageValue"]
+    assert _endpoints(triggers["in-flight"]["metadata"]["query"]) == API_ENDPOINTS
+    assert triggers["cpu"]["metadata"]["value"] == str(hpa["metrics"][2]["resource"]["target"]["averageUtilization"])
+
+
+def test_model_store_component_mounts_the_training_store(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    """components/model-store: the store `biomed export` writes (the training claim), watched by every worker."""
+    from service.config import ServiceConfig
+
+    docs = rendered["cpu-store"]
+    config = ServiceConfig.from_env(_config(docs))
+    assert config.model_store and config.model_poll_s > 0
+    c = _serving_container(docs)
+    pod = _one(docs, "Deployment", "biomed-serve")["spec"]["template"]["spec"]
+    mount = next(m for m in c["volumeMounts"] if config.model_store.startswith(m["mountPath"] + "/"))
+    volume = {v["name"]: v for v in pod["volumes"]}[mount["name"]]
+    claims = {d["metadata"]["name"]: d for d in rendered["training"] if d["kind"] == "PersistentVolumeClaim"}
+    claim = claims[volume["persistentVolumeClaim"]["claimName"]]
+    assert "ReadWriteMany" in claim["spec"]["accessModes"]  # every replica, and the training pods
+    training = _config(rendered["training"], "biomed-train-config")["BENTOML_HOME"]
+    # the claim's root is a BentoML home: its models/ folder is the store
+    assert config.model_store.removeprefix(mount["mountPath"]) == "/models" and training.startswith("/")
+    assert "BIOMED_MODEL_STORE" not in _config(rendered["cpu"])
 
 
 def test_servicemonitor_only_in_the_monitoring_variant(rendered: dict[str, list[dict[str, Any]]]) -> None:
@@ -435,7 +525,8 @@ def test_rules_cover_the_required_alerts() -> None:
     alerts = {r["alert"]: r for g in groups for r in g["rules"] if "alert" in r}
     assert {
         "BiomedHigh5xxRate", "BiomedHigh4xxRate", "BiomedHighP99Latency", "BiomedBatchSaturated",
-        "BiomedInferenceSlowdown", "BiomedGPUFallbackToCPU", "BiomedNoReadyPods",
+        "BiomedInferenceSlowdown", "BiomedGPUFallbackToCPU", "BiomedNoReadyPods", "BiomedHighQueueTime",
+        "BiomedModelLoadFailing",
     } <= set(alerts)
     for name, rule in alerts.items():
         assert rule["labels"]["severity"] in {"critical", "warning", "info"}, name
@@ -481,11 +572,16 @@ def test_grafana_dashboard_panels_query_known_metrics() -> None:
             seen |= names
     titles = " | ".join(p["title"].lower() for p in panels)
     for topic in ("request rate", "error rate", "latency", "batch size", "inference time",
-                  "predictions by label", "rejected", "preprocessing", "models"):
+                  "predictions by label", "rejected", "preprocessing", "models", "share per version (canary)",
+                  "prediction distribution per version", "latency p50 / p99 per version", "queue time",
+                  "queue rows", "memory", "reloads"):
         assert topic in titles, topic
     wanted = {"bentoml_service_request_total", "bentoml_service_request_duration_seconds_bucket",
               "biomed_inference_seconds_bucket", "biomed_batch_size_sum", "biomed_predictions_total",
-              "biomed_rejected_requests_total", "biomed_preprocess_seconds_bucket", "biomed_model_info"}
+              "biomed_rejected_requests_total", "biomed_preprocess_seconds_bucket", "biomed_model_info",
+              "biomed_model_request_seconds_count", "biomed_model_request_seconds_bucket", "biomed_queue_seconds_sum",
+              "biomed_queue_seconds_bucket", "biomed_queue_rows", "biomed_model_memory_bytes",
+              "biomed_model_reloads_total"}
     assert wanted <= seen
 
 

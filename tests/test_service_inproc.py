@@ -461,7 +461,10 @@ def test_metrics_after_traffic(client, models) -> None:  # type: ignore[no-untyp
     assert rejected[("predict_dna", "invalid_sequence")] >= 1
     preds = {s.labels["model"] for s in families["biomed_predictions"] if s.name.endswith("_total") and s.value > 0}
     assert {"demo-image", "demo-dna"} <= preds  # other test modules may have served more models in this session
-    counts = {s.labels["model"]: s.value for s in families["biomed_batch_size"] if s.name.endswith("_count")}
+    counts: dict = {}
+    for s in families["biomed_batch_size"]:  # summed over the model's versions
+        if s.name.endswith("_count"):
+            counts[s.labels["model"]] = counts.get(s.labels["model"], 0) + s.value
     assert counts["demo-image"] >= 2 and counts["demo-dna"] >= 1
 
 

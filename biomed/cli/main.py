@@ -78,18 +78,48 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
+    """``biomed models [--json]``: the store's models; ``promote NAME:VERSION`` and ``canary NAME:VERSION PERCENT``:
+    the rollout every server watching the store takes up (docs/deployment.md, "Rolling out a new model version")."""
+    from biomed import store
     from biomed.store import Row, biomed_models
 
-    rows = [Row.of(m) for m in biomed_models()]
+    where = args.store or os.environ.get("BIOMED_MODEL_STORE") or None
+    if args.action in ("promote", "canary"):
+        if not args.ref:
+            raise ValueError(f"biomed models {args.action} needs NAME:VERSION")
+        if args.action == "promote":
+            if args.percent is not None:
+                raise ValueError("biomed models promote takes NAME:VERSION only")
+            rollout = store.promote(args.ref, where)
+            print(f"{rollout['model']}: default {rollout['default']} (canary ended); servers watching the store take "
+                  "it up within BIOMED_MODEL_POLL_S")
+        else:
+            if args.percent is None:
+                raise ValueError("biomed models canary needs NAME:VERSION PERCENT (0 ends it)")
+            rollout = store.set_canary(args.ref, args.percent, where)
+            shares = ", ".join(f"{v} {p:g}%" for v, p in rollout["canary"].items()) or "none"
+            print(f"{rollout['model']}: canary {shares}")
+        return 0
+    if args.ref is not None:
+        raise ValueError("biomed models lists the store; use: biomed models promote|canary NAME:VERSION ...")
+    rows = [Row.of(m) for m in biomed_models(where)]
+    rollouts = {name: store.rollout_of(name, where) for name in {r.name for r in rows}}
+
+    def rollout(r: Row) -> str:
+        ro = rollouts.get(r.name, {})
+        share = (ro.get("canary") or {}).get(r.version)
+        return "default" if ro.get("default") == r.version else f"canary {share:g}%" if share else ""
+
     if args.json:
         import json
         from dataclasses import asdict
 
-        print(json.dumps([asdict(r) for r in rows], indent=2))
+        print(json.dumps([{**asdict(r), "rollout": rollout(r)} for r in rows], indent=2))
         return 0
-    print(f"{'NAME':<16} {'VERSION':<26} {'KIND':<6} {'VARIANT':<7} {'AUROC':>6}  LABELS")
+    print(f"{'NAME':<16} {'VERSION':<26} {'KIND':<6} {'VARIANT':<7} {'AUROC':>6}  {'ROLLOUT':<12} LABELS")
     for r in rows:
-        print(f"{r.name:<16} {r.version:<26} {r.kind:<6} {r.variant:<7} {r.auroc:6.3f}  {','.join(r.labels)}")
+        print(f"{r.name:<16} {r.version:<26} {r.kind:<6} {r.variant:<7} {r.auroc:6.3f}  {rollout(r):<12} "
+              f"{','.join(r.labels)}")
     return 0
 
 
@@ -140,8 +170,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fp16", action="store_true")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("models", help="list the models in the store")
+    p = sub.add_parser("models", help="list the models in the store; promote a version or give one a canary share",
+                       description="biomed models [--json]: the store's models. biomed models promote NAME:VERSION: "
+                       "make it the default of every server watching the store (NAME:latest: follow the newest "
+                       "export). biomed models canary NAME:VERSION PERCENT: send that share of the requests for NAME "
+                       "to it (0 ends it).")
+    p.add_argument("action", nargs="?", choices=["list", "promote", "canary"], default="list")
+    p.add_argument("ref", nargs="?", help="NAME:VERSION (promote, canary)")
+    p.add_argument("percent", nargs="?", type=float, help="canary: the share of requests, 0 to 100")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--store", help="a model store folder (default: BIOMED_MODEL_STORE, else BentoML's store)")
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("demo-models", help="generate demo data, train and export demo-image and demo-dna")

@@ -26,7 +26,7 @@ def serve(port: int, host: str, workers: int | None, models: str | None, dicom_p
         env.setdefault("BIOMED_DICOM_HOST", host)
     config = ServiceConfig.from_env(env)  # the server reads the same; a bad setting fails here, before the exec
     wanted = tuple(ref.split(":")[0] for ref in config.models)
-    if not has_models(wanted):
+    if not has_models(wanted, config.model_store or None):
         raise LookupError(f"the model store lacks some of {', '.join(wanted)}; run `make demo-models` or `biomed export`")
     bentoml = shutil.which("bentoml", path=os.path.dirname(sys.executable)) or "bentoml"
     args = [bentoml, "serve", "service.service:Biomed", "--host", host, "--port", str(port)]

@@ -64,6 +64,28 @@ def encode(sequence: str, name: str = "0") -> np.ndarray:
     return codes
 
 
+def encode_many(sequences: list[str], names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Every sequence's codes in one table lookup: (all codes joined, offsets) with ``offsets[i]:offsets[i + 1]``
+    the i-th sequence's codes. Errors are :func:`encode`'s, for the first bad sequence in order.
+
+    Raises:
+        InvalidSequence: naming the first sequence with a character outside A, C, G, T, N.
+    """
+    joined = "".join(sequences)
+    raw = joined.encode("utf-8", "surrogatepass")
+    offsets = np.zeros(len(sequences) + 1, dtype=np.int64)
+    np.cumsum([len(q) for q in sequences], out=offsets[1:])
+    if len(raw) != len(joined):  # a non-ASCII character somewhere: the first bad sequence raises its own error
+        for q, name in zip(sequences, names):
+            encode(q, name)
+    codes = _LUT[np.frombuffer(raw, dtype=np.uint8)]
+    bad = codes == _INVALID
+    if bad.any():
+        first = int(np.searchsorted(offsets, int(bad.argmax()), side="right")) - 1
+        encode(sequences[first], names[first])  # raises, naming the position and the character
+    return codes, offsets
+
+
 def decode(codes: np.ndarray) -> str:
     """Turn codes back into an upper-case string."""
     return np.frombuffer(b"ACGTN", dtype=np.uint8)[codes].tobytes().decode("ascii")
@@ -136,6 +158,34 @@ def window_starts(n: int, length: int, stride: int) -> list[int]:
     starts = {(i * span) // steps for i in range(steps + 1)}
     starts |= {span - s for s in starts}  # mirror: what the reverse strand's grid would be
     return sorted(starts)
+
+
+def tile_many(codes: np.ndarray, offsets: np.ndarray, length: int, stride: int) -> tuple[np.ndarray, list[int],
+                                                                                         list[list[int]]]:
+    """:func:`tile` for many sequences at once (as :func:`encode_many` returns them), sequences of one length
+    tiled together.
+
+    Returns:
+        The windows of every sequence in one (R, L) array; per sequence (in input order) the row of its
+        first window and its window starts (see :func:`window_starts`).
+    """
+    lengths = np.diff(offsets).tolist()
+    groups: dict[int, list[int]] = {}
+    for i, n in enumerate(lengths):
+        groups.setdefault(n, []).append(i)
+    blocks, firsts, starts_of, row = [], [0] * len(lengths), [[] for _ in lengths], 0
+    for n, members in groups.items():
+        starts = window_starts(n, length, stride)
+        index = np.asarray(members)
+        padded = np.full((len(members), max(n, length) + 2 * length), N_CODE, dtype=np.uint8)
+        padded[:, length : length + n] = codes[offsets[index][:, None] + np.arange(n)[None, :]]
+        cols = (np.asarray(starts) + length)[:, None] + np.arange(length)[None, :]  # (W, L)
+        blocks.append(padded[:, cols].reshape(-1, length))  # (members x W, L), each member's windows together
+        for j, i in enumerate(members):
+            firsts[i], starts_of[i] = row + j * len(starts), starts
+        row += len(members) * len(starts)
+    rows = blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
+    return rows, firsts, starts_of
 
 
 def tile(codes: np.ndarray, length: int, stride: int) -> Windows:

@@ -41,7 +41,7 @@ class Dicom:
         self.forwarder: Forwarder | None = None
         self.receiver: Receiver | None = None
         try:
-            self.handler: ImageHandler = engine.pick(None, ImageHandler)
+            handler: ImageHandler = engine.pick(None, ImageHandler)  # not kept: a reload may swap the image model
         except Exception:  # noqa: BLE001 - UnknownModel: no image model is loaded
             raise StartupError("BIOMED_DICOM_PORT/BIOMED_DICOM_DESTINATION need an image model in BIOMED_MODELS") from None
         for name in ("pydicom", "pynetdicom", "highdicom", "dicomweb_client"):  # they log identifiers at INFO/ERROR
@@ -67,7 +67,7 @@ class Dicom:
                 raise StartupError("the C-STORE receiver needs the worker's event loop")
             from service.dicom.scp import Receiver
 
-            self.receiver = Receiver(config, self.handler, loop, self.spool)
+            self.receiver = Receiver(config, handler, loop, self.spool)
             try:
                 self.receiver.start()
             except OSError as err:

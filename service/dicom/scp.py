@@ -102,7 +102,7 @@ class Receiver:
 
     def __init__(self, config: Any, handler: Any, loop: asyncio.AbstractEventLoop, spool: Any = None) -> None:
         self.config = config
-        self.handler = handler
+        self.metrics = handler.metrics  # not the handler: each instance goes to the default image model of the moment
         self.loop = loop
         self.spool = spool
         self.budget = Budget(config.max_body_bytes)
@@ -174,13 +174,13 @@ class Receiver:
         event.assoc._biomed_bytes = size
         if size > self.config.max_upload_bytes:
             event.assoc._biomed_bytes = 0
-            self.handler.metrics.dicom_received.labels(door="dimse", outcome="too_large").inc()
+            self.metrics.dicom_received.labels(door="dimse", outcome="too_large").inc()
             log.warning("aborted an association: a dataset passed %g MB (BIOMED_MAX_UPLOAD_MB)",
                         self.config.max_upload_bytes / 2**20)
             event.assoc.abort(block=False)
 
     def _rejected(self, event: Any) -> None:
-        self.handler.metrics.dicom_received.labels(door="dimse", outcome="association_rejected").inc()
+        self.metrics.dicom_received.labels(door="dimse", outcome="association_rejected").inc()
         log.warning("rejected an association from calling AE title %r (not in BIOMED_DICOM_ALLOWED_AETS)",
                     str(getattr(event.assoc.requestor, "ae_title", ""))[:16])
 
@@ -197,7 +197,7 @@ class Receiver:
         return status
 
     def _refused(self, code: str) -> pipeline.Outcome:
-        self.handler.metrics.dicom_received.labels(door="dimse", outcome=code).inc()
+        self.metrics.dicom_received.labels(door="dimse", outcome=code).inc()
         return pipeline.Outcome(code)
 
     def _receive(self, event: Any) -> pipeline.Outcome:
@@ -210,7 +210,7 @@ class Receiver:
         future: concurrent.futures.Future | None = None
         try:
             data = path.read_bytes()
-            coroutine = pipeline.receive(self.handler, data, "dimse", spool=self.spool)
+            coroutine = self._classify(data)
             del data
             try:
                 future = asyncio.run_coroutine_threadsafe(coroutine, self.loop)
@@ -224,6 +224,16 @@ class Receiver:
             return self._refused("timeout")
         finally:
             self.budget.give(size)
+
+    async def _classify(self, data: bytes) -> pipeline.Outcome:
+        """The instance through this worker's image model (its default or canary now: a reload may have swapped it),
+        held as a request holds it, so the version is not unloaded under it."""
+        from service.engine import current
+        from service.handlers import ImageHandler
+
+        engine = current()
+        with engine.scope():
+            return await pipeline.receive(engine.pick(None, ImageHandler), data, "dimse", spool=self.spool)
 
     def _sweep(self) -> None:
         """Remove partial datasets of associations that ended mid-transfer."""

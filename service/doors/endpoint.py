@@ -33,6 +33,9 @@ def wrapper(error_body: ErrorBody) -> Callable[[str, Endpoint], Callable[[Reques
     def wrap(name: str, endpoint: Endpoint) -> Callable[[Request], Awaitable[Response]]:
         async def route(request: Request) -> Response:
             engine = current()
+            # The model versions the request picks stay loaded until it ends; X-Request-ID keeps its canary choice.
+            scope = engine.scope(request.headers.get("x-request-id"))
+            scope.__enter__()  # before the task: it runs in a copy of this context
             work = asyncio.ensure_future(endpoint(request, engine))
             request.state.work = work  # cancelled by http_io when the client goes away
             try:
@@ -60,6 +63,7 @@ def wrapper(error_body: ErrorBody) -> Callable[[str, Endpoint], Callable[[Reques
                 # An exception's traceback holds this frame, whose ``work`` holds the exception: a cycle that would
                 # keep the request's data (bodies, parsed records) alive until a full garbage collection.
                 request.state.work = request.state.watch = work = None
+                scope.__exit__(None, None, None)
 
         route.__name__ = name
         return route

@@ -39,6 +39,7 @@ import biomed
 from biomed.errors import MalformedInput, TooLarge, UnsupportedMedia
 from service.doors.endpoint import wrapper
 from service.doors.http_io import BIG_JSON, json_values, read_body
+from service import lifecycle
 from service.engine import Engine, UnknownModel
 from service.handlers import DnaHandler, Handler, ImageHandler
 
@@ -114,6 +115,9 @@ def signature(handler: Handler) -> Signature:
         person = InputSpec(SEQUENCE_INPUT, "BYTES", None, c.max_sequences,
                            f"{c.max_sequences} sequences (BIOMED_MAX_SEQUENCES)")
     return Signature({raw.name: raw, person.name: person}, outputs)
+
+
+lifecycle.UNLOAD_HOOKS.append(signature.cache_clear)  # an unloaded version's handler must not stay cached
 
 
 def _tensor(name: str, datatype: str, shape: tuple[int, ...]) -> dict:
@@ -443,7 +447,7 @@ async def model_metadata(request: Request, engine: Engine) -> dict:
     raw = next(s for s in sig.inputs.values() if s.datatype != "BYTES")
     person = next(s for s in sig.inputs.values() if s.datatype == "BYTES")
     return {
-        "name": handler.model.name, "versions": [handler.model.version], "platform": PLATFORM,
+        "name": handler.model.name, "versions": engine.loaded_versions(handler.model.name), "platform": PLATFORM,
         "inputs": [_tensor(raw.name, raw.datatype, raw.shape or (-1,))],
         "outputs": [_tensor(OUTPUT, *sig.outputs[OUTPUT])],
         "labels": list(handler.labels), "kind": handler.kind,

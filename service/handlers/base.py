@@ -8,6 +8,7 @@ Front doors (``service/doors/``) parse their protocol, call a handler and format
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -46,10 +47,11 @@ class Handler:
         self.shared = shared
         self.config = shared.config
         self.metrics = shared.metrics
-        histogram = shared.metrics.inference_seconds.labels(model=model.name, provider=model.provider)
-        batch_sizes = shared.metrics.batch_size.labels(model=model.name)
-        queue_rows = shared.metrics.queue_rows.labels(model=model.name)
-        queue_seconds = shared.metrics.queue_seconds.labels(model=model.name)
+        version = {"model": model.name, "version": model.version}
+        histogram = shared.metrics.inference_seconds.labels(**version, provider=model.provider)
+        batch_sizes = shared.metrics.batch_size.labels(**version)
+        queue_rows = shared.metrics.queue_rows.labels(**version)
+        queue_seconds = shared.metrics.queue_seconds.labels(**version)
 
         def on_batch(rows: int, seconds: float) -> None:
             histogram.observe(seconds)
@@ -106,8 +108,9 @@ class Handler:
         return await self.batcher.submit(rows)
 
     def count_predictions(self, labels: list[str], door: str = "native") -> None:
-        for label in labels:
-            self.metrics.predictions.labels(model=self.model.name, label=label, door=door).inc()
+        for label, n in collections.Counter(labels).items():  # one counter update per label, not per row
+            self.metrics.predictions.labels(model=self.model.name, version=self.model.version, label=label,
+                                            door=door).inc(n)
 
     def row_labels(self, probs: np.ndarray) -> list[str]:
         """What ``biomed_predictions_total`` counts for these output rows (per kind)."""

@@ -152,6 +152,49 @@ def test_predict_image_png_and_jpeg(client, models, fmt: str, mode: str, media: 
     assert body["input"]["format"] == fmt.lower().replace("jpg", "jpeg") and body["input"]["rows"] == 40
 
 
+def test_small_uploads_decode_on_the_loop_within_caps(client, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """CT_small decodes on the event loop's thread; small files past the inline caps (decoded pixels, DICOM
+    elements) are decoded again on a preprocessing thread, to the same rows as a decode under the full limits."""
+    import asyncio
+
+    from service.engine import current
+    from service.handlers import ImageHandler
+    from service.handlers import image as image_handler
+
+    handler = current().pick(None, ImageHandler)
+    calls: list[tuple[str, bool]] = []
+    load_image = image_handler.load_image
+
+    def recording(data, spec, limits):  # type: ignore[no-untyped-def]
+        try:
+            out = load_image(data, spec, limits)
+        except Exception:
+            calls.append((threading.current_thread().name, False))
+            raise
+        calls.append((threading.current_thread().name, True))
+        return out
+
+    monkeypatch.setattr(image_handler, "load_image", recording)
+    wide = io.BytesIO()
+    Image.fromarray(np.tile(np.arange(300, dtype=np.uint8), (300, 1))).save(wide, format="PNG")  # 90,000 pixels
+    many = pydicom.dcmread(CT_SMALL)
+    for i in range(2_100):  # over 2,000 elements, still a small upload
+        many.add_new((0x0011, 0x1000 + i), "US", i)
+    many_bytes = io.BytesIO()
+    many.save_as(many_bytes)
+    assert len(wide.getvalue()) < 64 * 1024 and len(many_bytes.getvalue()) < 64 * 1024
+    for data, inline in ((CT_SMALL.read_bytes(), True), (wide.getvalue(), False), (many_bytes.getvalue(), False)):
+        calls.clear()
+        x, _ = asyncio.run(handler.decode(data))
+        loop_thread = threading.current_thread().name
+        if inline:
+            assert calls == [(loop_thread, True)]
+        else:  # refused by the inline caps, then decoded on a thread
+            assert calls[0] == (loop_thread, False) and calls[1][1] and calls[1][0] != loop_thread, calls
+        expected, _ = load_image(data, handler.spec, handler.limits)
+        np.testing.assert_array_equal(x, expected)
+
+
 @pytest.mark.parametrize("name, frames", [("rtdose.dcm", 15), ("SC_rgb_rle_2frame.dcm", 2)])
 def test_multi_frame_dicom_gives_one_prediction_per_frame(client, models, name: str, frames: int) -> None:  # type: ignore[no-untyped-def]
     r = upload(client, (TEST_FILES / name).read_bytes())

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, TypeVar
 
 import numpy as np
@@ -20,6 +21,9 @@ from service.runtime import LoadedModel
 
 T = TypeVar("T")
 
+INLINE_PIXELS = 256 * 256  # decoded pixels (all frames) of an upload decoded on the event loop
+INLINE_ELEMENTS = 2_000  # DICOM data elements of an upload decoded on the event loop
+
 
 class ImageHandler(Handler):
     kind = "image"
@@ -31,6 +35,9 @@ class ImageHandler(Handler):
         self.limits = Limits(max_pixels=c.max_pixels, max_frames=c.max_frames, max_bytes=c.max_upload_bytes,
                              max_decoded_bytes=c.max_decoded_bytes, max_elements=c.max_dicom_elements,
                              budget=shared.budget)
+        # What a small upload may need to decode on the event loop (see ``decode``): past these, it goes to a thread.
+        self.inline_limits = replace(self.limits, max_pixels=min(c.max_pixels, INLINE_PIXELS),
+                                     max_elements=min(c.max_dicom_elements, INLINE_ELEMENTS))
 
     @classmethod
     def max_batch_size(cls, config: ServiceConfig) -> int:
@@ -40,8 +47,16 @@ class ImageHandler(Handler):
         """The file's frames as model rows (F, C, H, W) float32 and the ``input`` block that describes them."""
         started = time.perf_counter()
         with self.admitting():
-            small = len(data) <= self.config.small_upload_bytes
-            x, info = await self.in_thread(load_image, data, self.spec, self.limits, small=small)
+            x, info = None, None
+            if len(data) <= self.config.inline_decode_bytes:
+                # A handoff to a thread costs more than decoding a CT_small-sized file (the GIL passed back and forth,
+                # two wake-ups): small files decode here, on the loop, within caps that bound the time to a few ms.
+                # Over the caps (pixels, DICOM elements) the file is decoded again on a thread, under the real limits.
+                with contextlib.suppress(TooLarge):
+                    x, info = load_image(data, self.spec, self.inline_limits)
+            if x is None:
+                small = len(data) <= self.config.small_upload_bytes
+                x, info = await self.in_thread(load_image, data, self.spec, self.limits, small=small)
         self.metrics.preprocess_seconds.labels(kind=info.get("format", "image")).observe(time.perf_counter() - started)
         return np.ascontiguousarray(x, dtype=np.float32), info
 

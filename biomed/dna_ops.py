@@ -46,10 +46,6 @@ async def score_windows(predict: Predict, windows: np.ndarray, reverse_complemen
     return (out[:n] + out[n:]) / 2
 
 
-def _labelled(labels: list[str], row: np.ndarray) -> dict[str, float]:
-    return dict(zip(labels, row.tolist()))
-
-
 async def predict_sequences(predict: Predict, labels: list[str], params: DnaSpec, items: list[tuple[str, str]],
                             reverse_complement: bool) -> list[dict]:
     """One prediction per sequence: the per-task max over its windows, and the windows when there are several.
@@ -64,14 +60,23 @@ async def predict_sequences(predict: Predict, labels: list[str], params: DnaSpec
         raise InputError(f"sequence {names[int(np.argmin(lengths))]!r} is empty", code="empty_sequence")
     rows, firsts, starts_of = dna.tile_many(codes, offsets, params.length, params.stride)
     probs = await score_windows(predict, rows, reverse_complement)
+    maxima = _segment_max(probs, np.asarray(firsts, dtype=np.int64)).tolist()
     out = []
-    for name, n, first, starts in zip(names, lengths.tolist(), firsts, starts_of):
-        p = probs[first : first + len(starts)]
-        entry = {"id": name, "length": n, "probabilities": _labelled(labels, p.max(axis=0))}
+    for name, n, first, starts, top in zip(names, lengths.tolist(), firsts, starts_of, maxima):
+        entry = {"id": name, "length": n, "probabilities": dict(zip(labels, top))}
         if n > params.length:
             entry["windows"] = [{"start": s, "end": s + params.length, "probabilities": dict(zip(labels, w))}
-                                for s, w in zip(starts, p.tolist())]
+                                for s, w in zip(starts, probs[first : first + len(starts)].tolist())]
         out.append(entry)
+    return out
+
+
+def _segment_max(rows: np.ndarray, firsts: np.ndarray) -> np.ndarray:
+    """Per segment the column-wise max of ``rows``, segment i starting at row ``firsts[i]``; the segments, in any
+    order, cover every row once (as ``dna.tile_many`` lays windows out). One ``reduceat``, not one call per segment."""
+    order = np.argsort(firsts, kind="stable")
+    out = np.empty((len(firsts), rows.shape[1]), dtype=rows.dtype)
+    out[order] = np.maximum.reduceat(rows, firsts[order], axis=0)
     return out
 
 
@@ -100,37 +105,64 @@ def logit(p: np.ndarray) -> np.ndarray:
 
 async def score_variants(predict: Predict, labels: list[str], params: DnaSpec, variants: list[dict],
                          reverse_complement: bool) -> list[dict]:
-    """Ref and alt probabilities of SNVs, their difference and log-odds difference, all in one batch."""
-    ref_rows, alt_rows, ids = [], [], []
-    for i, v in enumerate(variants):
-        name = v.get("id") or str(i)
+    """Ref and alt probabilities of SNVs, their difference and log-odds difference, all in one batch.
+
+    Every variant is encoded, checked and windowed in a few array operations; when any check fails, the
+    variants are checked again one by one so the error names the first bad one, as a loop would.
+    """
+    names = [v.get("id") or str(i) for i, v in enumerate(variants)]
+    try:
+        codes, offsets = dna.encode_many([v["sequence"] for v in variants], names)
+        ref = dna.encode_many([v["ref"] for v in variants], names)[0]  # one base each (the request's schema)
+        alt = dna.encode_many([v["alt"] for v in variants], names)[0]
+    except InputError:
+        ref = alt = None
+    if ref is None or len(ref) != len(variants) or len(alt) != len(variants):
+        _first_bad_variant(variants, names)
+    lengths = np.diff(offsets)
+    position = np.fromiter((v["position"] for v in variants), dtype=np.int64, count=len(variants))
+    inside = position < lengths
+    at = np.minimum(offsets[:-1] + np.where(inside, position, 0), max(len(codes) - 1, 0))
+    base = codes[at] if len(codes) else np.full(len(variants), dna.N_CODE, dtype=np.uint8)
+    bad = ~inside | (ref == dna.N_CODE) | (ref != base) | (alt == dna.N_CODE) | (alt == ref)
+    if bad.any():
+        _first_bad_variant(variants, names)
+    L = params.length
+    placements = variant_offsets(L)
+    ref_rows = np.empty((len(variants), len(placements), L), dtype=np.uint8)
+    for j, offset in enumerate(placements):  # window j of every variant: the variant at ``offset``, N outside
+        local = position[:, None] - offset + np.arange(L)[None, :]
+        valid = (local >= 0) & (local < lengths[:, None])
+        ref_rows[:, j] = np.where(valid, codes[offsets[:-1, None] + np.clip(local, 0, None) * valid], dna.N_CODE)
+    alt_rows = ref_rows.copy()
+    for j, offset in enumerate(placements):
+        alt_rows[:, j, offset] = alt
+    k = len(placements)
+    p_ref, p_alt, _, lod = await variant_effects(predict, ref_rows.reshape(-1, L), alt_rows.reshape(-1, L), k,
+                                                 reverse_complement)
+    rows = zip(names, p_ref.tolist(), p_alt.tolist(), (p_alt - p_ref).tolist(), lod.tolist())
+    return [{"id": name, "ref": dict(zip(labels, r)), "alt": dict(zip(labels, a)), "diff": dict(zip(labels, d)),
+             "log_odds_diff": dict(zip(labels, o))} for name, r, a, d, o in rows]
+
+
+def _first_bad_variant(variants: list[dict], names: list[str]) -> None:
+    """Raise the error of the first variant, in order, that cannot be scored."""
+    for name, v in zip(names, variants):
         codes = dna.encode(v["sequence"], name=name)
         pos = v["position"]
         if pos >= len(codes):
             raise InputError(f"variant {name!r}: position {pos} is outside its sequence of {len(codes)} bases (0-based)",
                              code="position_out_of_range")
         ref, alt = dna.encode(v["ref"], name=f"{name} ref"), dna.encode(v["alt"], name=f"{name} alt")
-        if ref[0] == dna.N_CODE:
+        if len(ref) != 1 or ref[0] == dna.N_CODE:
             raise InputError(f"variant {name!r}: ref must be A, C, G or T (an N base has no allele to score against)",
                              code="invalid_ref")
         if ref[0] != codes[pos]:
             raise InputError(f"variant {name!r}: ref {v['ref'].upper()!r} does not match the sequence base "
                              f"{dna.decode(codes[pos:pos + 1])!r} at position {pos}", code="ref_mismatch")
-        if alt[0] == dna.N_CODE or alt[0] == ref[0]:
+        if len(alt) != 1 or alt[0] == dna.N_CODE or alt[0] == ref[0]:
             raise InputError(f"variant {name!r}: alt must be A, C, G or T and differ from ref", code="invalid_alt")
-        for offset in variant_offsets(params.length):
-            window, at = variant_window(codes, pos, params.length, offset)
-            mutant = window.copy()
-            mutant[at] = alt[0]
-            ref_rows.append(window)
-            alt_rows.append(mutant)
-        ids.append(name)
-    k = len(variant_offsets(params.length))
-    p_ref, p_alt, _, lod = await variant_effects(predict, np.stack(ref_rows), np.stack(alt_rows), k, reverse_complement)
-    n = len(ids)
-    return [{"id": ids[i], "ref": _labelled(labels, p_ref[i]), "alt": _labelled(labels, p_alt[i]),
-             "diff": _labelled(labels, p_alt[i] - p_ref[i]), "log_odds_diff": _labelled(labels, lod[i])}
-            for i in range(n)]
+    raise AssertionError("a variant failed the batch checks but none failed one by one")
 
 
 async def variant_effects(predict: Predict, ref_rows: np.ndarray, alt_rows: np.ndarray, placements: int,

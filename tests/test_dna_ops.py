@@ -230,6 +230,48 @@ def test_score_variants_sign_and_log_odds() -> None:
     np.testing.assert_allclose(list(out[0]["ref"].values()), fake_model(window[None])[0], rtol=1e-6)
 
 
+def test_score_variants_builds_the_windows_a_variant_at_a_time_would() -> None:
+    """The batched windows equal ``variant_window`` applied variant by variant, placement by placement: sequences
+    shorter and longer than the model, variants at both ends, odd and even model lengths."""
+    rng = np.random.default_rng(3)
+    for length in (L, 41):
+        params = dna_ops.DnaSpec(length, length // 2)
+        items, expected_ref, expected_alt = [], [], []
+        for i in range(60):
+            n = int(rng.integers(1, 3 * length))
+            seq = random_seq(n, seed=100 + i)
+            pos = int(rng.choice([0, n - 1, int(rng.integers(0, n))]))
+            alt = "ACGT"[("ACGT".index(seq[pos]) + 1 + i % 3) % 4]
+            items.append({"sequence": seq.lower() if i % 5 == 0 else seq, "position": pos, "ref": seq[pos], "alt": alt})
+            for offset in dna_ops.variant_offsets(length):
+                window, at = dna_ops.variant_window(dna.encode(seq), pos, length, offset)
+                mutant = window.copy()
+                mutant[at] = dna.encode(alt)[0]
+                expected_ref.append(window)
+                expected_alt.append(mutant)
+        recorded: list[np.ndarray] = []
+
+        async def predict(rows: np.ndarray) -> np.ndarray:
+            recorded.append(rows.copy())
+            return np.zeros((len(rows), len(LABELS)), dtype=np.float32) + 0.5
+
+        run(dna_ops.score_variants(predict, LABELS, params, items, False))
+        [rows] = recorded
+        np.testing.assert_array_equal(rows, np.concatenate([np.stack(expected_ref), np.stack(expected_alt)]))
+
+
+def test_score_variants_names_the_first_bad_variant_in_order() -> None:
+    good = {"sequence": "ACGTACGT", "position": 2, "ref": "G", "alt": "T"}
+    cases = [({"ref": "A"}, "ref_mismatch"), ({"position": 8}, "position_out_of_range"), ({"ref": "N"}, "invalid_ref"),
+             ({"alt": "G"}, "invalid_alt"), ({"alt": "X"}, "invalid_sequence"), ({"sequence": "ACGZ"}, "invalid_sequence")]
+    for change, code in cases:
+        later_bad = {**good, "id": "later", "sequence": "ACG!"}
+        batch = [good, {**good, "id": "bad", **change}, later_bad]
+        with pytest.raises(dna_ops.InputError) as err:
+            variants(batch)
+        assert err.value.code == code and "bad" in err.value.detail, (change, err.value.detail)
+
+
 def test_score_variants_with_reverse_complement_is_strand_symmetric() -> None:
     seq = random_seq(21, seed=5)  # odd, shorter than L: the same bases are in the window on both strands
     pos = 10

@@ -119,7 +119,7 @@ class ServiceConfig:
     body_timeout_s: float = 30.0  # the whole request body must arrive within this (408)
     body_min_rate: int = 16 * 1024  # bytes/s a body must keep up after its first 2 s (408)
     small_upload_bytes: int = 256 * 1024  # uploads up to this decode on their own threads (the fast lane)
-    inline_decode_bytes: int = 64 * 1024  # uploads up to this decode on the event loop, within caps (0: never)
+    inline_decode_bytes: int = 1024 * 1024  # uploads up to this decode on the event loop, within caps (0: never)
     # DICOM network (service/dicom/): the C-STORE receiver, STOW-RS and where results go as DICOM SR.
     dicom_port: int = 0  # 0: the C-STORE receiver is off
     dicom_host: str = "0.0.0.0"
@@ -208,7 +208,7 @@ class ServiceConfig:
             body_timeout_s=float(num("BIOMED_BODY_TIMEOUT_S", 30.0, float)),
             body_min_rate=int(num("BIOMED_BODY_MIN_KBPS", 16, float) * 1024),
             small_upload_bytes=int(num("BIOMED_SMALL_UPLOAD_KB", 256, float) * 1024),
-            inline_decode_bytes=int(num("BIOMED_INLINE_DECODE_KB", 64, float) * 1024),
+            inline_decode_bytes=int(num("BIOMED_INLINE_DECODE_KB", 1024, float) * 1024),
             dicom_port=_port(int(num("BIOMED_DICOM_PORT", 0))),
             dicom_host=e.get("BIOMED_DICOM_HOST", "").strip() or "0.0.0.0",
             dicom_aet=_aet(e.get("BIOMED_DICOM_AET", "").strip() or "BIOMED", "BIOMED_DICOM_AET"),

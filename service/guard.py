@@ -256,28 +256,31 @@ class Guard:
         start = loop.time()
         chunks, size = [], 0
         try:
-            while True:
-                latest = start + c.body_timeout_s
-                if c.body_min_rate:
-                    latest = min(latest, start + BODY_GRACE_S + size / c.body_min_rate)
-                try:
-                    message = await asyncio.wait_for(receive(), max(latest - loop.time(), 0.001))
-                except asyncio.TimeoutError:
-                    raise BodyTimeout(
-                        f"the request body did not arrive in time ({size} bytes after {loop.time() - start:.1f} s); a "
-                        f"body must arrive within {c.body_timeout_s:g} s (BIOMED_BODY_TIMEOUT_S) and at "
-                        f"{c.body_min_rate // 1024} KB/s or faster after its first 2 s (BIOMED_BODY_MIN_KBPS)") from None
-                if message["type"] == "http.disconnect":
-                    raise ClientGone()
-                chunk = message.get("body", b"")
-                size += len(chunk)
-                if size > cap:
-                    raise TooLarge(f"request body is over the {cap / 2**20:g} MB limit (BIOMED_MAX_UPLOAD_MB)")
-                if size > held:
-                    held = self._hold(size - held, held)
-                chunks.append(chunk)
-                if not message.get("more_body", False):
-                    return b"".join(chunks), held
+            # One timer for the whole body, moved as bytes arrive (``asyncio.wait_for`` would make a task per chunk).
+            async with asyncio.timeout_at(start + c.body_timeout_s) as clock:
+                while True:
+                    latest = start + c.body_timeout_s
+                    if c.body_min_rate:
+                        latest = min(latest, start + BODY_GRACE_S + size / c.body_min_rate)
+                    clock.reschedule(max(latest, loop.time() + 0.001))
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        raise ClientGone()
+                    chunk = message.get("body", b"")
+                    size += len(chunk)
+                    if size > cap:
+                        raise TooLarge(f"request body is over the {cap / 2**20:g} MB limit (BIOMED_MAX_UPLOAD_MB)")
+                    if size > held:
+                        held = self._hold(size - held, held)
+                    chunks.append(chunk)
+                    if not message.get("more_body", False):
+                        return b"".join(chunks), held
+        except TimeoutError:
+            self._bodies -= held
+            raise BodyTimeout(
+                f"the request body did not arrive in time ({size} bytes after {loop.time() - start:.1f} s); a "
+                f"body must arrive within {c.body_timeout_s:g} s (BIOMED_BODY_TIMEOUT_S) and at "
+                f"{c.body_min_rate // 1024} KB/s or faster after its first 2 s (BIOMED_BODY_MIN_KBPS)") from None
         except BaseException:
             self._bodies -= held
             raise

@@ -153,8 +153,9 @@ def test_predict_image_png_and_jpeg(client, models, fmt: str, mode: str, media: 
 
 
 def test_small_uploads_decode_on_the_loop_within_caps(client, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    """CT_small decodes on the event loop's thread; small files past the inline caps (decoded pixels, DICOM
-    elements) are decoded again on a preprocessing thread, to the same rows as a decode under the full limits."""
+    """CT_small and an uncompressed 384x384 slice decode on the event loop's thread; files past the inline caps
+    (pixels, compressed pixels, DICOM elements) are decoded again on a preprocessing thread, to the same rows as a
+    decode under the full limits."""
     import asyncio
 
     from service.engine import current
@@ -175,15 +176,25 @@ def test_small_uploads_decode_on_the_loop_within_caps(client, monkeypatch) -> No
         return out
 
     monkeypatch.setattr(image_handler, "load_image", recording)
+
+    def dicom_bytes(ds: pydicom.Dataset) -> bytes:
+        out = io.BytesIO()
+        ds.save_as(out)
+        return out.getvalue()
+
     wide = io.BytesIO()
-    Image.fromarray(np.tile(np.arange(300, dtype=np.uint8), (300, 1))).save(wide, format="PNG")  # 90,000 pixels
+    Image.fromarray(np.tile(np.arange(600) % 256, (600, 1)).astype(np.uint8)).save(wide, format="PNG")  # 360,000 px
     many = pydicom.dcmread(CT_SMALL)
-    for i in range(2_100):  # over 2,000 elements, still a small upload
+    for i in range(2_100):  # over 2,000 elements
         many.add_new((0x0011, 0x1000 + i), "US", i)
-    many_bytes = io.BytesIO()
-    many.save_as(many_bytes)
-    assert len(wide.getvalue()) < 64 * 1024 and len(many_bytes.getvalue()) < 64 * 1024
-    for data, inline in ((CT_SMALL.read_bytes(), True), (wide.getvalue(), False), (many_bytes.getvalue(), False)):
+    slice_384 = pydicom.dcmread(CT_SMALL)  # 384 x 384: within the pixels uncompressed, past them in JPEG 2000
+    slice_384.PixelData = np.tile(slice_384.pixel_array, (3, 3)).tobytes()
+    slice_384.Rows = slice_384.Columns = 384
+    uncompressed = dicom_bytes(slice_384)
+    slice_384.compress(pydicom.uid.JPEG2000Lossless)
+    cases = [(CT_SMALL.read_bytes(), True), (uncompressed, True), (wide.getvalue(), False),
+             (dicom_bytes(many), False), (dicom_bytes(slice_384), False)]
+    for data, inline in cases:
         calls.clear()
         x, _ = asyncio.run(handler.decode(data))
         loop_thread = threading.current_thread().name

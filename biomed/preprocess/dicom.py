@@ -79,6 +79,10 @@ def load_dicom(
     ds = read(data, limits)
     ts = transfer_syntax(ds)
     frames, rows, columns, samples, itemsize = _check_header(ds, limits)
+    cap = limits.max_compressed_pixels
+    if cap is not None and _codec(ts) not in ("native", "rle") and rows * columns * frames > cap:
+        raise TooLarge(f"the DICOM file claims {rows}x{columns} pixels x {frames} frames in {ts.name}; accepted: at "
+                       f"most {cap} pixels in all in a compressed transfer syntax")
     decoder = _decoder(ts)
     _check_length(ds, ts)
     check_frames(ds, ts, frames, rows, columns, samples, itemsize, limits)

@@ -113,6 +113,9 @@ class Limits:
             decoders' own buffers).
         max_elements: DICOM data elements, sequence items and pixel data
             fragments, counted before parsing (``BIOMED_MAX_DICOM_ELEMENTS``).
+        max_compressed_pixels: Rows x columns x frames of a DICOM in a JPEG,
+            JPEG-LS or JPEG 2000 transfer syntax, whose decoders cost several
+            times more per pixel (None: ``max_pixels`` alone).
         budget: Shared by concurrent decodes (``BIOMED_MAX_DECODING_MB``):
             each reserves ``budget.working_set(...)`` (from the header) while
             it decodes and presents, or is refused at once with 429 when that
@@ -124,6 +127,7 @@ class Limits:
     max_bytes: int = 64 * 2**20
     max_decoded_bytes: int = 256 * 2**20
     max_elements: int = 100_000
+    max_compressed_pixels: int | None = None
     budget: DecodeBudget | None = None
 
 

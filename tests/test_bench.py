@@ -187,7 +187,9 @@ def test_bench_quick_end_to_end(demo_models: dict[str, str], tmp_path: Path) -> 
     assert all(r["non_2xx"] == 0 and r["v2_rps"] > 0 and r["v2_of_native"] > 0 for r in results["v2"])
     assert all(r["endpoint"].startswith("/v2/models/") for r in results["v2_binary"])
     off = {r["model"]: r["rows_per_call"] for r in results["batching"] if r["batching"] == "off"}
-    assert off == {"demo-image": 1.0, "demo-image (128x128)": 1.0, "demo-dna": 2.0}  # one request per call: the unbatched server's own metrics
+    # The unbatched server's own metrics: one image per call; a DNA request is two rows (both strands), at most two
+    # per call, and the fair share may now and then split one request's two rows over two calls.
+    assert off["demo-image"] == off["demo-image (128x128)"] == 1.0 and 1.9 <= off["demo-dna"] <= 2.0, off
     assert {r["engine"] for r in results["runtime"]} >= {"onnxruntime-cpu", "torch-eager-cpu"}
     assert results["startup"]["first_start_s"] > 0 and results["startup"]["rss_ready_mb"] > 50
     assert results["ism"]["bases"] == 1000 and results["ism"]["scores_rows"] == 1000

@@ -127,18 +127,14 @@ async def score_variants(predict: Predict, labels: list[str], params: DnaSpec, v
     bad = ~inside | (ref == dna.N_CODE) | (ref != base) | (alt == dna.N_CODE) | (alt == ref)
     if bad.any():
         _first_bad_variant(variants, names)
-    L = params.length
-    placements = variant_offsets(L)
-    ref_rows = np.empty((len(variants), len(placements), L), dtype=np.uint8)
-    for j, offset in enumerate(placements):  # window j of every variant: the variant at ``offset``, N outside
-        local = position[:, None] - offset + np.arange(L)[None, :]
-        valid = (local >= 0) & (local < lengths[:, None])
-        ref_rows[:, j] = np.where(valid, codes[offsets[:-1, None] + np.clip(local, 0, None) * valid], dna.N_CODE)
-    alt_rows = ref_rows.copy()
-    for j, offset in enumerate(placements):
-        alt_rows[:, j, offset] = alt
-    k = len(placements)
-    p_ref, p_alt, _, lod = await variant_effects(predict, ref_rows.reshape(-1, L), alt_rows.reshape(-1, L), k,
+    # Each variant's context (its base at the centre, N outside its sequence), then the windows the streaming
+    # VCF scorer builds from the same contexts.
+    half = params.length // 2
+    local = position[:, None] + np.arange(-half, half + 1)[None, :]
+    valid = (local >= 0) & (local < lengths[:, None])
+    contexts = np.where(valid, codes[offsets[:-1, None] + np.clip(local, 0, None) * valid], dna.N_CODE)
+    ref_rows, alt_rows = context_windows(contexts.astype(np.uint8), alt, params.length)
+    p_ref, p_alt, _, lod = await variant_effects(predict, ref_rows, alt_rows, len(variant_offsets(params.length)),
                                                  reverse_complement)
     rows = zip(names, p_ref.tolist(), p_alt.tolist(), (p_alt - p_ref).tolist(), lod.tolist())
     return [{"id": name, "ref": dict(zip(labels, r)), "alt": dict(zip(labels, a)), "diff": dict(zip(labels, d)),

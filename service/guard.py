@@ -224,8 +224,9 @@ class Guard:
                 allowed = min(allowed, BODY_GRACE_S + size / c.body_min_rate - waited)
             started = loop.time()
             try:
-                message = await asyncio.wait_for(receive(), max(allowed, 0.001))
-            except asyncio.TimeoutError:
+                async with asyncio.timeout(max(allowed, 0.001)):  # a timer, not a task per read
+                    message = await receive()
+            except TimeoutError:
                 raise BodyTimeout(
                     f"the request body did not arrive in time ({size} bytes after waiting {waited:.1f} s for them); "
                     f"it must keep to {c.body_min_rate // 1024} KB/s after its first 2 s (BIOMED_BODY_MIN_KBPS), with "

@@ -74,7 +74,7 @@ def _run_session(session, rows: np.ndarray) -> float:  # noqa: ANN001
 
 def _run_command(args: list[str], env: dict[str, str]) -> float:
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "biomed.cli", *args], capture_output=True, text=True, env=env)
+    done = subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True, env=env)
     if done.returncode != 0:
         raise RuntimeError(f"biomed {args[0]} failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}")
     return time.perf_counter() - started

@@ -12,7 +12,7 @@ the same windows, in the same order, as ``/score_variants`` builds from
 Memory is bounded by the chunk size, never by the number of variants.
 
 Shared by ``biomed score-variants`` (local onnxruntime or a remote biomed-serve) and the
-benchmarks; VCF and TSV writing stays in the command line (``biomed/cli/``).
+benchmarks; VCF and TSV writing stays in the command line (``cli/``).
 """
 
 from __future__ import annotations

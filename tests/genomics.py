@@ -39,7 +39,7 @@ def truth(genome: Path) -> list[dict]:
 
 def run_cli(*args: str) -> tuple[int, str, str]:
     """``biomed ARGS`` in process: (exit status, stdout, stderr)."""
-    from biomed.cli import main
+    from cli import main
 
     out, err = io.StringIO(), io.StringIO()
     with redirect_stdout(out), redirect_stderr(err):

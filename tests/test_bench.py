@@ -142,7 +142,7 @@ def test_bench_gpu_script_help() -> None:
 
 
 def test_bench_refuses_unknown_model_kind(tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-m", "biomed.cli", "bench", "--models", "protein", "--out", str(tmp_path)],
+    proc = subprocess.run([sys.executable, "-m", "cli", "bench", "--models", "protein", "--out", str(tmp_path)],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
     assert "choose from: image, dna" in proc.stderr
@@ -164,7 +164,7 @@ def test_bench_gpu_dry_run(demo_models: dict[str, str], tmp_path: Path) -> None:
 def test_bench_quick_end_to_end(demo_models: dict[str, str], tmp_path: Path) -> None:
     require_tool("wrk", "apt-get install wrk")
     out = tmp_path / "bench"
-    proc = subprocess.run([sys.executable, "-m", "biomed.cli", "bench", "--quick", "--out", str(out)],
+    proc = subprocess.run([sys.executable, "-m", "cli", "bench", "--quick", "--out", str(out)],
                           capture_output=True, text=True, timeout=900, cwd=REPO)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())

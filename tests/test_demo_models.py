@@ -18,11 +18,11 @@ from biomed import metadata
 def test_demo_models_meet_the_bar(tmp_path: Path) -> None:
     env = {**os.environ, "BENTOML_HOME": str(tmp_path / "store"), "BIOMED_PROGRESS": "0"}
     started = time.monotonic()
-    build = subprocess.run([sys.executable, "-m", "biomed.cli", "demo-models", "--workdir", str(tmp_path / "demo")],
+    build = subprocess.run([sys.executable, "-m", "cli", "demo-models", "--workdir", str(tmp_path / "demo")],
                            env=env, capture_output=True, text=True, timeout=1200)
     assert build.returncode == 0, build.stderr[-2000:]
     print(f"demo-models took {time.monotonic() - started:.0f} s")
-    listed = subprocess.run([sys.executable, "-m", "biomed.cli", "models", "--json"], env=env, capture_output=True,
+    listed = subprocess.run([sys.executable, "-m", "cli", "models", "--json"], env=env, capture_output=True,
                             text=True, timeout=120, check=True)
     rows = {r["name"]: r for r in json.loads(listed.stdout)}
     assert rows["demo-image"]["kind"] == "image" and rows["demo-dna"]["kind"] == "dna"

@@ -136,7 +136,7 @@ def storescu(tools: dict[str, str], port: int, files: list[Path], calling: str =
 
 
 def expected_sr_uid(source: Path, model: dict) -> str:
-    from service.dicom.sr import Algorithm, sr_uid
+    from biomed.outputs.sr import Algorithm, sr_uid
 
     uid = str(pydicom.dcmread(source, stop_before_pixels=True).SOPInstanceUID)
     return sr_uid(uid, Algorithm(model["name"], model["version"], model["sha256"], tuple(model["labels"])))
@@ -180,7 +180,7 @@ def texts(ds: pydicom.Dataset) -> dict[str, list[str]]:
 
 def check_srs(service: Service, orthanc: Orthanc, model: dict, study: str, files: list[Path]) -> None:
     """Each file's SR is in Orthanc, references it (and its frames), and carries /predict_image's probabilities."""
-    from service.dicom.sr import probabilities_of, read_results
+    from biomed.outputs.sr import probabilities_of, read_results
 
     labels = model["labels"]
     for path in files:

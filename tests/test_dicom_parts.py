@@ -19,7 +19,8 @@ from pydicom.data import get_testdata_file
 
 from biomed.errors import MalformedInput
 from service.config import ServiceConfig
-from service.dicom import multipart, sr
+from biomed.outputs import sr
+from service.dicom import multipart
 from service.dicom.spool import Forwarder, Spool
 
 ALGO = sr.Algorithm("demo-image", "20250101-000000-abcdef01", "ab" * 32, ("cavity", "nodule", "normal"))

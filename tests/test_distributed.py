@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-BIOMED = [sys.executable, "-m", "biomed.cli"]
+BIOMED = [sys.executable, "-m", "cli"]
 TRAIN = ["--epochs", "12", "--batch-size", "64", "--seed", "4", "--patience", "20"]
 
 

@@ -81,7 +81,7 @@ def destroying_snv(seq: str, p: dict) -> tuple[int, str, str]:
 
 def test_motifs_on_the_demo_run_find_every_planted_motif(trained: dict) -> None:
     """`biomed motifs RUN`: each planted JASPAR matrix is the best hit of some first-layer filter."""
-    from biomed.cli import main
+    from cli import main
 
     assert main(["motifs", str(trained["run"])]) == 0
     best = {line.split("\t")[3] for line in (trained["run"] / "motifs.tsv").read_text().splitlines()[1:]}
@@ -157,7 +157,7 @@ def run_cli(*args: str) -> tuple[int, str, str]:
     import contextlib
     import io
 
-    from biomed.cli import main
+    from cli import main
 
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):

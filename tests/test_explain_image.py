@@ -314,7 +314,7 @@ def test_drawing_at_the_presented_geometry_is_within_the_decode_budget(demo_mode
 
 def test_the_cli_writes_the_overlay_dicom_and_json(images, tmp_path: Path, session,  # type: ignore[no-untyped-def]
                                                    capsys) -> None:
-    from biomed.cli.main import main
+    from cli.main import main
 
     sess, spec, labels = session
     out, dcm, doc = tmp_path / "map.png", tmp_path / "map.dcm", tmp_path / "map.json"

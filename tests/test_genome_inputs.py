@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from biomed.cli import main
+from cli import main
 from biomed.genome import GenomeError, Reference, read_vcf
 from biomed.preprocess import dna
 from training.data import DataError, load_bed, load_dna, load_fasta_labels

@@ -281,7 +281,7 @@ def test_promote_under_wrk_load(server: live_server.Server, models: Path, v1: st
         sampler.start()
         time.sleep(4)
         promoted = time.monotonic()
-        out = subprocess.run([sys.executable, "-m", "biomed.cli", "models", "--store", str(models), "promote",
+        out = subprocess.run([sys.executable, "-m", "cli", "models", "--store", str(models), "promote",
                               "demo-dna:v2"], capture_output=True, text=True, timeout=120, cwd=live_server.REPO)
         assert out.returncode == 0, out.stderr
         switch = _switch_time(c, "v2", promoted, ids)

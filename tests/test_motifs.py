@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from biomed.cli import main
+from cli import main
 from training.demo.dna_demo import generate_dna
 from biomed.jaspar import compare, find_motif
 

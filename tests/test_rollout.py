@@ -117,7 +117,7 @@ def models(tmp_path_factory: pytest.TempPathFactory, demo_models: dict[str, str]
 
 
 def test_promote_and_canary_write_the_rollout_file(models: Path, demo_models: dict[str, str]) -> None:
-    from biomed.cli.main import main
+    from cli.main import main
 
     folder = models / "demo-dna"
     v1 = demo_models["dna"].split(":")[1]
@@ -146,7 +146,7 @@ def test_promote_and_canary_write_the_rollout_file(models: Path, demo_models: di
 
 
 def test_models_listing_shows_the_rollout(models: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from biomed.cli.main import main
+    from cli.main import main
 
     try:
         store.promote("demo-dna:v2", models)

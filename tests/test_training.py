@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from biomed.cli import main as cli
+from cli import main as cli
 from training.config import TrainConfig
 from training.data import load_dna_table, load_images, split_indices
 from training.train import fit
 from biomed.preprocess.image import ImageSpec
 
-BIOMED = [sys.executable, "-m", "biomed.cli"]
+BIOMED = [sys.executable, "-m", "cli"]
 
 
 @pytest.fixture(scope="module")

@@ -298,7 +298,7 @@ def test_a_killed_run_resumes_to_the_same_output(model: str, tmp_path: Path) -> 
     whole = tmp_path / "whole.vcf.gz"
     score(model, data, whole, "--chunk-size", "128")
     out = tmp_path / "killed.vcf.gz"
-    proc = subprocess.Popen([sys.executable, "-m", "biomed.cli", *args, "--out", str(out)], env=server_env(),
+    proc = subprocess.Popen([sys.executable, "-m", "cli", *args, "--out", str(out)], env=server_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     parts = out.with_name(out.name + ".parts")
     deadline = time.monotonic() + 120
@@ -424,7 +424,7 @@ def test_client_honours_retry_after_backs_off_and_splits_on_413() -> None:
     import time
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    from biomed.cli.remote import Remote, RemoteError
+    from cli.remote import Remote, RemoteError
 
     seen: list[tuple[float, int, str]] = []
 

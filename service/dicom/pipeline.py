@@ -56,7 +56,7 @@ from pydicom.uid import (
 
 from biomed.errors import InputError
 from biomed.preprocess.dicom_read import PIXEL_KEYWORDS, read
-from service.dicom import sr
+from biomed.outputs import sr
 
 if TYPE_CHECKING:
     from service.dicom.spool import Spool

@@ -70,7 +70,7 @@ async def predict_image(request: Request, engine: Engine) -> dict | Response:
     if output not in ("json", "sr"):
         raise MalformedInput(f"output {output[:32]!r} is unknown; accepted: json, sr (a DICOM SR of the results)")
     handler = engine.pick(fields.get("model"), ImageHandler)
-    if output == "sr":  # the results as a DICOM Comprehensive 3D SR over the source instance (service/dicom/sr.py)
+    if output == "sr":  # the results as a DICOM Comprehensive 3D SR over the source instance (biomed/outputs/sr.py)
         from service.dicom.pipeline import sr_for
 
         return Response(await sr_for(handler, data), media_type="application/dicom",

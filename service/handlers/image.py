@@ -12,7 +12,7 @@ import numpy as np
 
 from biomed import occlusion
 from biomed.errors import InputError, TooLarge
-from biomed.explain_dicom import NoDicomSource, explanation_dicom, source_header
+from biomed.outputs.dicom_maps import NoDicomSource, explanation_dicom, source_header
 from biomed.preprocess.budget import reserve
 from biomed.preprocess.image import ImageSpec, Limits, load_image, load_presented
 from service.config import ServiceConfig
@@ -218,7 +218,7 @@ class ImageHandler(Handler):
         return await self.in_thread(self._reserved(e, lambda: occlusion.overlay_png(e.presented, e.result.map, opacity)))
 
     async def explanation_dicom(self, e: Explanation, opacity: float) -> bytes:
-        """The map as a DICOM object over the source instance (``biomed/explain_dicom.py``)."""
+        """The map as a DICOM object over the source instance (``biomed/outputs/dicom_maps.py``)."""
 
         def build() -> bytes:
             rows, columns = e.presented.shape[:2]

@@ -132,7 +132,7 @@ def cmd_demo_models(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from biomed.cli.serve import serve
+    from cli.serve import serve
 
     return serve(port=args.port, host=args.host, workers=args.workers, models=args.models, dicom_port=args.dicom_port)
 
@@ -204,9 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _extra_commands() -> list[Callable[[argparse._SubParsersAction], None]]:
     """Commands defined next to their implementation (analysis, benchmarks)."""
     found = []
-    for module in ("biomed.cli.analysis", "biomed.cli.dna", "biomed.cli.image", "biomed.cli.variants", "biomed.cli.regions"):
+    for module in ("cli.analysis", "cli.dna", "cli.image", "cli.variants", "cli.regions"):
         found.append(__import__(module, fromlist=["register"]).register)
-    from biomed.cli.bench import register
+    from cli.bench import register
 
     return [*found, register]
 

@@ -4,6 +4,6 @@ It may import ``training``, ``service`` and the benchmarks; nothing imports it (
 Each command parses its arguments here and hands plain values to the library.
 """
 
-from biomed.cli.main import main
+from cli.main import main
 
 __all__ = ["main"]

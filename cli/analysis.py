@@ -1,6 +1,6 @@
 """Analysis commands of ``biomed``: ``biomed motifs RUN``.
 
-Registered by ``biomed.cli`` through :func:`register`; torch is imported inside the command only.
+Registered by ``cli`` through :func:`register`; torch is imported inside the command only.
 """
 
 from __future__ import annotations

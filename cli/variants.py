@@ -7,8 +7,8 @@ built (ref and alt, each placement, both strands) and scored in one call of
 ``biomed.dna_ops.variant_effects`` — the computation behind ``/score_variants`` — run by
 onnxruntime here in ``--batch-rows`` windows per session call, or by a biomed-serve with
 ``--server URL``. Scoring runs in a worker thread while the next chunk is read. Finished
-chunks go to ``OUT.parts/`` (``biomed/cli/parts.py``), so an interrupted run resumes; at the
-end they become ``OUT``: an annotated VCF (``biomed/cli/vcf_out.py``; bgzip + tabix for
+chunks go to ``OUT.parts/`` (``cli/parts.py``), so an interrupted run resumes; at the
+end they become ``OUT``: an annotated VCF (``biomed/outputs/vcf.py``; bgzip + tabix for
 ``.vcf.gz``) or the TSV.
 """
 
@@ -26,7 +26,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from biomed.cli.vcf_out import Effects, ModelInfo, TsvWriter, VcfAnnotator
+from biomed.outputs.vcf import Effects, ModelInfo, TsvWriter, VcfAnnotator
 
 CHUNK_RECORDS = 2048  # VCF records per chunk: the unit of scoring, writing and resuming
 REQUEST_VARIANTS = 512  # variants per /score_variants request with --server (4,096 model rows, ~100 KB)
@@ -184,7 +184,7 @@ def open_shard(path: Path, genome, index: int, count: int) -> Source:
 def local_scorer(ref: str, rc: bool, batch_rows: int | None) -> tuple[ModelInfo, Callable]:
     """onnxruntime on this machine: the model's windows in ``batch_rows``-row session calls."""
     from biomed import dna_ops
-    from biomed.cli.dna import CHUNK_ROWS, load_dna_model, predictor
+    from cli.dna import CHUNK_ROWS, load_dna_model, predictor
 
     model = load_dna_model(ref)
     length = int(model.doc["preprocess"]["length"])
@@ -228,7 +228,7 @@ def remote_scorer(remote, ref: str, rc: bool, request_variants: int) -> tuple[Mo
 
 
 def cmd_score_variants(args: argparse.Namespace) -> int:
-    from biomed.cli.parts import Parts, file_identity
+    from cli.parts import Parts, file_identity
     from biomed.genome import GenomeError, Reference
     from biomed.progress import make_progress
     from biomed.variant_stream import ContextReader, build_chunk, context_half, read_chunks
@@ -243,7 +243,7 @@ def cmd_score_variants(args: argparse.Namespace) -> int:
     remote = None
     try:
         if args.server:
-            from biomed.cli.remote import Remote
+            from cli.remote import Remote
 
             remote = Remote(args.server, args.token, args.in_flight)
             info, score = remote_scorer(remote, args.model, args.rc, args.request_variants)

@@ -1,7 +1,7 @@
 """``biomed explain-image``: occlusion sensitivity of an image model, from the command line.
 
 It runs an exported image model from the store with onnxruntime on the CPU through the very
-functions behind ``/explain_image`` (``biomed/occlusion.py``, ``biomed/explain_dicom.py``), with a
+functions behind ``/explain_image`` (``biomed/occlusion.py``, ``biomed/outputs/dicom_maps.py``), with a
 synchronous predictor in place of the server's batcher. No torch.
 """
 
@@ -101,7 +101,7 @@ def cmd_explain_image(args: argparse.Namespace) -> int:
 def _write_dicom(out: Path, data: bytes, result, presented: np.ndarray, info: dict,  # type: ignore[no-untyped-def]
                  model: "LoadedModel", args: argparse.Namespace) -> None:
     from biomed import occlusion
-    from biomed.explain_dicom import NoDicomSource, explanation_dicom, source_header
+    from biomed.outputs.dicom_maps import NoDicomSource, explanation_dicom, source_header
     from biomed.preprocess.image import Limits
 
     if info.get("format") != "dicom":

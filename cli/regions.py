@@ -61,7 +61,7 @@ def track_name(task: str) -> str:
 
 def local_predictor(ref: str, rc: bool, batch_rows: int | None) -> tuple[dict, Callable[[np.ndarray], np.ndarray]]:
     from biomed import dna_ops
-    from biomed.cli.dna import CHUNK_ROWS, load_dna_model, predictor
+    from cli.dna import CHUNK_ROWS, load_dna_model, predictor
 
     model = load_dna_model(ref)
     predict = predictor(model, batch_rows or CHUNK_ROWS)
@@ -144,7 +144,7 @@ class Tracks:
 
 
 def cmd_predict_regions(args: argparse.Namespace) -> int:
-    from biomed.cli.dna import CHUNK_ROWS
+    from cli.dna import CHUNK_ROWS
     from biomed.genome import Reference
     from biomed.progress import make_progress
     from biomed.regions import bin_count, read_regions, tiles
@@ -155,7 +155,7 @@ def cmd_predict_regions(args: argparse.Namespace) -> int:
     remote = None
     try:
         if args.server:
-            from biomed.cli.remote import Remote
+            from cli.remote import Remote
 
             remote = Remote(args.server, args.token, args.in_flight)
             info, predict = remote_predictor(remote, args.model, args.rc, args.request_windows)

@@ -1,7 +1,0 @@
-"""``python -m biomed.cli``: the same as the ``biomed`` command."""
-
-import sys
-
-from biomed.cli.main import main
-
-sys.exit(main())

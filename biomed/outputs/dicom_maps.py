@@ -41,7 +41,7 @@ from biomed.metadata import INTENDED_USE
 from biomed.preprocess.dicom_read import PIXEL_KEYWORDS, read
 
 if TYPE_CHECKING:
-    from biomed.preprocess.image import Limits
+    from biomed.preprocess.budget import Limits
 
 CLASS_ACTIVATION = Code("130402", "DCM", "Class activation")
 UNITY = Code("1", "UCUM", "no units")

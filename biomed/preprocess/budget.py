@@ -1,4 +1,4 @@
-"""A process-wide bound on the memory that all in-flight image decodes hold together.
+"""Caps on one image upload (``Limits``) and a process-wide bound on what all in-flight decodes hold together.
 
 Each decode reserves its header-derived working set before decoding and gives it
 back when done; a reservation that does not fit is refused at once (HTTP 429,
@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 from biomed.errors import Overloaded, TooLarge
 
@@ -123,3 +124,37 @@ def reserve(budget: DecodeBudget | None, nbytes: int) -> Iterator[None]:
                        f"({budget.total / _MB:.0f} MB, BIOMED_MAX_DECODING_MB); send a smaller image or raise the setting")
     with budget.reserve(nbytes):
         yield
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Caps on one upload, checked before decoding wherever the header allows.
+
+    Attributes:
+        max_pixels: Rows x columns x frames.
+        max_frames: Frames of a multi-frame DICOM.
+        max_bytes: The upload (and a deflated DICOM dataset once inflated).
+        max_decoded_bytes: Rows x columns x frames x samples x bytes per sample
+            of the decoded array (DICOM: Bits Allocated; PNG/JPEG: PIL's mode),
+            the service's ``BIOMED_MAX_DECODED_MB``. One ``load_image`` holds
+            about ``budget.working_set`` (measured: 1.1-1.5 times this for PNG,
+            JPEG and uncompressed DICOM; compressed single frames more, their
+            decoders' own buffers).
+        max_elements: DICOM data elements, sequence items and pixel data
+            fragments, counted before parsing (``BIOMED_MAX_DICOM_ELEMENTS``).
+        max_compressed_pixels: Rows x columns x frames of a DICOM in a JPEG,
+            JPEG-LS or JPEG 2000 transfer syntax, whose decoders cost several
+            times more per pixel (None: ``max_pixels`` alone).
+        budget: Shared by concurrent decodes (``BIOMED_MAX_DECODING_MB``):
+            each reserves ``budget.working_set(...)`` (from the header) while
+            it decodes and presents, or is refused at once with 429 when that
+            does not fit.
+    """
+
+    max_pixels: int = 100_000_000
+    max_frames: int = 256
+    max_bytes: int = 64 * 2**20
+    max_decoded_bytes: int = 256 * 2**20
+    max_elements: int = 100_000
+    max_compressed_pixels: int | None = None
+    budget: DecodeBudget | None = None

@@ -51,7 +51,7 @@ from pydicom.uid import (
 from biomed.errors import InputError, TooLarge
 
 if TYPE_CHECKING:
-    from biomed.preprocess.image import Limits
+    from biomed.preprocess.budget import Limits
 
 MAX_TILES = 4096  # JPEG 2000 tiles per frame
 MAX_SEGMENTS = 10_000  # JPEG marker segments per codestream (real files: tens)

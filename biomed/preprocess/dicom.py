@@ -41,7 +41,7 @@ from biomed.preprocess.dicom_voi import Voi, apply_table, apply_voi, frame_resca
 from biomed.preprocess.frames import FrameSink, bands
 
 if TYPE_CHECKING:
-    from biomed.preprocess.image import Limits
+    from biomed.preprocess.budget import Limits
 
 _SYNTAXES = (
     "implicit/explicit VR little endian, explicit VR big endian, deflated, RLE, JPEG "

@@ -29,7 +29,7 @@ from biomed.errors import InputError, MalformedInput, TooLarge, UnsupportedMedia
 from biomed.preprocess.dicom_scan import ElementScanner, TooDeep, TooManyElements
 
 if TYPE_CHECKING:
-    from biomed.preprocess.image import Limits
+    from biomed.preprocess.budget import Limits
 
 ACCEPTED = "accepted: a DICOM Part-10 file with pixel data, a PNG or a JPEG"
 PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")

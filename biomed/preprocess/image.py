@@ -31,7 +31,7 @@ from PIL import Image
 
 from biomed.errors import InputError, MalformedInput, TooLarge
 from biomed.preprocess import dicom
-from biomed.preprocess.budget import DecodeBudget, reserve, working_set
+from biomed.preprocess.budget import Limits, reserve, working_set
 from biomed.preprocess.codestream import BadCodestream, jpeg_declared
 from biomed.preprocess.frames import FrameSink, KeepingSink
 
@@ -95,40 +95,6 @@ class ImageSpec:
             window=(float(window[0]), float(window[1])) if window is not None else None,
             interpolation=str(d.get("interpolation", "bilinear")),
         )
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Caps on one upload, checked before decoding wherever the header allows.
-
-    Attributes:
-        max_pixels: Rows x columns x frames.
-        max_frames: Frames of a multi-frame DICOM.
-        max_bytes: The upload (and a deflated DICOM dataset once inflated).
-        max_decoded_bytes: Rows x columns x frames x samples x bytes per sample
-            of the decoded array (DICOM: Bits Allocated; PNG/JPEG: PIL's mode),
-            the service's ``BIOMED_MAX_DECODED_MB``. One ``load_image`` holds
-            about ``budget.working_set`` (measured: 1.1-1.5 times this for PNG,
-            JPEG and uncompressed DICOM; compressed single frames more, their
-            decoders' own buffers).
-        max_elements: DICOM data elements, sequence items and pixel data
-            fragments, counted before parsing (``BIOMED_MAX_DICOM_ELEMENTS``).
-        max_compressed_pixels: Rows x columns x frames of a DICOM in a JPEG,
-            JPEG-LS or JPEG 2000 transfer syntax, whose decoders cost several
-            times more per pixel (None: ``max_pixels`` alone).
-        budget: Shared by concurrent decodes (``BIOMED_MAX_DECODING_MB``):
-            each reserves ``budget.working_set(...)`` (from the header) while
-            it decodes and presents, or is refused at once with 429 when that
-            does not fit.
-    """
-
-    max_pixels: int = 100_000_000
-    max_frames: int = 256
-    max_bytes: int = 64 * 2**20
-    max_decoded_bytes: int = 256 * 2**20
-    max_elements: int = 100_000
-    max_compressed_pixels: int | None = None
-    budget: DecodeBudget | None = None
 
 
 def load_image(data: bytes, spec: ImageSpec, limits: Limits = Limits()) -> tuple[np.ndarray, dict[str, Any]]:

@@ -21,7 +21,8 @@ from typing import Any
 
 import bentoml
 
-DEMO_MODELS = ("demo-image", "demo-dna")
+from biomed.settings import DEMO_MODELS  # the default of BIOMED_MODELS
+
 ROLLOUT_FILE = "biomed-rollout.json"  # beside the versions of a model: {"default": version, "canary": {version: %}}
 LATEST = "latest"
 

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from biomed.errors import Overloaded, TooLarge
+from biomed.settings import default
 
 _MB = 2**20
 
@@ -151,10 +152,10 @@ class Limits:
             does not fit.
     """
 
-    max_pixels: int = 100_000_000
-    max_frames: int = 256
-    max_bytes: int = 64 * 2**20
-    max_decoded_bytes: int = 256 * 2**20
-    max_elements: int = 100_000
+    max_pixels: int = default("max_pixels")
+    max_frames: int = default("max_frames")
+    max_bytes: int = default("max_upload_bytes")
+    max_decoded_bytes: int = default("max_decoded_bytes")
+    max_elements: int = default("max_dicom_elements")
     max_compressed_pixels: int | None = None
     budget: DecodeBudget | None = None

@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 
 import onnx
-from onnx import numpy_helper, shape_inference
+from onnx import shape_inference
 
 # Dense peaks in TFLOP/s (NVIDIA data sheets; no structured sparsity): FP32 on CUDA cores,
 # TF32 and FP16 on tensor cores. The first name fragment found in nvidia-smi's name wins.
@@ -106,10 +106,6 @@ def count_flops(model: str | Path | onnx.ModelProto, batch: int = 1) -> int:
     inferred = _fixed_batch(proto, batch)
     shapes = _shapes(inferred)
     return sum(_node_flops(node, shapes) for node in inferred.graph.node)
-
-
-def weights_bytes(model: str | Path) -> int:
-    return sum(numpy_helper.to_array(i).nbytes for i in onnx.load(str(model)).graph.initializer)
 
 
 _COMPUTE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "LSTM", "GRU", "RNN")

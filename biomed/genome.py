@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import gzip
 import io
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Iterable, Iterator
@@ -143,57 +142,3 @@ class Reference:
         """``length`` bases with 0-based ``centre`` at index ``length // 2``."""
         start = centre - length // 2
         return self.fetch(chrom, start, start + length)
-
-
-@dataclass(frozen=True)
-class Variant:
-    chrom: str
-    pos: int  # 1-based
-    id: str
-    ref: str
-    alt: str
-
-
-def read_vcf(path: str | Path) -> tuple[list[Variant], Counter]:
-    """SNVs of a VCF (plain or gzip), multi-allelic ALTs split; the rest is skipped and counted.
-
-    Returns:
-        The variants and a counter of skipped alleles by reason: ``not_snv`` (indels,
-        MNVs, symbolic or missing alleles), ``not_acgt`` (N, IUPAC codes, ALT equal to REF).
-    """
-    variants, skipped = [], Counter()
-    with open_text(path) as f:
-        for number, line in enumerate(f, start=1):
-            if line.startswith("#") or not line.strip():
-                continue
-            variants.extend(_snvs(line, number, skipped, Path(path).name))
-    return variants, skipped
-
-
-def _snvs(line: str, number: int, skipped: Counter, name: str) -> Iterator[Variant]:
-    fields = line.rstrip("\n").split("\t")
-    if len(fields) < 5:
-        raise GenomeError(f"{name}: line {number} has {len(fields)} tab-separated fields; a VCF line needs "
-                          "CHROM POS ID REF ALT ...")
-    chrom, pos, vid, ref, alts = fields[:5]
-    try:
-        position = int(pos)
-    except ValueError:
-        raise GenomeError(f"{name}: line {number}: POS {pos!r} is not an integer") from None
-    ref = ref.upper()
-    alleles = alts.upper().split(",")
-    for alt in alleles:
-        if len(ref) != 1 or len(alt) != 1:
-            skipped["not_snv"] += 1  # indels, MNVs, symbolic (<DEL>) or missing alleles
-            continue
-        if ref not in ACGT or alt not in ACGT or alt == ref:
-            skipped["not_acgt"] += 1  # N, IUPAC codes, '*', '.', or ALT equal to REF
-            continue
-        base_id = vid if vid not in ("", ".") else f"{chrom}:{position}"
-        yield Variant(chrom, position, base_id if len(alleles) == 1 else f"{base_id}_{alt}", ref, alt)
-
-
-def window_for(reference: Reference, variant: Variant, length: int) -> tuple[str, int]:
-    """The model window centred on a variant (N-padded at contig ends) and the variant's index in it."""
-    reference.check(variant.chrom, where=f" (variant {variant.id})")
-    return reference.window(variant.chrom, variant.pos - 1, length), length // 2

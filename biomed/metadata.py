@@ -14,6 +14,8 @@ from typing import Any
 
 import jsonschema
 
+from biomed.kinds import all_kinds
+
 METADATA_KEY = "biomed"
 SCHEMA_VERSION = "biomed/1"
 INTENDED_USE = "research use only, not for diagnostic use"
@@ -23,9 +25,19 @@ class MetadataError(ValueError):
     """The ONNX file has no usable ``biomed`` metadata."""
 
 
-@functools.lru_cache(maxsize=1)
 def schema() -> dict:
-    return json.loads(resources.files("biomed").joinpath("data/metadata.schema.json").read_text())
+    """The metadata schema: ``biomed/data/metadata.schema.json`` with the kinds' part filled in from the registry
+    (``kind`` is one of the declared kinds, ``preprocess`` one of their blocks), so a new kind needs no edit here."""
+    doc = json.loads(_schema_text())
+    kinds = all_kinds()
+    doc["properties"]["kind"] = {"enum": [k.name for k in kinds]}
+    doc["properties"]["preprocess"] = {"oneOf": [dict(k.preprocess_schema) for k in kinds]}
+    return doc
+
+
+@functools.lru_cache(maxsize=1)
+def _schema_text() -> str:
+    return resources.files("biomed").joinpath("data/metadata.schema.json").read_text()
 
 
 def validate(doc: dict[str, Any]) -> dict[str, Any]:

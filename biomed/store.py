@@ -84,11 +84,12 @@ class Row:
                    model.info.creation_time.strftime("%Y-%m-%d %H:%M"))
 
 
-def import_onnx(path: str | Path, name: str | None = None) -> str:
+def import_onnx(path: str | Path, name: str | None = None, store: str | Path | None = None) -> str:
     """Put an exported ``model.onnx`` (with its ``biomed`` metadata) into the store; returns ``name:version``.
 
     For a file made elsewhere (another machine's ``biomed export``, a benchmark kit): the metadata is
-    validated first, and the store entry carries the same labels ``biomed export`` writes.
+    validated first, and the store entry carries the same labels ``biomed export`` writes. ``store``: a
+    store folder (default: BentoML's).
     """
     from biomed import metadata
 
@@ -98,7 +99,9 @@ def import_onnx(path: str | Path, name: str | None = None) -> str:
               "variant": str(doc.get("export", {}).get("variant", "fp32"))}
     meta = {"biomed_schema": doc["schema"], "kind": doc["kind"], "labels": doc["labels"],
             "auroc_macro": float(doc["training"]["metrics"].get("auroc_macro", float("nan"))), "variant": labels["variant"]}
-    with bentoml.models.create(f"{name}:{doc['version']}", labels=labels, metadata=meta) as stored:
+    if store:
+        Path(store).mkdir(parents=True, exist_ok=True)
+    with bentoml.models.create(f"{name}:{doc['version']}", labels=labels, metadata=meta, **_store(store)) as stored:
         Path(stored.path_of("model.onnx")).write_bytes(Path(path).read_bytes())
         return str(stored.tag)
 

@@ -22,22 +22,11 @@ class _Parser(argparse.ArgumentParser):
 
 
 def cmd_demo_data(args: argparse.Namespace) -> int:
-    if args.kind == "image":
-        from training.demo.dicom_demo import generate_images
+    from training.demo import generate
 
-        out = generate_images(Path(args.out), n=args.n or 600, seed=args.seed)
-    elif args.kind == "genome":
-        from training.demo.genome_demo import generate_genome
-
-        motifs = tuple(m.strip() for m in args.motifs.split(",") if m.strip())
-        out = generate_genome(Path(args.out), motifs=motifs, contigs=args.contigs, length=args.length or 20_000,
-                              variants=args.variants, seed=args.seed)
-    else:
-        from training.demo.dna_demo import generate_dna
-
-        motifs = tuple(m.strip() for m in args.motifs.split(",") if m.strip())
-        out = generate_dna(Path(args.out), motifs=motifs, length=args.length or 200, n=args.n or 3000, seed=args.seed)
-    print(out)
+    motifs = tuple(m.strip() for m in args.motifs.split(",") if m.strip())
+    print(generate(args.kind, Path(args.out), n=args.n, seed=args.seed, motifs=motifs, length=args.length,
+                   contigs=args.contigs, variants=args.variants))
     return 0
 
 
@@ -146,12 +135,14 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from training.demo import DATASETS
+
     parser = _Parser(prog="biomed", description="Train, export and serve biomedical image and DNA models.")
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("demo-data", help="write a synthetic demo data set")
-    p.add_argument("kind", choices=["image", "dna", "genome"])
+    p.add_argument("kind", choices=list(DATASETS), help="which data set")
     p.add_argument("--out", required=True)
     p.add_argument("--n", type=int, help="number of images (600) or sequences (3000)")
     p.add_argument("--seed", type=int, default=0)

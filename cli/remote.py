@@ -17,6 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence, TypeVar
 
+from biomed.kinds.dna import KIND as DNA
+
 T = TypeVar("T")
 RETRY_STATUSES = {429, 502, 503, 504}
 
@@ -165,8 +167,9 @@ class Remote:
         models = self.request("GET", "/models")["models"]
         for m in models:
             if m["name"] == name and (not version or version == "latest" or m["version"] == version):
-                if m["kind"] != "dna":
-                    raise RemoteError(f"model {ref!r} on {self.url} is a {m['kind']} model; these commands need a DNA model")
+                if m["kind"] != DNA.name:
+                    raise RemoteError(f"model {ref!r} on {self.url} is a {m['kind']} model; these commands need a "
+                                      f"{DNA.name} model")
                 return m
         served = ", ".join(f"{m['name']}:{m['version']}" for m in models) or "none"
         raise RemoteError(f"{self.url} does not serve model {ref!r}; it serves: {served}")

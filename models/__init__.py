@@ -1,30 +1,31 @@
-"""PyTorch architectures: image CNNs and DNA sequence models.
+"""PyTorch architectures: image CNNs and DNA sequence models, one family per module.
 
-Builders are looked up by kind and name in a plain dict. Like torchvision's
-builders they take only their own keyword arguments: a misspelt or foreign
-option raises ``TypeError`` naming it instead of being dropped. Image builders
-size their output with ``num_classes``, DNA builders with ``num_tasks``
-(:data:`OUTPUT_ARG`). Arguments saved by older runs go through
-:func:`saved_kwargs` before they reach a builder.
+Each family module (every module here but ``layers``) declares its ``KIND``, ``OUTPUT_ARG`` (the
+argument that sizes its output: ``num_classes`` for images, ``num_tasks`` for DNA) and ``ARCHS``, a
+plain dict of names to builders; this package gathers them by kind, so a new family is a new module.
+Builders are looked up by kind and name. Like torchvision's builders they take only their own
+keyword arguments: a misspelt or foreign option raises ``TypeError`` naming it instead of being
+dropped. Arguments saved by older runs go through :func:`saved_kwargs` before they reach a builder.
+The first family module of a kind (in name order) lists its default architecture first
+(:data:`DEFAULT_ARCH`).
 """
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from typing import Any, Callable, Mapping
 
 from torch import nn
 
-from models.dna_cnn import deepbind
-from models.dna_rnn import danq
-from models.image import cnn, resnet, resnet18
-
-ARCHS: dict[str, dict[str, Callable[..., nn.Module]]] = {
-    "image": {"cnn": cnn, "resnet": resnet, "resnet18": resnet18},
-    "dna": {"deepbind": deepbind, "danq": danq},
-}
-DEFAULT_ARCH = {"image": "cnn", "dna": "deepbind"}
-# The argument that sets the number of outputs, per kind: one logit per class or per task.
-OUTPUT_ARG = {"image": "num_classes", "dna": "num_tasks"}
+ARCHS: dict[str, dict[str, Callable[..., nn.Module]]] = {}
+OUTPUT_ARG: dict[str, str] = {}  # the argument that sets the number of outputs, per kind
+for _module in pkgutil.iter_modules(__path__):
+    _family = importlib.import_module(f"{__name__}.{_module.name}")
+    if hasattr(_family, "ARCHS"):
+        ARCHS.setdefault(_family.KIND, {}).update(_family.ARCHS)
+        OUTPUT_ARG[_family.KIND] = _family.OUTPUT_ARG
+DEFAULT_ARCH = {kind: next(iter(archs)) for kind, archs in ARCHS.items()}
 
 
 def build_model(kind: str, arch: str, **kwargs: object) -> nn.Module:

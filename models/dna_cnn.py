@@ -49,3 +49,9 @@ def deepbind(num_tasks: int = 1, filters: int = 64, filter_width: int = 19, hidd
              batch_norm: bool = True, pool: str = "maxmean") -> DeepBind:
     """DeepBind-style CNN; 19-bp filters hold a whole CTCF/TP53-sized motif; linear head by default."""
     return DeepBind(num_tasks, filters, filter_width, hidden, dropout, batch_norm, pool)
+
+
+# The family's entry in the registry of models/__init__.py (the DNA kind's default builder comes first).
+KIND = "dna"
+OUTPUT_ARG = "num_tasks"
+ARCHS = {"deepbind": deepbind}

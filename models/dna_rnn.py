@@ -33,3 +33,9 @@ class DanQ(nn.Module):
 def danq(num_tasks: int = 1, filters: int = 32, filter_width: int = 19, pool: int = 4, hidden: int = 32, dropout: float = 0.2) -> DanQ:
     """DanQ-style CNN + BiLSTM, scaled down for CPU training."""
     return DanQ(num_tasks, filters, filter_width, pool, hidden, dropout)
+
+
+# The family's entry in the registry of models/__init__.py.
+KIND = "dna"
+OUTPUT_ARG = "num_tasks"
+ARCHS = {"danq": danq}

@@ -94,3 +94,9 @@ def resnet18(in_channels: int = 1, num_classes: int = 2, dropout: float = 0.2) -
         blocks += [_BasicBlock(c, w, stride=1 if i == 0 else 2), _BasicBlock(w, w, stride=1)]
         c = w
     return ImageClassifier(nn.Sequential(stem, *blocks), c, num_classes, dropout)
+
+
+# The family's entry in the registry of models/__init__.py: its kind, output argument and builders (the first, default).
+KIND = "image"
+OUTPUT_ARG = "num_classes"
+ARCHS = {"cnn": cnn, "resnet": resnet, "resnet18": resnet18}

@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route as StarletteRoute
 
+from service.openapi import openapi_document
 from service.routes import ROUTES, error_body, match_any
 
 METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
@@ -51,4 +52,5 @@ def build_app() -> Starlette:
     routes.append(StarletteRoute("/{path:anything}", not_found, methods=METHODS))
     app = Starlette(routes=routes)
     app.router.redirect_slashes = False
+    app.state.openapi = openapi_document()  # GET /openapi.json (service/doors/native.py) answers with it
     return app

@@ -178,6 +178,18 @@ class Batcher:
                 pieces = sorted(item.parts, key=lambda p: p[0])
                 item.future.set_result(pieces[0][1] if len(pieces) == 1 else np.concatenate([p for _, p in pieces]))
 
+    @property
+    def idle(self) -> bool:
+        """No rows queued, admitted or on their way (decoding): nothing of any request is here."""
+        return self.admitted_bytes == 0 and self.incoming == 0 and not self._queue
+
+    async def aclose(self, timeout: float = 5.0) -> None:
+        """``close``, then let the cancelled batch loop finish (its traceback would hold the batcher in a cycle)."""
+        task = self._task
+        self.close()
+        if task is not None:
+            await asyncio.wait({task}, timeout=timeout)
+
     def close(self) -> None:
         """Stop the loop and the inference thread; the batcher keeps no reference to its cancelled task (with the
         heap frozen after start-up, a cycle through it would keep an unloaded model alive)."""

@@ -6,12 +6,13 @@ import contextlib
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Iterator, TypeVar
+from typing import Iterator
 
 from biomed.errors import InputError
 from biomed.preprocess.budget import DecodeBudget
+from service.admission import Admission
 from service.config import ServiceConfig
-from service.handlers import Handler, Shared
+from service.handlers import Handler, Shared, kinds_serving
 from service.lifecycle import Lifecycle
 from service.memory import Trimmer
 from service.metrics import metrics
@@ -19,7 +20,6 @@ from service.runtime import LoadedModel, StartupError
 from service.versions import Scope, Versions, current_scope
 
 log = logging.getLogger("biomed.service")
-H = TypeVar("H", bound=Handler)
 
 _current: "Engine | None" = None
 
@@ -53,7 +53,8 @@ class Engine:
         self.ready = False
         self._pools = (ThreadPoolExecutor(config.preprocess_threads, thread_name_prefix="preprocess"),
                        ThreadPoolExecutor(max(1, config.preprocess_threads // 2), thread_name_prefix="preprocess-small"))
-        shared = Shared(config, self.metrics, *self._pools, DecodeBudget(config.max_decoding_bytes))
+        self.admission = Admission(config, DecodeBudget(config.max_decoding_bytes))  # every door's gates
+        shared = Shared(config, self.metrics, *self._pools, self.admission.decode)
         self.metrics.gpu_required.set(1 if config.require_gpu else 0)
         if not config.models:
             raise StartupError("no models configured; set BIOMED_MODELS to a comma list of name[:version]")
@@ -79,20 +80,29 @@ class Engine:
         v = self.versions.get(name)
         return list(v.handlers) if v is not None else []
 
-    def pick(self, ref: str | None, kind: type[H], request_id: str | None = None) -> H:
-        """The handler for ``ref``: ``name:version`` is that version; ``name`` (or ``name:latest``) is the name's
-        default or, for its share of the requests, a canary; none is the first model of ``kind`` (its default or
-        canary). The choice of a canary follows ``request_id`` (the request's ``X-Request-ID``, from the scope
-        when not given) when there is one. Inside a ``scope`` the handler counts as in use until it closes."""
+    def pick(self, ref: str | None, operation: str | None = None, request_id: str | None = None) -> Handler:
+        """The handler for ``ref`` that serves ``operation`` (a handler method a door calls; None: any model).
+
+        ``name:version`` is that version; ``name`` (or ``name:latest``) is the name's default or, for its share of
+        the requests, a canary; none is the first model, in ``BIOMED_MODELS`` order, whose kind serves
+        ``operation`` (its default or canary). The choice of a canary follows ``request_id`` (the request's
+        ``X-Request-ID``, from the scope when not given) when there is one. Inside a ``scope`` the handler counts
+        as in use until it closes.
+
+        Raises:
+            UnknownModel (404): no such model or version, or none loaded serves ``operation``.
+            InputError (422 ``wrong_model_kind``): the model named does not serve ``operation``.
+        """
         scope = current_scope.get()
         if request_id is None and scope is not None:
             request_id = scope.request_id
         if ref is None or ref == "":
             for v in self.versions.values():
-                if isinstance(v.default_handler, kind):
+                if _serves(v.default_handler, operation):
                     handler, route = v.route(request_id)
-                    return self._hold(handler, route, scope)  # type: ignore[return-value]
-            raise UnknownModel(f"no {kind.kind} model is loaded; loaded: {self._names()}")
+                    return self._hold(handler, route, scope)
+            raise UnknownModel(f"no loaded model serves this endpoint (it needs a {_kinds(operation)} model); "
+                               f"loaded: {self._names()}")
         name, _, version = ref.partition(":")
         v = self.versions.get(name)
         if v is None:
@@ -103,10 +113,10 @@ class Engine:
             handler, route = v.handlers[version], "named"
         else:
             raise UnknownModel(f"model {ref!r} is not loaded; loaded: {self._names()}")
-        if not isinstance(handler, kind):
-            raise InputError(f"model {ref!r} is a {handler.kind} model; this endpoint needs a {kind.kind} model",
-                             code="wrong_model_kind")
-        return self._hold(handler, route, scope)  # type: ignore[return-value]
+        if not _serves(handler, operation):
+            raise InputError(f"model {ref!r} is a {handler.kind} model; this endpoint needs a {_kinds(operation)} "
+                             "model", code="wrong_model_kind")
+        return self._hold(handler, route, scope)
 
     def _hold(self, handler: Handler, route: str, scope: Scope | None) -> Handler:
         if scope is not None:
@@ -148,6 +158,14 @@ class Engine:
                 handler.close()
         for pool in self._pools:
             pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _serves(handler: Handler, operation: str | None) -> bool:
+    return operation is None or operation in handler.operations
+
+
+def _kinds(operation: str | None) -> str:
+    return " or ".join(kinds_serving(operation)) if operation else "any"
 
 
 def start(config: ServiceConfig) -> Engine:

@@ -1,5 +1,8 @@
 """ASGI middleware in front of every route: admission, in the order that costs the service least.
 
+The gates themselves (token, concurrency slots, body bytes) are the worker's ``Admission``
+(``service/admission.py``), which the DICOM receiver passes too; this is the HTTP door's keeper.
+
 1. Framing: a request with both ``Content-Length`` and ``Transfer-Encoding`` is refused (400):
    two framings of one body are how requests are smuggled past a proxy.
 2. Auth: every route not marked open in the route table needs ``Authorization: Bearer
@@ -25,14 +28,14 @@ what is open comes from the route table.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
-import math
 import re
 from typing import Any, Awaitable, Callable
 
 from biomed.errors import InputError, MalformedInput, Overloaded, TooLarge
+from biomed.settings import env
 from service import routes
+from service.admission import Admission
 from service.config import ServiceConfig
 from service.engine import current
 
@@ -86,16 +89,13 @@ class Guard:
         self.app = app
         self._inner: ASGIApp | None = None  # the app, behind CORS when origins are configured
         self._config = ServiceConfig()
-        self._token = b""
-        self._slots = 0  # requests in flight in this worker, at most ``_limit``
-        self._limit = 0
-        self._bodies = 0  # bytes of request bodies held by this worker
+        self._admission: Admission | None = None
 
     def _start(self) -> ASGIApp:
         """Read the engine's settings on the first request (the engine starts after the middleware is built)."""
-        config = self._config = current().config
-        self._token = config.api_token.encode()
-        self._limit = math.ceil(config.max_concurrency / max(config.workers, 1))
+        engine = current()
+        config = self._config = engine.config
+        self._admission = engine.admission
         app = self.app
         if config.cors_origins:
             from starlette.middleware.cors import CORSMiddleware
@@ -106,10 +106,12 @@ class Guard:
         return app
 
     def _authorised(self, scope: Scope, headers: dict[bytes, bytes]) -> bool:
-        if not self._token or scope.get("method") == "OPTIONS" or routes.is_open(scope.get("path", "")):
+        admission = self._admission
+        if admission is None or not admission.token_required or scope.get("method") == "OPTIONS" \
+                or routes.is_open(scope.get("path", "")):
             return True
         scheme, _, given = headers.get(b"authorization", b"").partition(b" ")
-        return scheme.lower() == b"bearer" and hmac.compare_digest(given.strip(), self._token)
+        return scheme.lower() == b"bearer" and admission.authorised(given)
 
     def _refuse(self, scope: Scope, reason: str) -> None:
         route = routes.match(scope.get("path", ""))
@@ -135,8 +137,8 @@ class Guard:
             return
         if not self._authorised(scope, headers):
             self._refuse(scope, "unauthorized")
-            await _answer(send_with_headers, 401, "unauthorized", "send Authorization: Bearer <token> (BIOMED_API_TOKEN)",
-                          [(b"www-authenticate", b'Bearer realm="biomed-serve"')])
+            await _answer(send_with_headers, 401, "unauthorized", f"send Authorization: Bearer <token> "
+                          f"({env('api_token')})", [(b"www-authenticate", b'Bearer realm="biomed-serve"')])
             return
         if _CONTROL.search(scope.get("path", "")):  # no route has one; Starlette's mounts would not even match it
             self._refuse(scope, "not_found")
@@ -169,26 +171,25 @@ class Guard:
                     return
                 receive = _replay(body, receive)
                 del body  # the replay hands it on and forgets it
-            if counted and self._slots >= self._limit:
-                self._refuse(scope, "too_many_requests")
-                await _answer(send_with_headers, 429, "too_many_requests", f"{self._limit} requests are in flight in "
-                              "this worker (BIOMED_MAX_CONCURRENCY); retry shortly", [(b"retry-after", b"1")])
-                return
-            self._slots += counted
+            if counted:
+                try:
+                    self._admission.enter()  # type: ignore[union-attr]
+                except Overloaded as err:
+                    self._refuse(scope, err.code)
+                    await _answer(send_with_headers, 429, err.code, err.detail, [(b"retry-after", b"1")])
+                    return
             try:
                 await app(scope, receive, send_with_headers)
             finally:
-                self._slots -= counted
+                if counted:
+                    self._admission.leave()  # type: ignore[union-attr]
         finally:
-            self._bodies -= held
+            if held:
+                self._admission.release(held)  # type: ignore[union-attr]
 
     def _hold(self, nbytes: int, held: int) -> int:
-        """Count ``nbytes`` more of body bytes held by this worker; refuse past ``BIOMED_MAX_BODIES_MB``."""
-        cap = self._config.max_body_bytes
-        if cap and self._bodies + nbytes > cap:
-            raise Overloaded(f"request bodies in this worker are at their limit ({cap / 2**20:g} MB, BIOMED_MAX_BODIES_MB); "
-                             "retry shortly")
-        self._bodies += nbytes
+        """Count ``nbytes`` more of body bytes held by this worker (the admission's body budget: 429 past it)."""
+        self._admission.hold(nbytes)  # type: ignore[union-attr]
         return held + nbytes
 
     def _stream_body(self, receive: Callable[[], Awaitable[Message]], headers: dict[bytes, bytes],
@@ -277,11 +278,11 @@ class Guard:
                     if not message.get("more_body", False):
                         return b"".join(chunks), held
         except TimeoutError:
-            self._bodies -= held
+            self._admission.release(held)  # type: ignore[union-attr]
             raise BodyTimeout(
                 f"the request body did not arrive in time ({size} bytes after {loop.time() - start:.1f} s); a "
                 f"body must arrive within {c.body_timeout_s:g} s (BIOMED_BODY_TIMEOUT_S) and at "
                 f"{c.body_min_rate // 1024} KB/s or faster after its first 2 s (BIOMED_BODY_MIN_KBPS)") from None
         except BaseException:
-            self._bodies -= held
+            self._admission.release(held)  # type: ignore[union-attr]
             raise

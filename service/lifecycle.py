@@ -28,23 +28,30 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import Callable, Protocol
 
 from biomed.store import LATEST, ModelNotFound, latest_version, read_rollout, resolve
 from service import memory
+from service.config import ServiceConfig
 from service.footprint import Footprint
-from service.handlers import HANDLERS, Handler, Shared
-from service.metrics import remove_series
+from service.handlers import Handler, Shared, handler_class, served_kinds
+from service.metrics import Metrics, remove_series
 from service.runtime import LoadedModel, StartupError, load_model, warm_up
 from service.versions import Versions
-
-if TYPE_CHECKING:
-    from service.engine import Engine
 
 log = logging.getLogger("biomed.service")
 RETRY_FAILED_S = 60.0  # a version that failed to load is tried again after this long
 DRAIN_GRACE_S = 5.0  # beyond the request timeout, the longest wait for a retired version's requests
 UNLOAD_HOOKS: list[Callable[[], None]] = []  # caches that may hold a handler (the v2 door's signatures)
+
+
+class Served(Protocol):
+    """What the lifecycle keeps up to date: the engine's settings, metrics, loaded versions and their users."""
+
+    config: ServiceConfig
+    metrics: Metrics
+    versions: dict[str, Versions]
+    users: dict[Handler, int]
 
 
 @dataclass(frozen=True)
@@ -113,7 +120,7 @@ def desired(plan: Plan, latest: str | None, rollout: dict) -> Desired:
 class Lifecycle:
     """The versions of one worker's engine over time (see the module docstring)."""
 
-    engine: "Engine"
+    engine: Served
     shared: Shared
     plans: list[Plan] = field(default_factory=list)
     dirs: dict[str, Path] = field(default_factory=dict)  # name -> its folder in the store
@@ -168,9 +175,10 @@ class Lifecycle:
         on_gpu = any(p in ("cuda", "tensorrt") for p in config.providers)
         before = Footprint.before(on_gpu)
         model = load_model(f"{name}:{version}", config)
-        handler = HANDLERS.get(model.kind)
+        handler = handler_class(model.kind)
         if handler is None:
-            raise StartupError(f"model {model.name}: kind {model.kind!r} has no handler; known: {', '.join(HANDLERS)}")
+            raise StartupError(f"model {model.name}: kind {model.kind!r} has no handler; served kinds: "
+                               f"{', '.join(served_kinds())}")
         current = self.engine.versions.get(name)
         if current is not None and current.handlers and current.default_handler.kind != model.kind:
             raise StartupError(f"model {name}:{version} is a {model.kind} model; the loaded versions of {name} are "
@@ -185,7 +193,7 @@ class Lifecycle:
         engine, m = self.engine, self.engine.metrics
         versions = engine.versions.setdefault(name, Versions(name))
         for version, model in loaded.items():
-            versions.handlers[version] = HANDLERS[model.kind](model, self.shared)
+            versions.handlers[version] = handler_class(model.kind)(model, self.shared)  # type: ignore[misc]
             m.model_info.labels(model=name, version=version, provider=model.provider, sha256=model.sha256).set(1)
             host, device = model.memory.get("host_bytes"), model.memory.get("device_bytes")
             if host is not None:
@@ -305,19 +313,13 @@ class Lifecycle:
                             handler.model.name, handler.model.version)
                 break
             await asyncio.sleep(0.05)
-        handler.close()
-        task, handler.batcher._task = handler.batcher._task, None  # noqa: SLF001
-        if task is not None:  # let the cancelled batch loop finish: its traceback would hold the batcher in a cycle
-            await asyncio.wait({task}, timeout=5)
-        del task
+        await handler.batcher.aclose()
         self._unload(handler)
         await loop.run_in_executor(None, memory.release)
 
     def idle(self, handler: Handler) -> bool:
         """No request holds ``handler``: none picked it and is still running, none has rows queued or admitted."""
-        b = handler.batcher
-        return (self.engine.users.get(handler, 0) == 0 and b.admitted_bytes == 0 and b.incoming == 0
-                and not b._queue)  # noqa: SLF001 - the batcher's own queue
+        return self.engine.users.get(handler, 0) == 0 and handler.batcher.idle
 
     def _unload(self, handler: Handler) -> None:
         m, model = self.engine.metrics, handler.model

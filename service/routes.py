@@ -17,6 +17,7 @@ from pydantic import BaseModel
 
 from service import schemas
 from service.doors import admin, dicomweb, native, page, v2
+from service.protocol import errors
 
 ERRORS_JSON = (400, 401, 404, 413, 415, 422)
 
@@ -144,7 +145,7 @@ def error_body(path: str, code: str, detail: str) -> dict:
     """An error body in the form of the door that owns ``path`` (every ``/v2`` path answers in the v2 form)."""
     route = match(path)
     door = route.door if route is not None else ("v2" if path == "/v2" or path.startswith("/v2/") else "native")
-    return v2.error_body(code, detail) if door == "v2" else {"error": code, "detail": detail}
+    return errors.error_body(door, code, detail)
 
 
 def logged_path(path: str) -> str:

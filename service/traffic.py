@@ -36,6 +36,7 @@ from typing import Any, Awaitable, Callable
 from bentoml._internal.server.http.instruments import RunnerTrafficMetricsMiddleware
 from starlette.responses import JSONResponse
 
+from biomed.settings import env
 from service import routes
 
 Scope = dict[str, Any]
@@ -77,8 +78,9 @@ class TimeoutMiddleware:
                 task.cancel()
                 raise
             if waiter.done() and waiter.exception() is not None and task.cancel():
-                response = JSONResponse({"error": "timeout", "detail": f"the request did not finish within "
-                                         f"{self.timeout:g} s (BIOMED_REQUEST_TIMEOUT_S)"}, status_code=504)
+                response = JSONResponse(routes.error_body(scope.get("path", ""), "timeout", f"the request did not "
+                                        f"finish within {self.timeout:g} s ({env('request_timeout_s')})"),
+                                        status_code=504)
                 await response(scope, receive, send)
                 return
             await task  # the response has started (or the app finished): let it complete, or raise its error

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from cli import main
-from biomed.genome import GenomeError, Reference, read_vcf
+from biomed.genome import GenomeError, Reference
 from biomed.preprocess import dna
 from training.data import DataError, load_bed, load_dna, load_fasta_labels
 
@@ -103,17 +103,6 @@ def test_reference_fetch_and_names(reference: Path) -> None:
     assert genome.window("chr1", 0, 4) == "NNAC"
     with pytest.raises(GenomeError, match="the reference calls it 'chr2'"):
         genome.check("2")
-
-
-def test_vcf_snvs(tmp_path: Path) -> None:
-    path = tmp_path / "v.vcf.gz"
-    with gzip.open(path, "wt") as f:
-        f.write("##fileformat=VCFv4.2\n#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\n"
-                "chr1\t3\trs1\tG\tA,T,G,N\t.\t.\t.\nchr1\t5\t.\tA\tAT\t.\t.\t.\nchr1\t6\t.\tc\t<DEL>,g\t.\t.\t.\n")
-    variants, skipped = read_vcf(path)
-    assert [(v.id, v.pos, v.ref, v.alt) for v in variants] == [("rs1_A", 3, "G", "A"), ("rs1_T", 3, "G", "T"),
-                                                                ("chr1:6_G", 6, "C", "G")]
-    assert skipped == {"not_snv": 2, "not_acgt": 2}
 
 
 def test_train_dna_on_bed(tmp_path: Path) -> None:

@@ -116,9 +116,11 @@ def test_custom_predictor_speaks_v2_with_open_probes(variant: str) -> None:
     sc = c["securityContext"]
     assert sc["runAsNonRoot"] is True and sc["readOnlyRootFilesystem"] is True and sc["capabilities"]["drop"] == ["ALL"]
     assert {m["mountPath"] for m in c["volumeMounts"]} == {"/tmp"} and env["BENTOML_HOME"].startswith("/tmp/")
-    names = set(re.findall(r"BIOMED_[A-Z0-9_]+", (REPO / "service" / "config.py").read_text()))
-    assert {n for n in env if n.startswith("BIOMED_")} <= names, "a setting the service does not read"
+    from biomed.settings import declared
     from service.config import ServiceConfig
+
+    names = {d.env for _, d in declared()}
+    assert {n for n in env if n.startswith("BIOMED_")} <= names, "a setting the service does not read"
 
     assert doc["spec"]["predictor"]["timeout"] == ServiceConfig.from_env(env).request_timeout_s
 

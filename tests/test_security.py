@@ -68,8 +68,8 @@ def test_right_token_and_open_probes(client: TestClient) -> None:
 
 
 def test_guard_compares_in_constant_time() -> None:
-    source = (REPO / "service" / "guard.py").read_text()
-    assert "hmac.compare_digest(" in source and "== self.token" not in source
+    source = (REPO / "service" / "admission.py").read_text()
+    assert "hmac.compare_digest(" in source and "== self._token" not in source
 
 
 def test_caps_are_413(client: TestClient) -> None:

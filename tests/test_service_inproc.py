@@ -159,10 +159,9 @@ def test_small_uploads_decode_on_the_loop_within_caps(client, monkeypatch) -> No
     import asyncio
 
     from service.engine import current
-    from service.handlers import ImageHandler
     from service.handlers import image as image_handler
 
-    handler = current().pick(None, ImageHandler)
+    handler = current().pick(None, "predict_file")
     calls: list[tuple[str, bool]] = []
     load_image = image_handler.load_image
 
@@ -643,7 +642,7 @@ def test_image_parity_with_training(client, demo_models: dict[str, str], models)
     from training.data import load_images
     from training.engine import predict
     from training.export import load_run_model
-    from training.train import image_spec
+    from training.kinds.image import image_spec
 
     run = _run(demo_models, "image")
     model, best = load_run_model(run)

@@ -368,20 +368,21 @@ def test_every_error_is_a_4xx_in_the_v2_form_and_the_worker_lives_on(client, mod
 
 
 def test_a_huge_declared_shape_is_refused_before_anything_is_allocated(client, models) -> None:  # type: ignore[no-untyped-def]
-    from service.doors import v2
+    from biomed.errors import TooLarge
+    from service import inference
     from service.engine import current
-    from service.handlers import DnaHandler, ImageHandler
+    from service.protocol import v2
 
     engine = current()
-    for kind, spec in ((ImageHandler, {"name": "input", "datatype": "FP32", "shape": [2**40, 1, 64, 64]}),
-                       (DnaHandler, {"name": "sequence", "datatype": "BYTES", "shape": [2**33]}),
-                       (ImageHandler, {"name": "file", "datatype": "BYTES", "shape": [2**20, 2**20]})):
-        sig = v2.signature(engine.pick(None, kind))
+    for model, spec in (("demo-image", {"name": "input", "datatype": "FP32", "shape": [2**40, 1, 64, 64]}),
+                        ("demo-dna", {"name": "sequence", "datatype": "BYTES", "shape": [2**33]}),
+                        ("demo-image", {"name": "file", "datatype": "BYTES", "shape": [2**20, 2**20]})):
+        sig = inference.signature(engine.pick(model))
         body, headers = binary_request([(spec, b"\x00" * 64)])
         tracemalloc.start()
         try:
-            with pytest.raises(v2.TooLarge):
-                v2.parse_infer(body, headers["Inference-Header-Content-Length"], sig)
+            with pytest.raises(TooLarge):
+                v2.parse_rest(body, headers["Inference-Header-Content-Length"], sig)
             peak = tracemalloc.get_traced_memory()[1]
         finally:
             tracemalloc.stop()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from models import ARCHS, DEFAULT_ARCH
+from training import kinds
 from training.config import TrainConfig
 
 # Flags copied into TrainConfig when given (argparse dest == field name).
@@ -29,11 +31,10 @@ def _size(text: str) -> tuple[int, int]:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The flags of a training run (shared by ``biomed train`` and ``python -m training.train``)."""
-    p.add_argument("kind", nargs="?", choices=["image", "dna"])
-    p.add_argument("--data", help="image folder (one sub-folder per class) or CSV path,label; DNA: table sequence,<tasks>..., "
-                   "FASTA with TASK=0/1 header labels (.fa/.fasta[.gz]) or BED with label columns (.bed, needs --reference)")
+    p.add_argument("kind", nargs="?", choices=kinds.names())
+    p.add_argument("--data", help="; ".join(f"{name}: {kinds.get(name).data_help}" for name in kinds.names()))
     p.add_argument("--out", help="run folder for checkpoints, metrics and plots")
-    p.add_argument("--arch", help="image: cnn, resnet; dna: deepbind, danq")
+    p.add_argument("--arch", help="; ".join(f"{kind}: {', '.join(archs)}" for kind, archs in ARCHS.items()))
     p.add_argument("--epochs", type=int)
     p.add_argument("--seed", type=int)
     p.add_argument("--batch-size", type=int)
@@ -52,12 +53,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def config_from(args: argparse.Namespace) -> TrainConfig:
     """The run's configuration: the saved one for ``--resume``, else the flags over the defaults."""
-    from models import DEFAULT_ARCH
-
     if args.resume:
         return TrainConfig.load(args.resume)
     if not args.kind or not args.data or not args.out:
-        raise ValueError("train needs KIND (image or dna), --data and --out, or --resume RUN")
+        raise ValueError(f"train needs KIND ({' or '.join(kinds.names())}), --data and --out, or --resume RUN")
     values = {"kind": args.kind, "data": args.data, "out": args.out, "arch": args.arch or DEFAULT_ARCH[args.kind]}
     values.update({name: getattr(args, name) for name in _FIELDS if getattr(args, name) is not None})
     return TrainConfig(**values)

@@ -1,4 +1,4 @@
-"""One epoch of training, prediction, and the augmentations."""
+"""One epoch of training, and prediction (each kind's augmentation is its own: ``training.kinds``)."""
 
 from __future__ import annotations
 
@@ -10,30 +10,6 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from biomed.preprocess import dna
-
-_COMPLEMENT = torch.from_numpy(dna.COMPLEMENT)  # the serving side's table (biomed.preprocess.dna)
-
-
-def augment_images(x: torch.Tensor, max_shift: int = 4, jitter: float = 0.05) -> torch.Tensor:
-    """Random flips, small shifts and intensity jitter on a (N, C, H, W) batch in [0, 1]."""
-    n = x.shape[0]
-    flip_h = torch.rand(n) < 0.5
-    x = torch.where(flip_h[:, None, None, None], x.flip(3), x)
-    flip_v = torch.rand(n) < 0.5
-    x = torch.where(flip_v[:, None, None, None], x.flip(2), x)
-    dy, dx = (int(v) for v in torch.randint(-max_shift, max_shift + 1, (2,)))
-    x = torch.roll(x, shifts=(dy, dx), dims=(2, 3))
-    scale = 1 + jitter * (2 * torch.rand(n, 1, 1, 1) - 1)
-    offset = jitter * (2 * torch.rand(n, 1, 1, 1) - 1)
-    return (x * scale + offset).clamp(0, 1)
-
-
-def augment_dna(codes: torch.Tensor) -> torch.Tensor:
-    """Reverse-complement half of a (N, L) uint8 batch: binding does not depend on the strand read."""
-    flip = torch.rand(codes.shape[0]) < 0.5
-    rc = _COMPLEMENT[codes.flip(1).long()]
-    return torch.where(flip[:, None], rc, codes)
 
 
 def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:

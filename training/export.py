@@ -27,10 +27,8 @@ from torch import nn
 
 import biomed
 from biomed import metadata
-from biomed.preprocess.dna import DnaSpec
-from biomed.preprocess.image import ImageSpec
 from models import build_model, saved_kwargs
-from training import checkpoint, metrics
+from training import checkpoint, kinds, metrics
 from training.config import TrainConfig
 from training.engine import predict
 from training.model_card import write_model_card
@@ -169,31 +167,16 @@ def code_version() -> str:
     return f"{biomed.__version__}+{sha}" if sha else biomed.__version__
 
 
-def _image_spec(config: TrainConfig, x: np.ndarray) -> ImageSpec:
-    """The image preprocessing of a run: its size and window; channels from the held-out (N, C, H, W) inputs."""
-    return ImageSpec(size=tuple(config.image_size), channels=int(x.shape[1]), window=config.window)
-
-
-def _dna_spec(config: TrainConfig, x: np.ndarray) -> DnaSpec:
-    """The DNA preprocessing of a run: the model's length from the held-out (N, L) codes, stride default half of it."""
-    length = int(x.shape[1])
-    return DnaSpec(length, config.stride or max(1, length // 2))
-
-
-# The metadata's ``preprocess`` block per kind: the core spec the server rebuilds its preprocessing from.
-PREPROCESS_SPECS = {"image": _image_spec, "dna": _dna_spec}
-
-
 def build_metadata(name: str, version: str, best: dict, summary: dict, x: np.ndarray, export_info: dict) -> dict:
     """The ``biomed`` document (docs/api.md, "The model artifact"), from the checkpoint and the run's metrics."""
     config = TrainConfig.from_dict(best["config"])
-    spec = PREPROCESS_SPECS[config.kind](config, x)
+    preprocess = kinds.get(config.kind).preprocess(config, x)  # the block the server rebuilds its preprocessing from
     doc = {
         "schema": metadata.SCHEMA_VERSION, "name": name, "version": version, "kind": config.kind,
         "labels": list(best["labels"]), "multilabel": bool(best["multilabel"]),
         "input": {"name": INPUT_NAME, "shape": ["batch", *map(int, x.shape[1:])], "dtype": str(x.dtype)},
         "output": {"name": OUTPUT_NAME, "activation": "sigmoid" if best["multilabel"] else "softmax"},
-        "preprocess": spec.to_dict(),
+        "preprocess": preprocess,
         "architecture": {"arch": config.arch, "kwargs": best["model_kwargs"]},
         "training": {"data": Path(config.data).name, "epochs": summary["epochs_run"], "best_epoch": summary["best_epoch"],
                      "seed": config.seed, "split": summary["split"], "metrics": summary["test"],

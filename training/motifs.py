@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from biomed import jaspar
+from biomed.kinds.dna import KIND as DNA
 from training.config import TrainConfig
 from training.data import load_dna
 
@@ -130,8 +131,9 @@ def training_codes(run: Path) -> np.ndarray:
     a FASTA with header labels, or a BED with the run's ``--reference``.
     """
     config = TrainConfig.load(run)
-    if config.kind != "dna":
-        raise ValueError(f"{run}: motifs need a DNA run; this one is {config.kind!r}")
+    if config.kind != DNA.name:
+        raise ValueError(f"{run}: motifs need a {DNA.name} run (first-layer filters over bases); this one is "
+                         f"{config.kind!r}")
     data = load_dna(config.data, config.reference)
     split = json.loads((run / "split.json").read_text())
     return data.x[np.asarray(split["train"], dtype=np.int64)]

@@ -19,25 +19,14 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
-from biomed.preprocess.image import ImageSpec
 from biomed.progress import make_progress
 from models import OUTPUT_ARG, build_model, saved_kwargs
-from training import checkpoint, distributed, metrics, plots
+from training import checkpoint, distributed, kinds, metrics, plots
 from training.config import TrainConfig
-from training.data import Dataset, load_dna, load_images, split_indices
-from training.engine import augment_dna, augment_images, predict, train_one_epoch
+from training.data import Dataset, split_indices
+from training.engine import predict, train_one_epoch
 
 log = logging.getLogger(__name__)
-
-
-def image_spec(config: TrainConfig) -> ImageSpec:
-    return ImageSpec(size=tuple(config.image_size), channels=1, window=config.window)
-
-
-def load_data(config: TrainConfig) -> Dataset:
-    if config.kind == "image":
-        return load_images(config.data, image_spec(config))
-    return load_dna(config.data, config.reference)
 
 
 def model_kwargs(config: TrainConfig, data: Dataset) -> dict:
@@ -80,7 +69,7 @@ def _fit(config: TrainConfig, ctx: distributed.Context, resume: bool) -> dict:
     run = Path(config.out)
     torch.manual_seed(config.seed)
     np.random.seed(config.seed)
-    data = load_data(config)
+    data = kinds.get(config.kind).load(config)
     split = split_indices(data.y, config.seed, config.val_fraction, config.test_fraction)
     train, val, test = (data.subset(split[k]) for k in ("train", "val", "test"))
     kwargs = model_kwargs(config, data)
@@ -119,7 +108,7 @@ def _epochs(config: TrainConfig, ctx: distributed.Context, model: nn.Module, opt
     """The epoch loop with early stopping on validation AUROC and a live progress bar."""
     run = Path(config.out)
     loader, sampler = make_loader(train, config, ctx)
-    augment = augment_images if config.kind == "image" else augment_dna
+    augment = kinds.get(config.kind).augment
     loss_fn = _loss_fn(train.multilabel)
     scaler = torch.amp.GradScaler("cuda") if ctx.device.type == "cuda" and config.amp == "fp16" else None
     monitor = config.monitor if config.monitor != "auto" else ("val_auroc" if train.multilabel else "val_loss")
@@ -176,7 +165,8 @@ def _report(config: TrainConfig, run: Path, data: Dataset, train: Dataset, test:
     model = build_model(config.kind, config.arch, **saved_kwargs(config.kind, best["model_kwargs"]))
     model.load_state_dict(best["model"])
     probs = predict(model, test.x, test.multilabel, torch.device("cpu"))
-    base = metrics.logistic_baseline(train.x, train.y, test.x, config.kind, test.multilabel, config.seed)
+    features = kinds.get(config.kind).baseline_features
+    base = metrics.logistic_baseline(features(train.x), train.y, features(test.x), test.multilabel, config.seed)
     summary = {
         "test": metrics.score(test.y, probs, test.labels, test.multilabel),
         "baseline": metrics.score(test.y, base, test.labels, test.multilabel) | {"model": "logistic regression"},

@@ -23,7 +23,6 @@ if TYPE_CHECKING:
     from service.dicom.scp import Receiver
     from service.dicom.spool import Forwarder, Spool
     from service.engine import Engine
-    from service.handlers import ImageHandler
 
 log = logging.getLogger("biomed.dicom")
 _current: "Dicom | None" = None
@@ -33,15 +32,13 @@ class Dicom:
     """This worker's DICOM side: the spool and its forwarder (with a destination), the receiver (with a port)."""
 
     def __init__(self, engine: "Engine", loop: asyncio.AbstractEventLoop | None) -> None:
-        from service.handlers import ImageHandler
-
         config = engine.config
         self.config = config
         self.spool: Spool | None = None
         self.forwarder: Forwarder | None = None
         self.receiver: Receiver | None = None
         try:
-            handler: ImageHandler = engine.pick(None, ImageHandler)  # not kept: a reload may swap the image model
+            handler = engine.pick(None, "classify")  # not kept: a reload may swap the image model
         except Exception:  # noqa: BLE001 - UnknownModel: no image model is loaded
             raise StartupError("BIOMED_DICOM_PORT/BIOMED_DICOM_DESTINATION need an image model in BIOMED_MODELS") from None
         for name in ("pydicom", "pynetdicom", "highdicom", "dicomweb_client"):  # they log identifiers at INFO/ERROR
@@ -67,7 +64,7 @@ class Dicom:
                 raise StartupError("the C-STORE receiver needs the worker's event loop")
             from service.dicom.scp import Receiver
 
-            self.receiver = Receiver(config, handler, loop, self.spool)
+            self.receiver = Receiver(config, handler, engine.admission, loop, self.spool)
             try:
                 self.receiver.start()
             except OSError as err:

@@ -60,7 +60,7 @@ from biomed.outputs import sr
 
 if TYPE_CHECKING:
     from service.dicom.spool import Spool
-    from service.handlers import ImageHandler
+    from service.handlers.image import ImageHandler
 
 log = logging.getLogger("biomed.dicom")
 

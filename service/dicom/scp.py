@@ -39,6 +39,8 @@ from typing import Any
 
 from pydicom.dataset import Dataset
 
+from biomed.errors import Overloaded
+from service.admission import Admission
 from service.dicom import pipeline
 
 log = logging.getLogger("biomed.dicom")
@@ -77,35 +79,16 @@ def _server_class():  # type: ignore[no-untyped-def]
     return SharedPortServer
 
 
-class Budget:
-    """Bytes of received instances held in memory at once (``BIOMED_MAX_BODIES_MB``); refused past it."""
-
-    def __init__(self, total: int) -> None:
-        self.total = total
-        self.held = 0
-        self._lock = threading.Lock()
-
-    def take(self, n: int) -> bool:
-        with self._lock:
-            if self.total and self.held + n > self.total:
-                return False
-            self.held += n
-            return True
-
-    def give(self, n: int) -> None:
-        with self._lock:
-            self.held -= n
-
-
 class Receiver:
     """The SCP of one worker; ``start`` binds the port (``OSError`` when it cannot)."""
 
-    def __init__(self, config: Any, handler: Any, loop: asyncio.AbstractEventLoop, spool: Any = None) -> None:
+    def __init__(self, config: Any, handler: Any, admission: Admission, loop: asyncio.AbstractEventLoop,
+                 spool: Any = None) -> None:
         self.config = config
         self.metrics = handler.metrics  # not the handler: each instance goes to the default image model of the moment
+        self.admission = admission  # the gates HTTP requests pass: a concurrency slot and the body budget
         self.loop = loop
         self.spool = spool
-        self.budget = Budget(config.max_body_bytes)
         self.server = None
         self.incoming = Path(tempfile.gettempdir()) / f"biomed-cstore-{config.dicom_port}"
         self._sweeper: threading.Thread | None = None
@@ -205,7 +188,14 @@ class Receiver:
         size = path.stat().st_size
         if size > self.config.max_upload_bytes + _META_SLACK:
             return self._refused("too_large")
-        if not self.budget.take(size):
+        try:
+            self.admission.enter()
+        except Overloaded:
+            return self._refused("too_many_requests")
+        try:
+            self.admission.hold(size)
+        except Overloaded:
+            self.admission.leave()
             return self._refused("too_many_requests")
         future: concurrent.futures.Future | None = None
         try:
@@ -223,17 +213,17 @@ class Receiver:
                 future.cancel()
             return self._refused("timeout")
         finally:
-            self.budget.give(size)
+            self.admission.release(size)
+            self.admission.leave()
 
     async def _classify(self, data: bytes) -> pipeline.Outcome:
         """The instance through this worker's image model (its default or canary now: a reload may have swapped it),
         held as a request holds it, so the version is not unloaded under it."""
         from service.engine import current
-        from service.handlers import ImageHandler
 
         engine = current()
         with engine.scope():
-            return await pipeline.receive(engine.pick(None, ImageHandler), data, "dimse", spool=self.spool)
+            return await pipeline.receive(engine.pick(None, "classify"), data, "dimse", spool=self.spool)
 
     def _sweep(self) -> None:
         """Remove partial datasets of associations that ended mid-transfer."""

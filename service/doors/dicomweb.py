@@ -23,7 +23,6 @@ from service.dicom import current as dicom_current
 from service.dicom import multipart, pipeline
 from service.doors.http_io import media_type
 from service.engine import Engine
-from service.handlers import ImageHandler
 
 MEDIA = "application/dicom+json"
 MAX_INSTANCES = 10_000  # parts of one request (each answered in the response)
@@ -62,7 +61,7 @@ async def store(request: Request, engine: Engine) -> StowResponse:
         raise UnsupportedMedia(f"multipart/related of type {kind!r} is not accepted; send type=\"application/dicom\" "
                                "(DICOM instances; the JSON/XML metadata forms of STOW-RS are not supported)")
     boundary = multipart.boundary_of(content_type)
-    handler = engine.pick(None, ImageHandler)
+    handler = engine.pick(None, "classify")
     side = dicom_current()
     spool = side.spool if side is not None else None
     referenced, failed = [], []

@@ -10,13 +10,13 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import numpy as np
 from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect, Request
 
 from biomed.errors import InputError, MalformedInput, TooLarge, UnsupportedMedia
+from service.protocol.json_bounds import BIG_JSON, json_values
 
 RAW_IMAGE_TYPES = {"application/dicom", "image/png", "image/jpeg", "application/octet-stream"}
 
@@ -62,30 +62,6 @@ def _watch_for_disconnect(request: Request) -> None:
 
 def media_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";")[0].strip().lower()
-
-
-BIG_JSON = 256 * 1024  # bodies over this are validated off the event loop
-_CHUNK = 1 << 20
-_QUOTE, _COMMA = ord('"'), ord(",")
-
-
-def json_values(body: bytes) -> int:
-    """An upper bound on the values in any one JSON array or object of ``body``: commas outside strings, plus one.
-
-    Counted with numpy, a megabyte at a time, before anything is parsed: a body of millions of
-    tiny values is refused without allocating them (a regex over it would build a piece per string).
-    """
-    if body.count(b",") == 0:
-        return 1
-    clean = body.replace(b"\\\\", b"__").replace(b'\\"', b"__")  # escaped backslashes, then escaped quotes
-    codes = np.frombuffer(clean, dtype=np.uint8)
-    commas, inside = 0, 0
-    for start in range(0, len(codes), _CHUNK):
-        part = codes[start : start + _CHUNK]
-        parity = (np.cumsum(part == _QUOTE, dtype=np.uint8) + inside) & 1  # odd: inside a string (mod 256 keeps parity)
-        commas += int(np.count_nonzero((part == _COMMA) & (parity == 0)))
-        inside = int(parity[-1])
-    return commas + 1
 
 
 async def read_json(request: Request, body: bytes, schema: type[BaseModel], max_values: int, what: str) -> Any:

@@ -10,7 +10,7 @@ import asyncio
 import io
 import logging
 import time
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from pydantic import BaseModel
 from starlette.requests import Request
@@ -22,23 +22,15 @@ from biomed.genome import parse_fasta
 from biomed.occlusion import DEFAULT_OPACITY
 from service.doors.endpoint import wrapper
 from service.doors.http_io import read_body, read_json, read_upload
+from service.protocol import errors
 from service.engine import Engine
-from service.handlers import DnaHandler, ImageHandler
 from service.schemas import DnaRequest, ExplainRequest, VariantsRequest
 
 log = logging.getLogger("biomed.service")
 MAX_ID = 256  # characters of a sequence id, as in the JSON bodies
 MAX_FASTA_HEADER = 4096  # characters of a FASTA header line
 
-Endpoint = Callable[[Request, Engine], Awaitable[dict]]
-
-
-def error_body(code: str, detail: str) -> dict:
-    """The native error form."""
-    return {"error": code, "detail": detail}
-
-
-wrap = wrapper(error_body)
+wrap = wrapper(errors.native)
 
 
 def _flag(fields: dict[str, str], name: str, default: bool) -> bool:
@@ -69,7 +61,7 @@ async def predict_image(request: Request, engine: Engine) -> dict | Response:
     output = (fields.get("output") or "json").strip().lower()
     if output not in ("json", "sr"):
         raise MalformedInput(f"output {output[:32]!r} is unknown; accepted: json, sr (a DICOM SR of the results)")
-    handler = engine.pick(fields.get("model"), ImageHandler)
+    handler = engine.pick(fields.get("model"), "predict_file")
     if output == "sr":  # the results as a DICOM Comprehensive 3D SR over the source instance (biomed/outputs/sr.py)
         from service.dicom.pipeline import sr_for
 
@@ -84,7 +76,7 @@ async def predict_dna(request: Request, engine: Engine) -> dict:
     req = await _json(request, engine, DnaRequest, 2 * c.max_sequences + 16,
                       f"{c.max_sequences} sequences (BIOMED_MAX_SEQUENCES)")
     items = [(str(i), s) if isinstance(s, str) else (s.id, s.sequence) for i, s in enumerate(req.sequences)]
-    return await engine.pick(req.model, DnaHandler).predict_sequences(items, req.reverse_complement, started)
+    return await engine.pick(req.model, "predict_sequences").predict_sequences(items, req.reverse_complement, started)
 
 
 def fasta_items(data: bytes, max_records: int) -> list[tuple[str, str]]:
@@ -107,7 +99,7 @@ async def predict_fasta(request: Request, engine: Engine) -> dict:
     data, fields = await _upload(request, engine)
     items = await asyncio.get_running_loop().run_in_executor(None, fasta_items, data, engine.config.max_sequences)
     reverse_complement = _flag(fields, "reverse_complement", True)
-    return await engine.pick(fields.get("model"), DnaHandler).predict_sequences(items, reverse_complement, started)
+    return await engine.pick(fields.get("model"), "predict_sequences").predict_sequences(items, reverse_complement, started)
 
 
 async def score_variants(request: Request, engine: Engine) -> dict:
@@ -115,14 +107,14 @@ async def score_variants(request: Request, engine: Engine) -> dict:
     c = engine.config
     req = await _json(request, engine, VariantsRequest, 6 * c.max_variants + 16,
                       f"{c.max_variants} variants (BIOMED_MAX_VARIANTS)")
-    handler = engine.pick(req.model, DnaHandler)
+    handler = engine.pick(req.model, "score_variants")
     return await handler.score_variants([v.model_dump() for v in req.variants], req.reverse_complement, started)
 
 
 async def explain_dna(request: Request, engine: Engine) -> dict:
     started = time.perf_counter()
     req = await _json(request, engine, ExplainRequest, 16, "one sequence")
-    return await engine.pick(req.model, DnaHandler).explain(req.sequence, req.task, req.reverse_complement, started)
+    return await engine.pick(req.model, "explain").explain(req.sequence, req.task, req.reverse_complement, started)
 
 
 EXPLAIN_FORMATS = {"json": "application/json", "png": "image/png", "dicom": "application/dicom"}
@@ -154,7 +146,7 @@ async def explain_image(request: Request, engine: Engine) -> dict | Response:
     opacity = _number(fields, "opacity", float, 0.0, 1.0)
     include_image = _flag(fields, "image", False)
     label = fields.get("label") or None
-    handler = engine.pick(fields.get("model"), ImageHandler)
+    handler = engine.pick(fields.get("model"), "explain_file")
     explained = await handler.explain_file(data, label, patch, stride, frame, dicom_header=fmt == "dicom")
     del data
     opacity = DEFAULT_OPACITY if opacity is None else opacity
@@ -171,6 +163,5 @@ async def list_models(request: Request, engine: Engine) -> dict:
 
 
 async def openapi(request: Request, engine: Engine) -> dict:
-    from service.openapi import openapi_document  # built from the route table, which lists this endpoint
-
-    return openapi_document()
+    """The OpenAPI document the app was built with (``service/app.py``, from the route table)."""
+    return request.app.state.openapi

@@ -15,6 +15,8 @@ from importlib import resources
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
+from service.protocol import errors
+
 ASSETS = {"style.css": "text/css; charset=utf-8", "app.js": "text/javascript; charset=utf-8"}
 
 
@@ -30,5 +32,5 @@ async def index(request: Request) -> Response:
 async def asset(request: Request) -> Response:
     name = request.path_params["name"]
     if name not in ASSETS:
-        return JSONResponse({"error": "not_found", "detail": f"no asset {name!r}"}, status_code=404)
+        return JSONResponse(errors.native("not_found", f"no asset {name[:80]!r}"), status_code=404)
     return Response(_read(name), media_type=ASSETS[name])

@@ -38,9 +38,17 @@ class Shared:
 
 
 class Handler:
-    """One loaded model and the request logic of its kind (subclasses: one per ``kind``)."""
+    """One loaded model and the request logic of its kind (subclasses: one per ``kind``, in ``service/handlers/``).
+
+    A subclass names its kind (``kind``), the operations the doors may ask of it (``operations``: the names of
+    its methods they call, so ``Engine.pick(ref, op)`` finds a model that serves an endpoint), the setting that
+    caps its rows per inference call (``batch_setting``), and implements ``predict_items`` (the v2 input of what
+    a person has) and ``row_labels``; ``check_rows`` adds its checks of raw rows' values.
+    """
 
     kind: ClassVar[str]
+    operations: ClassVar[frozenset[str]] = frozenset()
+    batch_setting: ClassVar[str] = "max_batch_size"
 
     def __init__(self, model: LoadedModel, shared: Shared) -> None:
         self.model = model
@@ -71,11 +79,7 @@ class Handler:
     @classmethod
     def max_batch_size(cls, config: ServiceConfig) -> int:
         """Rows per inference call for this kind."""
-        raise NotImplementedError
-
-    @property
-    def name(self) -> str:
-        return self.model.name
+        return int(getattr(config, cls.batch_setting))
 
     @property
     def labels(self) -> list[str]:
@@ -117,12 +121,11 @@ class Handler:
         raise NotImplementedError
 
     def check_rows(self, x: np.ndarray) -> None:
-        """Refuse rows that are not the model input's dtype and shape (400), before they reach the batcher."""
-        spec = self.model.doc["input"]
-        dims = tuple(int(d) for d in spec["shape"][1:])
-        if x.dtype != np.dtype(spec["dtype"]) or x.ndim != 1 + len(dims) or tuple(x.shape[1:]) != dims:
-            raise MalformedInput(f"rows of shape {list(x.shape)} and type {x.dtype} do not match the model input: "
-                                 f"{spec['dtype']} {[-1, *dims]}")
+        """Refuse rows whose values the model cannot take (400/422), before they reach the batcher.
+
+        Their type and shape are the protocol's to check (``service/protocol/v2.py`` against the model's
+        signature); a kind adds the checks of its values.
+        """
         if len(x) == 0:
             raise MalformedInput("no rows to run (a batch of 0)")
 
@@ -133,6 +136,13 @@ class Handler:
             probs = await self.run(x)
         self.count_predictions(self.row_labels(probs), door)
         return probs
+
+    async def predict_items(self, items: list[bytes], parameters: dict[str, Any],
+                            door: str = "native") -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Model outputs (rows, labels) for what a person has (``biomed.kinds``' ``PersonInput``: whole files, DNA
+        text), each element decoded and preprocessed as the native endpoints do, and the person input's extra
+        outputs (one value per row). ``parameters`` are the request's, already checked against the kind's."""
+        raise NotImplementedError
 
     def close(self) -> None:
         self.batcher.close()

@@ -13,23 +13,21 @@ import numpy as np
 
 from biomed import dna_ops
 from biomed.errors import InputError, TooLarge
+from biomed.kinds.dna import KIND as DNA
 from biomed.preprocess import dna
 from biomed.preprocess.dna import DnaSpec
-from service.config import ServiceConfig
 from service.handlers.base import Handler, Shared
 from service.runtime import LoadedModel
 
 
 class DnaHandler(Handler):
-    kind = "dna"
+    kind = DNA.name
+    operations = frozenset({"predict_sequences", "score_variants", "explain"})
+    batch_setting = "max_dna_batch_size"
 
     def __init__(self, model: LoadedModel, shared: Shared) -> None:
         super().__init__(model, shared)
         self.spec = DnaSpec.from_dict(model.doc["preprocess"])
-
-    @classmethod
-    def max_batch_size(cls, config: ServiceConfig) -> int:
-        return config.max_dna_batch_size
 
     def _predictor(self, started: float) -> Callable[[np.ndarray], Any]:
         """The batcher's submit, recording the request's encoding time on its first call."""
@@ -53,15 +51,20 @@ class DnaHandler(Handler):
         if bases > cfg.max_bases:
             raise TooLarge(f"{bases} bases in one request; the limit is {cfg.max_bases} (BIOMED_MAX_BASES)")
 
-    async def predict_sequences(self, items: list[tuple[str, str]], reverse_complement: bool, started: float) -> dict:
-        """``/predict_dna``, ``/predict_fasta``: per sequence the per-task max over its windows."""
+    async def _predictions(self, items: list[tuple[str, str]], reverse_complement: bool, started: float,
+                           door: str) -> list[dict]:
+        """Per sequence the per-task max over its windows (``dna_ops.predict_sequences``), counted under ``door``."""
         self.check_caps(items)
         rows = dna_ops.sequence_rows([len(s) for _, s in items], self.spec, reverse_complement)
         with self.admit(rows, f"{len(items)} sequence(s)"):
             predictions = await dna_ops.predict_sequences(self._predictor(started), self.labels, self.spec, items,
                                                           reverse_complement)
-        self.count_predictions([t for p in predictions for t in _positive(p["probabilities"])])
-        return self.answer(predictions=predictions)
+        self.count_predictions([t for p in predictions for t in _positive(p["probabilities"])], door)
+        return predictions
+
+    async def predict_sequences(self, items: list[tuple[str, str]], reverse_complement: bool, started: float) -> dict:
+        """``/predict_dna``, ``/predict_fasta``: per sequence the per-task max over its windows."""
+        return self.answer(predictions=await self._predictions(items, reverse_complement, started, "native"))
 
     def row_labels(self, probs: np.ndarray) -> list[str]:
         return [t for row in probs for t in _positive(dict(zip(self.labels, row)))]
@@ -72,17 +75,13 @@ class DnaHandler(Handler):
             raise InputError(f"base codes must be 0 to {dna.N_CODE} (A=0, C=1, G=2, T=3, N=4); found {int(x.max())}",
                              code="invalid_codes")
 
-    async def predict_sequence_rows(self, sequences: list[str], reverse_complement: bool, started: float,
-                                    door: str = "native") -> np.ndarray:
-        """Per sequence its probabilities (sequences, labels): exactly ``/predict_dna``'s (the max over its windows)."""
-        items = [(str(i), s) for i, s in enumerate(sequences)]
-        self.check_caps(items)
-        rows = dna_ops.sequence_rows([len(s) for _, s in items], self.spec, reverse_complement)
-        with self.admit(rows, f"{len(items)} sequence(s)"):
-            predictions = await dna_ops.predict_sequences(self._predictor(started), self.labels, self.spec, items,
-                                                          reverse_complement)
-        self.count_predictions([t for p in predictions for t in _positive(p["probabilities"])], door)
-        return np.array([[p["probabilities"][t] for t in self.labels] for p in predictions], dtype=np.float32)
+    async def predict_items(self, items: list[bytes], parameters: dict[str, Any],
+                            door: str = "native") -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """v2's ``sequence`` input: one row per sequence, exactly ``/predict_dna``'s probabilities."""
+        sequences = [(str(i), s.decode("latin-1")) for i, s in enumerate(items)]
+        predictions = await self._predictions(sequences, parameters.get("reverse_complement", True),
+                                              time.perf_counter(), door)
+        return np.array([[p["probabilities"][t] for t in self.labels] for p in predictions], dtype=np.float32), {}
 
     async def score_variants(self, variants: list[dict], reverse_complement: bool, started: float) -> dict:
         """``/score_variants``: ref and alt probabilities of SNVs, their difference and log-odds difference."""

@@ -12,10 +12,10 @@ import numpy as np
 
 from biomed import occlusion
 from biomed.errors import InputError, TooLarge
+from biomed.kinds.image import KIND as IMAGE
 from biomed.outputs.dicom_maps import NoDicomSource, explanation_dicom, source_header
 from biomed.preprocess.budget import reserve
 from biomed.preprocess.image import ImageSpec, Limits, load_image, load_presented
-from service.config import ServiceConfig
 from service.handlers.base import Handler, Shared
 from service.runtime import LoadedModel
 
@@ -30,7 +30,9 @@ INLINE_ELEMENTS = 2_000  # DICOM data elements
 
 
 class ImageHandler(Handler):
-    kind = "image"
+    kind = IMAGE.name
+    operations = frozenset({"predict_file", "classify", "explain_file"})
+    batch_setting = "max_batch_size"
 
     def __init__(self, model: LoadedModel, shared: Shared) -> None:
         super().__init__(model, shared)
@@ -44,10 +46,6 @@ class ImageHandler(Handler):
                                      max_compressed_pixels=min(c.max_pixels, INLINE_COMPRESSED_PIXELS),
                                      max_decoded_bytes=min(c.max_decoded_bytes, INLINE_DECODED_BYTES),
                                      max_elements=min(c.max_dicom_elements, INLINE_ELEMENTS))
-
-    @classmethod
-    def max_batch_size(cls, config: ServiceConfig) -> int:
-        return config.max_batch_size
 
     async def decode(self, data: bytes) -> tuple[np.ndarray, dict[str, Any]]:
         """The file's frames as model rows (F, C, H, W) float32 and the ``input`` block that describes them."""
@@ -119,6 +117,12 @@ class ImageHandler(Handler):
             probs = await self.run(x)
         self.count_predictions(self.row_labels(probs), door)
         return probs, element, frame
+
+    async def predict_items(self, items: list[bytes], parameters: dict[str, Any],
+                            door: str = "native") -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """v2's ``file`` input: ``predict_files``, with each row's file (``element``) and frame (``frame``)."""
+        probs, element, frame = await self.predict_files(items, door)
+        return probs, {"element": element, "frame": frame}
 
     async def predict_file(self, data: bytes) -> dict:
         """``/predict_image``: decode, run every frame, label each."""

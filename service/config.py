@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 from biomed.flags import parse_flag
+from biomed.runtime import RuntimeOptions
 from biomed.store import DEMO_MODELS
 
 
@@ -135,6 +136,12 @@ class ServiceConfig:
         if self.dicom_port and not self.dicom_allowed_aets:
             raise ValueError("BIOMED_DICOM_PORT is set but BIOMED_DICOM_ALLOWED_AETS is empty: list the calling AE titles "
                              "allowed to send (comma-separated), or * for any")
+
+    def runtime_options(self) -> RuntimeOptions:
+        """How this server makes its sessions (``biomed/runtime.py``): providers, GPU settings, threads."""
+        return RuntimeOptions(providers=self.providers, require_gpu=self.require_gpu,
+                              gpu_mem_limit_mb=self.gpu_mem_limit_mb, trt_cache_dir=self.trt_cache_dir,
+                              intra_op_threads=self.intra_op_threads)
 
     def memory_bound(self, models: int | None = None) -> int:
         """The worst-case resident memory of one worker under these limits (docs/reliability.md, "Memory model").

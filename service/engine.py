@@ -10,12 +10,12 @@ from typing import Iterator, TypeVar
 
 from biomed.errors import InputError
 from biomed.preprocess.budget import DecodeBudget
+from biomed.runtime import LoadedModel, StartupError
 from service.config import ServiceConfig
 from service.handlers import Handler, Shared
 from service.lifecycle import Lifecycle
 from service.memory import Trimmer
 from service.metrics import metrics
-from service.runtime import LoadedModel, StartupError
 from service.versions import Scope, Versions, current_scope
 
 log = logging.getLogger("biomed.service")

@@ -30,12 +30,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
+from biomed.runtime import LoadedModel, StartupError, load_model, warm_up
 from biomed.store import LATEST, ModelNotFound, latest_version, read_rollout, resolve
 from service import memory
 from service.footprint import Footprint
 from service.handlers import HANDLERS, Handler, Shared
 from service.metrics import remove_series
-from service.runtime import LoadedModel, StartupError, load_model, warm_up
 from service.versions import Versions
 
 if TYPE_CHECKING:
@@ -167,7 +167,7 @@ class Lifecycle:
         config = self.engine.config
         on_gpu = any(p in ("cuda", "tensorrt") for p in config.providers)
         before = Footprint.before(on_gpu)
-        model = load_model(f"{name}:{version}", config)
+        model = load_model(f"{name}:{version}", config.runtime_options(), config.model_store or None)
         handler = HANDLERS.get(model.kind)
         if handler is None:
             raise StartupError(f"model {model.name}: kind {model.kind!r} has no handler; known: {', '.join(HANDLERS)}")

@@ -15,9 +15,9 @@ from biomed import dna_ops
 from biomed.errors import InputError, TooLarge
 from biomed.preprocess import dna
 from biomed.preprocess.dna import DnaSpec
+from biomed.runtime import LoadedModel
 from service.config import ServiceConfig
 from service.handlers.base import Handler, Shared
-from service.runtime import LoadedModel
 
 
 class DnaHandler(Handler):

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-CHECKOUT = Path(__file__).resolve().parents[2]
+CHECKOUT = Path(__file__).resolve().parents[1]
 
 
 def _bench_cli():  # type: ignore[no-untyped-def]

@@ -38,13 +38,13 @@ def _session(model: Model, providers: tuple[str, ...] | None = None) -> tuple[An
     """A session made exactly as the service makes it (its options; providers from the env unless given)."""
     from dataclasses import replace
 
+    from biomed.runtime import make_session
     from service.config import ServiceConfig
-    from service.runtime import make_session
 
-    config = ServiceConfig.from_env()
+    options = ServiceConfig.from_env().runtime_options()
     if providers is not None:
-        config = replace(config, providers=providers)
-    return make_session(model.path, config)
+        options = replace(options, providers=providers)
+    return make_session(model.path, options)
 
 
 def _example(model: Model, batch: int, seed: int = 0) -> np.ndarray:

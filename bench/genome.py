@@ -33,11 +33,10 @@ TRACK_STEP = 10  # bases per bin of the tracks row
 
 
 def _session(model: Model):  # noqa: ANN202
-    """A CPU session made as ``biomed score-variants`` makes it (service.runtime.make_session, CPU provider)."""
-    from service.config import ServiceConfig
-    from service.runtime import make_session
+    """A CPU session made as ``biomed score-variants`` makes it (``biomed.runtime``, the tools' default options)."""
+    from biomed.runtime import RuntimeOptions, make_session
 
-    session, _ = make_session(model.path, ServiceConfig(models=(model.ref,), providers=("cpu",)))
+    session, _ = make_session(model.path, RuntimeOptions())
     return session
 
 

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 
-from biomed import metadata
 from biomed.preprocess.image import ImageSpec
 
 
@@ -36,15 +35,11 @@ class Model:
 
 
 def load_model(ref: str, kind: str) -> Model:
-    """Resolve a store reference and check it is a ``kind`` model."""
-    from biomed.store import onnx_path, resolve
+    """Resolve a store reference and check it is a ``kind`` model (``biomed.runtime.locate``: no session yet)."""
+    from biomed.runtime import locate
 
-    stored = resolve(ref)
-    path = onnx_path(stored)
-    doc = metadata.read(path)
-    if doc["kind"] != kind:
-        raise ValueError(f"model {ref!r} is a {doc['kind']} model; --{kind}-model needs a {kind} model")
-    return Model(kind, str(stored.tag), path, doc)
+    found = locate(ref, kind=kind)
+    return Model(found.kind, found.ref, found.path, found.doc)
 
 
 def ct_slice(out: Path, size: int = 512) -> Path:

@@ -62,11 +62,9 @@ def _post(url: str, body: bytes) -> float:
 
 def _onnxruntime(model: Model, rows: int) -> float:
     """Seconds for onnxruntime alone on ``rows`` rows of the model's input, in CALL_ROWS-row calls."""
-    import onnxruntime as ort
+    from biomed.runtime import RuntimeOptions, make_session
 
-    options = ort.SessionOptions()
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as the service's sessions
-    session = ort.InferenceSession(str(model.path), options, providers=["CPUExecutionProvider"])
+    session, _ = make_session(model.path, RuntimeOptions())  # as the service's sessions, on the CPU
     name = session.get_inputs()[0].name
     x = np.random.default_rng(0).integers(0, 4, (min(rows, 8 * CALL_ROWS), model.length), dtype=np.uint8)
     session.run(None, {name: x[:CALL_ROWS]})

@@ -1,9 +1,9 @@
-"""``biomed explain``: DNA analytics from the command line, and the local DNA model the genome commands share.
+"""``biomed explain``: DNA analytics from the command line, and what the genome commands share (KIND, CHUNK_ROWS).
 
-Runs an exported DNA model from the store with onnxruntime on the CPU, through the very
-functions behind ``/explain_dna`` (``biomed/dna_ops.py``), with a synchronous predictor in
-place of the server's batcher. No torch. ``biomed score-variants`` is in ``variants.py``,
-``biomed predict-regions`` in ``regions.py``.
+Runs an exported DNA model from the store with onnxruntime on the CPU (``biomed/runtime.py``),
+through the very functions behind ``/explain_dna`` (``biomed/dna_ops.py``), with the runtime's
+chunked synchronous predictor in place of the server's batcher. No torch. ``biomed
+score-variants`` is in ``variants.py``, ``biomed predict-regions`` in ``regions.py``.
 """
 
 from __future__ import annotations
@@ -12,13 +12,10 @@ import argparse
 import asyncio
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from service.runtime import LoadedModel
-
+KIND = "dna"  # the kind of model the DNA commands run (explain, score-variants, predict-regions)
 CHUNK_ROWS = 1024  # windows per session.run, as the server's BIOMED_MAX_DNA_BATCH_SIZE
 
 
@@ -35,26 +32,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="PNG", help="figure to write")
     p.add_argument("--no-reverse-complement", dest="rc", action="store_false", help="forward strand only")
     p.set_defaults(func=cmd_explain)
-
-
-def load_dna_model(ref: str) -> "LoadedModel":
-    """A DNA model from the store on onnxruntime's CPU provider."""
-    from service.config import ServiceConfig
-    from service.runtime import load_model
-
-    model = load_model(ref, ServiceConfig(models=(ref,), providers=("cpu",)))
-    if model.kind != "dna":
-        raise ValueError(f"model {ref!r} is a {model.kind} model; these commands need a DNA model")
-    return model
-
-
-def predictor(model: "LoadedModel", chunk_rows: int = CHUNK_ROWS):  # -> biomed.dna_ops.Predict
-    """The ``predict`` callable of ``biomed/dna_ops.py``: synchronous session runs of at most ``chunk_rows`` windows."""
-
-    async def predict(rows: np.ndarray) -> np.ndarray:
-        return np.concatenate([model.run(rows[i : i + chunk_rows]) for i in range(0, len(rows), chunk_rows)])
-
-    return predict
 
 
 def _explain_input(args: argparse.Namespace) -> tuple[str, str]:
@@ -76,13 +53,14 @@ def _explain_input(args: argparse.Namespace) -> tuple[str, str]:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from biomed import dna_ops
+    from biomed import dna_ops, runtime
     from biomed.preprocess.dna import DnaSpec
 
     name, sequence = _explain_input(args)
-    model = load_dna_model(args.model)
-    result = asyncio.run(dna_ops.explain(predictor(model), model.labels, DnaSpec.from_dict(model.doc["preprocess"]), sequence,
-                                         args.task, args.rc))
+    model = runtime.load_model(args.model, runtime.RuntimeOptions(), kind=KIND)
+    spec = DnaSpec.from_dict(model.doc["preprocess"])
+    result = asyncio.run(dna_ops.explain(runtime.predictor(model, CHUNK_ROWS), model.labels, spec, sequence, args.task,
+                                         args.rc))
     plot_explain(sequence.upper(), result, f"{name} — {model.name}:{model.version}", Path(args.out))
     importance = np.asarray(result["importance"])
     top = int(importance.argmax())

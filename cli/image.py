@@ -1,8 +1,9 @@
 """``biomed explain-image``: occlusion sensitivity of an image model, from the command line.
 
-It runs an exported image model from the store with onnxruntime on the CPU through the very
-functions behind ``/explain_image`` (``biomed/occlusion.py``, ``biomed/outputs/dicom_maps.py``), with a
-synchronous predictor in place of the server's batcher. No torch.
+It runs an exported image model from the store with onnxruntime on the CPU (``biomed/runtime.py``)
+through the very functions behind ``/explain_image`` (``biomed/occlusion.py``,
+``biomed/outputs/dicom_maps.py``), with the runtime's chunked synchronous predictor (about 4 MiB
+of images a call) in place of the server's batcher. No torch.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from service.runtime import LoadedModel
+    from biomed.runtime import LoadedModel
 
-CHUNK_ROWS = 256  # occluded images per session.run
+KIND = "image"  # the kind of model explain-image runs
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -44,33 +45,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_explain_image)
 
 
-def load_image_model(ref: str) -> "LoadedModel":
-    """An image model from the store on onnxruntime's CPU provider."""
-    from service.config import ServiceConfig
-    from service.runtime import load_model
-
-    model = load_model(ref, ServiceConfig(models=(ref,), providers=("cpu",)))
-    if model.kind != "image":
-        raise ValueError(f"model {ref!r} is a {model.kind} model; explain-image needs an image model")
-    return model
-
-
-def predictor(model: "LoadedModel"):  # -> biomed.occlusion.Predict
-    """The ``predict`` callable of ``biomed/occlusion.py``: synchronous session runs of at most CHUNK_ROWS images."""
-
-    async def predict(rows: np.ndarray) -> np.ndarray:
-        return np.concatenate([model.run(rows[i : i + CHUNK_ROWS]) for i in range(0, len(rows), CHUNK_ROWS)])
-
-    return predict
-
-
 def cmd_explain_image(args: argparse.Namespace) -> int:
-    from biomed import occlusion
+    from biomed import occlusion, runtime
     from biomed.errors import InputError
     from biomed.preprocess.image import ImageSpec, Limits, load_presented
 
     path = Path(args.file)
-    model = load_image_model(args.model)
+    model = runtime.load_model(args.model, runtime.RuntimeOptions(), kind=KIND)
     spec = ImageSpec.from_dict(model.doc["preprocess"])
     try:
         grid = occlusion.plan(spec.size, args.patch, args.stride)
@@ -78,7 +59,8 @@ def cmd_explain_image(args: argparse.Namespace) -> int:
             raise InputError(f"label {args.label!r} is not one of the model's labels: {', '.join(model.labels)}")
         data = path.read_bytes()
         x, info, presented = load_presented(data, spec, Limits(), args.frame)
-        result = asyncio.run(occlusion.occlusion_map(predictor(model), x[args.frame], grid, model.labels, args.label))
+        predict = runtime.predictor(model)
+        result = asyncio.run(occlusion.occlusion_map(predict, x[args.frame], grid, model.labels, args.label))
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_bytes(occlusion.overlay_png(presented, result.map, args.opacity))

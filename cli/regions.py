@@ -60,11 +60,11 @@ def track_name(task: str) -> str:
 
 
 def local_predictor(ref: str, rc: bool, batch_rows: int | None) -> tuple[dict, Callable[[np.ndarray], np.ndarray]]:
-    from biomed import dna_ops
-    from cli.dna import CHUNK_ROWS, load_dna_model, predictor
+    from biomed import dna_ops, runtime
+    from cli.dna import CHUNK_ROWS, KIND
 
-    model = load_dna_model(ref)
-    predict = predictor(model, batch_rows or CHUNK_ROWS)
+    model = runtime.load_model(ref, runtime.RuntimeOptions(), kind=KIND)
+    predict = runtime.predictor(model, batch_rows or CHUNK_ROWS)
     info = {"name": model.name, "version": model.version, "sha256": model.sha256, "labels": list(model.labels),
             "length": int(model.doc["preprocess"]["length"])}
     return info, lambda windows: asyncio.run(dna_ops.score_windows(predict, windows, rc))

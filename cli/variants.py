@@ -183,12 +183,12 @@ def open_shard(path: Path, genome, index: int, count: int) -> Source:
 
 def local_scorer(ref: str, rc: bool, batch_rows: int | None) -> tuple[ModelInfo, Callable]:
     """onnxruntime on this machine: the model's windows in ``batch_rows``-row session calls."""
-    from biomed import dna_ops
-    from cli.dna import CHUNK_ROWS, load_dna_model, predictor
+    from biomed import dna_ops, runtime
+    from cli.dna import CHUNK_ROWS, KIND
 
-    model = load_dna_model(ref)
+    model = runtime.load_model(ref, runtime.RuntimeOptions(), kind=KIND)
     length = int(model.doc["preprocess"]["length"])
-    predict = predictor(model, batch_rows or CHUNK_ROWS)
+    predict = runtime.predictor(model, batch_rows or CHUNK_ROWS)
     placements = len(dna_ops.variant_offsets(length))
     info = ModelInfo(model.name, model.version, model.sha256, tuple(model.labels), length)
 

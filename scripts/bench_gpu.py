@@ -35,6 +35,7 @@ import onnxruntime as ort
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from biomed import metadata  # noqa: E402
+from biomed.runtime import preload_cuda  # noqa: E402
 from bench.flops import count_flops, peak_for  # noqa: E402
 
 
@@ -69,11 +70,12 @@ def gpu_name(override: str | None) -> str:
 
 
 def model_path(ref: str) -> Path:
+    """An ONNX file as given, or a store reference's file (``biomed.runtime.locate``: its metadata checked)."""
     if ref.endswith(".onnx"):
         return Path(ref)
-    from biomed.store import onnx_path, resolve
+    from biomed.runtime import locate
 
-    return onnx_path(resolve(ref))
+    return locate(ref).path
 
 
 def example(doc: dict, batch: int) -> np.ndarray:
@@ -90,7 +92,7 @@ def sessions(proto: onnx.ModelProto, dry_run: bool, tensorrt: bool) -> dict[str,
     if dry_run:
         eps, device = [("CPUExecutionProvider", {})], "cpu"
     else:
-        ort.preload_dlls(directory="")
+        preload_cuda()
         eps, device = [("CUDAExecutionProvider", {"device_id": 0}), ("CPUExecutionProvider", {})], "cuda"
     made = {}
     for label, graph in (("fp32", proto), ("fp16", fp16)):

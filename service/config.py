@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from biomed.runtime import RuntimeOptions
 from biomed.settings import DICOM_PEER, Settings
 
 __all__ = ["DICOM_PEER", "ServiceConfig"]
@@ -20,6 +21,12 @@ SLACK_BYTES = 128 * 2**20  # responses being written, parsed JSON within its val
 @dataclass(frozen=True)
 class ServiceConfig(Settings):
     """The settings, as the server reads them (docs/api.md, "Settings and limits")."""
+
+    def runtime_options(self) -> RuntimeOptions:
+        """How this server makes its sessions (``biomed/runtime.py``): providers, GPU settings, threads."""
+        return RuntimeOptions(providers=self.providers, require_gpu=self.require_gpu,
+                              gpu_mem_limit_mb=self.gpu_mem_limit_mb, trt_cache_dir=self.trt_cache_dir,
+                              intra_op_threads=self.intra_op_threads)
 
     def memory_bound(self, models: int | None = None) -> int:
         """The worst-case resident memory of one worker under these limits (docs/reliability.md, "Memory model").

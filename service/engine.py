@@ -10,13 +10,13 @@ from typing import Iterator
 
 from biomed.errors import InputError
 from biomed.preprocess.budget import DecodeBudget
+from biomed.runtime import LoadedModel, StartupError
 from service.admission import Admission
 from service.config import ServiceConfig
 from service.handlers import Handler, Shared, kinds_serving
 from service.lifecycle import Lifecycle
 from service.memory import Trimmer
 from service.metrics import metrics
-from service.runtime import LoadedModel, StartupError
 from service.versions import Scope, Versions, current_scope
 
 log = logging.getLogger("biomed.service")

@@ -30,13 +30,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol
 
+from biomed.runtime import LoadedModel, StartupError, load_model, warm_up
 from biomed.store import LATEST, ModelNotFound, latest_version, read_rollout, resolve
 from service import memory
 from service.config import ServiceConfig
 from service.footprint import Footprint
 from service.handlers import Handler, Shared, handler_class, served_kinds
 from service.metrics import Metrics, remove_series
-from service.runtime import LoadedModel, StartupError, load_model, warm_up
 from service.versions import Versions
 
 log = logging.getLogger("biomed.service")
@@ -174,7 +174,7 @@ class Lifecycle:
         config = self.engine.config
         on_gpu = any(p in ("cuda", "tensorrt") for p in config.providers)
         before = Footprint.before(on_gpu)
-        model = load_model(f"{name}:{version}", config)
+        model = load_model(f"{name}:{version}", config.runtime_options(), config.model_store or None)
         handler = handler_class(model.kind)
         if handler is None:
             raise StartupError(f"model {model.name}: kind {model.kind!r} has no handler; served kinds: "

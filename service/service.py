@@ -18,11 +18,11 @@ import warnings
 
 import bentoml
 
+from biomed.runtime import StartupError
 from service import dicom, memory, traffic
 from service.config import ServiceConfig
 from service.guard import Guard
 from service.app import build_app
-from service.runtime import StartupError
 
 log = logging.getLogger("biomed.service")
 # BentoML's own options (workers, timeout) are fixed when the class is decorated, at import.

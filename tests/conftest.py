@@ -81,3 +81,15 @@ def demo_models(demo_workdir: Path) -> dict[str, str]:
 
     build_demo_models(demo_workdir, force=False, quick=True)
     return {"image": str(resolve("demo-image").tag), "dna": str(resolve("demo-dna").tag), "workdir": str(demo_workdir)}
+
+
+@pytest.fixture(scope="session")
+def shared_server(demo_models: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator["Server"]:  # noqa: F821
+    """One real server for the whole test session, started as a user starts it (``biomed serve --port P``): the
+    session's test store with demo-image and demo-dna, no token, a free port; stopped when the session ends.
+    Tests that share it must leave it as they found it (no rollouts, no settings of their own)."""
+    from live_server import running
+
+    log = tmp_path_factory.mktemp("shared-server") / "server.log"
+    with running(log, through_cli=True, BIOMED_MODELS="demo-image,demo-dna", BIOMED_API_TOKEN="") as server:
+        yield server

@@ -1,4 +1,5 @@
-"""A real ``bentoml serve service.service:Biomed`` subprocess for the slow reliability tests.
+"""A real ``bentoml serve service.service:Biomed`` subprocess (or ``biomed serve``, as a user starts it) for the
+slow tests.
 
 The server runs in its own process group with the test model store (``BENTOML_HOME``), on a
 free loopback port; its stdout and stderr go to a file the tests can grep (patient data) or
@@ -23,6 +24,7 @@ import psutil
 
 REPO = Path(__file__).resolve().parent.parent
 BENTOML = Path(sys.executable).with_name("bentoml")
+BIOMED = Path(sys.executable).with_name("biomed")  # the console script: `biomed serve` checks the store, then execs bentoml
 
 
 def free_port() -> int:
@@ -96,13 +98,17 @@ def server_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def start(log: Path, workers: int = 1, **env: str) -> Server:
-    """Start a server (not yet ready); ``env`` adds or overrides environment variables."""
+def start(log: Path, workers: int = 1, through_cli: bool = False, **env: str) -> Server:
+    """Start a server (not yet ready); ``env`` adds or overrides environment variables.
+
+    ``through_cli``: started with ``biomed serve --port P`` (as the README starts it) instead of ``bentoml serve``.
+    """
     port = free_port()
     full_env = server_env(BIOMED_WORKERS=str(workers), **env)
+    serve = [str(BIOMED), "serve"] if through_cli else [str(BENTOML), "serve", "service.service:Biomed"]
     out = log.open("wb")
     proc = subprocess.Popen(
-        [str(BENTOML), "serve", "service.service:Biomed", "--host", "127.0.0.1", "--port", str(port)],
+        [*serve, "--host", "127.0.0.1", "--port", str(port)],
         cwd=REPO, env=full_env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
     )
     out.close()
@@ -110,9 +116,9 @@ def start(log: Path, workers: int = 1, **env: str) -> Server:
 
 
 @contextlib.contextmanager
-def running(log: Path, workers: int = 1, **env: str) -> Iterator[Server]:
+def running(log: Path, workers: int = 1, through_cli: bool = False, **env: str) -> Iterator[Server]:
     """A ready server, stopped on exit."""
-    server = start(log, workers, **env)
+    server = start(log, workers, through_cli, **env)
     try:
         server.wait_ready()
         yield server

@@ -334,4 +334,4 @@ def test_the_cli_writes_the_overlay_dicom_and_json(images, tmp_path: Path, sessi
     assert main(["explain-image", str(images["png"]), "--out", str(out), "--dicom", str(dcm)]) == 1
     assert "needs a DICOM input" in capsys.readouterr().err
     assert main(["explain-image", str(images["dicom"]), "--out", str(out), "--model", "demo-dna"]) == 1
-    assert "needs an image model" in capsys.readouterr().err
+    assert "a model of kind 'image' is needed" in capsys.readouterr().err

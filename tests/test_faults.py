@@ -1,6 +1,6 @@
 """Faults: broken models refuse to start (naming model and file), GPU absence, signals, dead workers.
 
-Fast tests call ``service.runtime`` directly on copies of the demo models; the slow ones run
+Fast tests call ``biomed.runtime`` directly on copies of the demo models; the slow ones run
 ``bentoml serve`` (tests/live_server.py): a corrupt model or ``BIOMED_REQUIRE_GPU=1`` on a host
 without a usable GPU exits non-zero with the reason in its output; SIGTERM lets in-flight
 requests finish and exits 0; a SIGKILLed worker is replaced and the server then answers all.
@@ -27,8 +27,8 @@ try:
 except ImportError:  # tests/ is not a package: pytest puts it on sys.path
     import live_server
 
+from biomed.runtime import StartupError, load_model, make_session
 from service.config import ServiceConfig
-from service.runtime import StartupError, load_model, make_session
 
 NO_GPU = {"CUDA_VISIBLE_DEVICES": ""}  # the same on a GPU host: CUDA is not usable, so the CPU takes over
 
@@ -94,7 +94,7 @@ def test_broken_model_fails_start_up_naming_model_and_file(broken_store, fault: 
     use, tag = broken_store
     path = use(fault)
     with pytest.raises(StartupError) as err:
-        load_model("demo-dna", ServiceConfig())
+        load_model("demo-dna", ServiceConfig().runtime_options())
     message = str(err.value)
     assert tag in message and says in message, message
     assert path.name in message, message
@@ -102,7 +102,7 @@ def test_broken_model_fails_start_up_naming_model_and_file(broken_store, fault: 
 
 def test_unknown_model_fails_start_up_listing_the_store(demo_models: dict[str, str]) -> None:
     with pytest.raises(StartupError, match=r"'no-such-model'.*available: .*demo-dna"):
-        load_model("no-such-model", ServiceConfig())
+        load_model("no-such-model", ServiceConfig().runtime_options())
 
 
 def test_require_gpu_without_cuda_fails(demo_models: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
@@ -110,11 +110,11 @@ def test_require_gpu_without_cuda_fails(demo_models: dict[str, str], monkeypatch
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     path = onnx_path(resolve("demo-dna"))
-    _, provider = make_session(path, ServiceConfig())
+    _, provider = make_session(path, ServiceConfig().runtime_options())
     if provider != "CPUExecutionProvider":
         pytest.skip(f"CUDA stayed usable in this process ({provider}); the server test below covers it")
     with pytest.raises(StartupError, match="BIOMED_REQUIRE_GPU=1"):
-        make_session(path, ServiceConfig(require_gpu=True))
+        make_session(path, ServiceConfig(require_gpu=True).runtime_options())
 
 
 # --------------------------------------------------------------------------- real servers (slow)

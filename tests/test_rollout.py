@@ -16,9 +16,9 @@ from typing import Iterator
 import pytest
 
 from biomed import store
+from biomed.runtime import StartupError
 from service.config import ServiceConfig
 from service.lifecycle import Plan, desired, plans
-from service.runtime import StartupError
 from service.versions import Versions, share_point
 
 try:

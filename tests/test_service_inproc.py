@@ -107,7 +107,7 @@ def test_probes(client) -> None:  # type: ignore[no-untyped-def]
 
 def test_models_lists_both_with_provenance(client, demo_models: dict[str, str]) -> None:  # type: ignore[no-untyped-def]
     from biomed.store import onnx_path, resolve
-    from service.runtime import sha256_of
+    from biomed.runtime import sha256_of
 
     entries = {m["name"]: m for m in client.get("/models").json()["models"]}
     assert set(entries) == {"demo-image", "demo-dna"}
@@ -525,7 +525,7 @@ def test_metrics_after_traffic(client, models) -> None:  # type: ignore[no-untyp
 
 
 def test_service_imports_without_torch() -> None:
-    code = ("import service.service, service.engine, service.runtime, service.app, service.handlers, biomed.dna_ops, sys; "
+    code = ("import service.service, service.engine, biomed.runtime, service.app, service.handlers, biomed.dna_ops, sys; "
             "bad = sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')); "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=120)

@@ -178,7 +178,7 @@ def test_pysam_reads_the_header_and_records(annotated: dict, genome: Path, model
     import pysam
 
     from biomed.store import onnx_path, resolve
-    from service.runtime import sha256_of
+    from biomed.runtime import sha256_of
 
     with pysam.VariantFile(str(annotated["path"])) as vcf:
         info = vcf.header.info

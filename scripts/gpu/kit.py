@@ -62,14 +62,14 @@ def _models(out: Path, quick: bool) -> list[str]:
     import torch
 
     from biomed import metadata
-    from biomed.store import onnx_path, resolve
+    from biomed.runtime import locate
     from models import build_model
     from training.export import INPUT_NAME, OUTPUT_NAME, WithActivation, embed, to_onnx
 
     out.mkdir(parents=True, exist_ok=True)
     names = []
     for ref in ("demo-image", "demo-dna"):
-        shutil.copy(onnx_path(resolve(ref)), out / f"{ref}.onnx")
+        shutil.copy(locate(ref).path, out / f"{ref}.onnx")
         names.append(ref)
     size, length = (64, 200) if quick else (224, 1000)
     for kind, arch, shape, labels in (("image", "resnet18", (2, 1, size, size), ["normal", "lesion"]),

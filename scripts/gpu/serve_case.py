@@ -19,9 +19,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
+
+if TYPE_CHECKING:
+    from biomed.runtime import LoadedModel
 
 LUA = """local f = io.open(os.getenv("BENCH_BODY_FILE"), "rb")
 wrk.method = "POST"
@@ -70,29 +74,25 @@ def _load(url: str, body: bytes, content_type: str, concurrency: int, seconds: f
     return {"tool": "wrk", "rps": r.rps, "p99_ms": r.p99_ms, "non_2xx": r.non_2xx + r.socket_errors}
 
 
-def _pipeline(path: Path, doc: dict, body: bytes, providers: list[str], seconds: float) -> float:
+def _pipeline(model: "LoadedModel", body: bytes, seconds: float) -> float:
     """Requests/s of decode + preprocess + one inference, in-process, one after another."""
     import numpy as np
-    import onnxruntime as ort
 
-    from biomed import dna_ops
+    from biomed import dna_ops, runtime
     from biomed.preprocess.dna import DnaSpec
     from biomed.preprocess.image import ImageSpec, load_image
 
-    session = ort.InferenceSession(str(path), providers=providers)
-    name = session.get_inputs()[0].name
+    doc = model.doc
     if doc["kind"] == "image":
         spec = ImageSpec.from_dict(doc["preprocess"])
 
         def once() -> None:
             x, _ = load_image(body, spec)
-            session.run(None, {name: np.ascontiguousarray(x, dtype=np.float32)})
+            model.run(np.ascontiguousarray(x, dtype=np.float32))
     else:
         spec_dna = DnaSpec.from_dict(doc["preprocess"])
         sequence = json.loads(body)["sequences"][0]
-
-        async def predict(rows: np.ndarray) -> np.ndarray:
-            return session.run(None, {name: rows})[0]
+        predict = runtime.predictor(model)
 
         def once() -> None:
             import asyncio
@@ -118,7 +118,7 @@ def main() -> int:
     kit, state = Path(args.kit), Path(args.state)
     os.environ["BENTOML_HOME"] = str(state / "bentoml")
     os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
-    from biomed import metadata
+    from biomed.runtime import RuntimeOptions, load_model
     from biomed.store import biomed_models, import_onnx
 
     names = json.loads((kit / "kit.json").read_text())["models"]
@@ -126,7 +126,8 @@ def main() -> int:
     for name in names:
         if name not in have:
             import_onnx(kit / "models" / f"{name}.onnx", name)
-    providers = ["CPUExecutionProvider"] if args.dry_run else ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    # The pipeline's sessions are made as the server's: the same runtime, providers and GPU requirement.
+    options = RuntimeOptions(providers=("cpu",) if args.dry_run else ("cuda", "cpu"), require_gpu=not args.dry_run)
     from bench.server import Server
 
     rows = []
@@ -134,10 +135,10 @@ def main() -> int:
            "BIOMED_REQUIRE_GPU": "0" if args.dry_run else "1", "BIOMED_PROGRESS": "0"}
     with Server("service.service:Biomed", env, state / "service.log") as server:
         for name in names:
-            path = kit / "models" / f"{name}.onnx"
-            doc = metadata.read(path)
-            route, body, content_type = _request(doc, name)
-            pipeline = _pipeline(path, doc, body, providers, min(args.seconds, 4.0))
+            model = load_model(name, options)
+            route, body, content_type = _request(model.doc, name)
+            pipeline = _pipeline(model, body, min(args.seconds, 4.0))
+            del model  # its session (GPU memory included) goes before the service's load test
             for concurrency in (1, 16):
                 r = _load(server.url + route, body, content_type, concurrency, args.seconds)
                 rows.append({"model": name, "concurrency": concurrency, **r, "pipeline_rps": pipeline,

@@ -17,7 +17,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING
 
-from service.runtime import StartupError
+from biomed.runtime import StartupError
 
 if TYPE_CHECKING:
     from service.dicom.scp import Receiver

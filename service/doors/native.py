@@ -20,6 +20,7 @@ from biomed.errors import MalformedInput
 from biomed.flags import parse_flag
 from biomed.genome import parse_fasta
 from biomed.occlusion import DEFAULT_OPACITY
+from biomed.runtime import LoadedModel
 from service.doors.endpoint import wrapper
 from service.doors.http_io import read_body, read_json, read_upload
 from service.protocol import errors
@@ -159,7 +160,21 @@ async def explain_image(request: Request, engine: Engine) -> dict | Response:
 
 
 async def list_models(request: Request, engine: Engine) -> dict:
-    return {"models": [m.describe() for m in engine.models.values()]}
+    return {"models": [describe(m) for m in engine.models.values()]}
+
+
+def describe(model: LoadedModel) -> dict:
+    """The ``GET /models`` entry of a loaded model."""
+    d = model.doc
+    return {
+        "name": model.name, "version": model.version, "kind": d["kind"], "labels": d["labels"],
+        "multilabel": d["multilabel"], "input": d["input"], "output": d["output"], "preprocess": d["preprocess"],
+        "provider": model.provider, "sha256": model.sha256, "architecture": d.get("architecture", {}).get("arch"),
+        "metrics": d["training"]["metrics"], "baseline": d["training"].get("baseline"),
+        "export": d.get("export", {}), "intended_use": d["intended_use"],
+        "default": model.serving["default"], "canary_percent": model.serving["canary_percent"],
+        "memory": dict(model.memory),
+    }
 
 
 async def openapi(request: Request, engine: Engine) -> dict:

@@ -18,10 +18,10 @@ import numpy as np
 
 from biomed.errors import MalformedInput
 from biomed.preprocess.budget import DecodeBudget
+from biomed.runtime import LoadedModel
 from service.batcher import Batcher
 from service.config import ServiceConfig
 from service.metrics import Metrics
-from service.runtime import LoadedModel
 
 T = TypeVar("T")
 

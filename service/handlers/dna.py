@@ -16,8 +16,8 @@ from biomed.errors import InputError, TooLarge
 from biomed.kinds.dna import KIND as DNA
 from biomed.preprocess import dna
 from biomed.preprocess.dna import DnaSpec
+from biomed.runtime import LoadedModel
 from service.handlers.base import Handler, Shared
-from service.runtime import LoadedModel
 
 
 class DnaHandler(Handler):

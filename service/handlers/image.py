@@ -16,8 +16,8 @@ from biomed.kinds.image import KIND as IMAGE
 from biomed.outputs.dicom_maps import NoDicomSource, explanation_dicom, source_header
 from biomed.preprocess.budget import reserve
 from biomed.preprocess.image import ImageSpec, Limits, load_image, load_presented
+from biomed.runtime import LoadedModel
 from service.handlers.base import Handler, Shared
-from service.runtime import LoadedModel
 
 T = TypeVar("T")
 

@@ -331,7 +331,21 @@ class Settings:
         "BIOMED_DICOM_RETRY_MAX_S", "300", "the longest wait between delivery attempts; waits double from 1 s up to it "
         "while the destination fails", as_float)
 
+    grpc_port: int = setting(
+        "BIOMED_GRPC_PORT", "0", "the [Open Inference Protocol v2 over gRPC](#open-inference-protocol-v2-over-grpc)'s TCP "
+        "port; every worker listens on it (`SO_REUSEPORT`). `biomed serve --grpc-port P` sets it", as_port,
+        shown="`0` (off)")
+    grpc_host: str = setting(
+        "BIOMED_GRPC_HOST", "0.0.0.0", "the gRPC server's bind address (`biomed serve --grpc-port` uses its `--host` when "
+        "this is unset)", as_text)
+    grpc_max_streams: int = setting(
+        "BIOMED_GRPC_MAX_STREAMS", "16", "gRPC calls per worker whose request message is read at once (each may be up "
+        "to `BIOMED_MAX_UPLOAD_MB`: a term of the memory model); more wait their turn, unread, within the worker's "
+        "share of `BIOMED_MAX_CONCURRENCY`. Must be positive", as_int)
+
     def __post_init__(self) -> None:
+        if self.grpc_max_streams < 1:
+            raise ValueError(f"{env('grpc_max_streams')}={self.grpc_max_streams} must be at least 1")
         if self.dicom_port and not self.dicom_allowed_aets:
             raise ValueError(f"{env('dicom_port')} is set but {env('dicom_allowed_aets')} is empty: list the calling AE "
                              "titles allowed to send (comma-separated), or * for any")

@@ -123,7 +123,8 @@ def cmd_demo_models(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from cli.serve import serve
 
-    return serve(port=args.port, host=args.host, workers=args.workers, models=args.models, dicom_port=args.dicom_port)
+    return serve(port=args.port, host=args.host, workers=args.workers, models=args.models, dicom_port=args.dicom_port,
+                 grpc_port=args.grpc_port)
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -186,6 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", help="comma list of name[:version] (default BIOMED_MODELS or demo-image,demo-dna)")
     p.add_argument("--dicom-port", type=int, help="also receive DICOM (C-STORE) on this port (BIOMED_DICOM_PORT; "
                    "allowed senders in BIOMED_DICOM_ALLOWED_AETS)")
+    p.add_argument("--grpc-port", type=int, help="also serve the Open Inference Protocol v2 over gRPC on this port "
+                   "(BIOMED_GRPC_PORT)")
     p.set_defaults(func=cmd_serve)
     for extra in _extra_commands():
         extra(sub)

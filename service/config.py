@@ -35,12 +35,15 @@ class ServiceConfig(Settings):
         into a multipart part and the file read from it), what all image decodes may reserve, and
         per model a queue of model rows with the copies made while building them (strands,
         placements, ISM mutants) and their outputs. With the C-STORE receiver on, the instances it holds
-        (``BIOMED_MAX_BODIES_MB`` of them, parsed like bodies) come on top.
+        (``BIOMED_MAX_BODIES_MB`` of them, parsed like bodies) come on top; with the gRPC door on, the request
+        messages it has read but not yet admitted into the bodies' budget (``BIOMED_GRPC_MAX_STREAMS`` of at most
+        ``BIOMED_MAX_UPLOAD_MB`` each; once admitted they count among the bodies).
         """
         # Models loaded at once: each entry of BIOMED_MODELS and canary version not among them, and while the store
         # is watched one more (a reload warms the new version up beside the old one, which drains before it goes).
         canaries = {f"{name}:{version}" for name, version, _ in self.canary} - set(self.models)
         n = len(self.models) + len(canaries) + (1 if self.model_poll_s > 0 else 0) if models is None else models
         received = 3 * self.max_body_bytes if self.dicom_port else 0  # instances the C-STORE receiver holds
+        messages = self.grpc_max_streams * self.max_upload_bytes if self.grpc_port else 0  # gRPC messages being read
         return BASELINE_BYTES + 3 * self.max_body_bytes + self.max_decoding_bytes + n * 3 * self.max_queued_bytes \
-            + SLACK_BYTES + received
+            + SLACK_BYTES + received + messages

@@ -20,7 +20,7 @@ from biomed import kinds
 from biomed.errors import MalformedInput
 from biomed.settings import env
 from service import lifecycle
-from service.engine import Engine
+from service.engine import Engine, UnknownModel
 from service.handlers import Handler
 from service.protocol.v2 import (
     OUTPUT, PLATFORM, V2_TYPE, InferRequest, InferResponse, InputSpec, OutputTensor, Signature,
@@ -45,6 +45,16 @@ def signature(handler: Handler) -> Signature:
 
 
 lifecycle.UNLOAD_HOOKS.append(signature.cache_clear)  # an unloaded version's handler must not stay cached
+
+
+def pick(engine: Engine, name: str, version: str | None) -> Handler:
+    """The model a v2 call names (``name``, and ``version`` unless None: the name's default); 404 when not loaded.
+
+    A ``:`` in either is refused rather than read as ``name:version`` (the engine's own notation).
+    """
+    if ":" in name or (version is not None and (not version or ":" in version)):
+        raise UnknownModel(f"model {name[:200]!r} (version {str(version)[:80]!r}) is not loaded; see GET /models")
+    return engine.pick(name if version is None else f"{name}:{version}")
 
 
 def _tensor(name: str, datatype: str, shape: tuple[int, ...]) -> dict:

@@ -20,7 +20,7 @@ from biomed.errors import UnsupportedMedia
 from service import inference
 from service.doors.endpoint import wrapper
 from service.doors.http_io import read_body
-from service.engine import Engine, UnknownModel
+from service.engine import Engine
 from service.handlers import Handler
 from service.protocol.json_bounds import BIG_JSON
 from service.protocol.v2 import EXTENSIONS, HEADER_LENGTH, InferRequest, Signature, encode_rest, error_body, \
@@ -33,11 +33,7 @@ wrap = wrapper(error_body)
 
 def _handler(request: Request, engine: Engine) -> Handler:
     """The model the path names (``/v2/models/{name}[/versions/{version}]``); 404 for an unknown name or version."""
-    name = request.path_params["name"]
-    version = request.path_params.get("version")
-    if ":" in name or (version is not None and (not version or ":" in version)):
-        raise UnknownModel(f"model {name[:200]!r} (version {str(version)[:80]!r}) is not loaded; see GET /models")
-    return engine.pick(name if version is None else f"{name}:{version}")
+    return inference.pick(engine, request.path_params["name"], request.path_params.get("version"))
 
 
 def _parse_pool() -> ThreadPoolExecutor:

@@ -99,7 +99,8 @@ def parse_grpc(msg: pb.ModelInferRequest, signature: Signature) -> InferRequest:
     else:
         _typed(name, datatype, shape, count, given.contents, tensor)
     outputs = [{"name": o.name, "parameters": parameters(o.parameters)} for o in msg.outputs]
-    chosen, _ = requested_outputs({"outputs": outputs or None}, signature, name)
+    chosen, _ = requested_outputs({"outputs": outputs or None, "parameters": {"binary_data_output": True}}, signature,
+                                  name)  # always raw_output_contents
     return InferRequest(msg.id or None, parameters(msg.parameters), tensor, chosen, True)
 
 

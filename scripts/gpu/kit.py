@@ -41,7 +41,8 @@ STATE = Path(os.environ.get("BIOMED_GPU_DIR", "/tmp/biomed-gpu"))
 WHEELS = ["onnxruntime-gpu==1.31.1", "bentoml>=1.4,<1.5", "numpy>=1.26", "onnx>=1.16", "pydicom>=3.0", "pylibjpeg>=2.0",
           "pylibjpeg-libjpeg>=2.1", "pylibjpeg-openjpeg>=2.3", "pylibjpeg-rle>=2.0", "pillow>=10",
           "prometheus-client>=0.20", "pydantic>=2.5", "jsonschema>=4.20", "rich>=13", "highdicom>=0.28",
-          "pynetdicom>=3.0", "dicomweb-client>=0.61"]
+          "pynetdicom>=3.0", "dicomweb-client>=0.61", "tritonclient[grpc]>=2.73,<3", "grpcio>=1.81.1",
+          "grpcio-health-checking>=1.81.1", "protobuf>=6.33.5,<7"]
 PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64",
              "linux_x86_64"]
 

@@ -1,8 +1,8 @@
 """``biomed explain-image``: occlusion sensitivity of an image model, from the command line.
 
 It runs an exported image model from the store with onnxruntime on the CPU through the very
-functions behind ``/explain_image`` (``biomed/occlusion.py``, ``biomed/outputs/dicom_maps.py``), with a
-synchronous predictor in place of the server's batcher. No torch.
+functions behind ``/explain_image`` (``biomed/occlusion.py``, and ``biomed/outputs/``: ``overlay.py``,
+``dicom_maps.py``, ``explanation.py``), with a synchronous predictor in place of the server's batcher. No torch.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ CHUNK_ROWS = 256  # occluded images per session.run
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from biomed.occlusion import DEFAULT_OPACITY, PATCH_DIVISOR, STRIDE_DIVISOR
+    from biomed.occlusion import PATCH_DIVISOR, STRIDE_DIVISOR
+    from biomed.outputs.overlay import DEFAULT_OPACITY
 
     p = sub.add_parser("explain-image", help="occlusion map of an image's label, drawn over the image",
                        description="Slide a patch over the model input, fill it with the image's mean, and record "
@@ -40,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--opacity", type=float, default=DEFAULT_OPACITY,
                    help=f"heat map opacity 0-1 (default {DEFAULT_OPACITY})")
     p.add_argument("--dicom", metavar="DCM", help="also write the map as a DICOM object over the source (DICOM input)")
-    p.add_argument("--json", metavar="JSON", help="also write the map and probabilities as JSON")
+    p.add_argument("--json", metavar="JSON", help="also write the map and probabilities as JSON (as /explain_image)")
     p.set_defaults(func=cmd_explain_image)
 
 
@@ -67,6 +68,7 @@ def predictor(model: "LoadedModel"):  # -> biomed.occlusion.Predict
 def cmd_explain_image(args: argparse.Namespace) -> int:
     from biomed import occlusion
     from biomed.errors import InputError
+    from biomed.outputs import overlay
     from biomed.preprocess.image import ImageSpec, Limits, load_presented
 
     path = Path(args.file)
@@ -81,13 +83,13 @@ def cmd_explain_image(args: argparse.Namespace) -> int:
         result = asyncio.run(occlusion.occlusion_map(predictor(model), x[args.frame], grid, model.labels, args.label))
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_bytes(occlusion.overlay_png(presented, result.map, args.opacity))
+        out.write_bytes(overlay.overlay_png(presented, result.map, args.opacity))
         if args.dicom:
             _write_dicom(Path(args.dicom), data, result, presented, info, model, args)
     except InputError as err:
         raise ValueError(f"{path.name}: {err.detail}") from None
     if args.json:
-        _write_json(Path(args.json), result, model.labels, presented)
+        _write_json(Path(args.json), result, model, args.frame, presented, info)
     label = model.labels[result.index]
     rows, columns = presented.shape[:2]
     r, c = occlusion.peak(occlusion.upsample(result.map, rows, columns))
@@ -101,6 +103,7 @@ def cmd_explain_image(args: argparse.Namespace) -> int:
 def _write_dicom(out: Path, data: bytes, result, presented: np.ndarray, info: dict,  # type: ignore[no-untyped-def]
                  model: "LoadedModel", args: argparse.Namespace) -> None:
     from biomed import occlusion
+    from biomed.outputs import overlay
     from biomed.outputs.dicom_maps import NoDicomSource, explanation_dicom, source_header
     from biomed.preprocess.image import Limits
 
@@ -108,7 +111,7 @@ def _write_dicom(out: Path, data: bytes, result, presented: np.ndarray, info: di
         raise NoDicomSource(f"--dicom needs a DICOM input to reference; this is a {str(info.get('format')).upper()}")
     rows, columns = presented.shape[:2]
     values = occlusion.upsample(result.map, rows, columns)
-    rgb = occlusion.overlay(presented, values, args.opacity)
+    rgb = overlay.overlay(presented, values, args.opacity)
     dicom, kind = explanation_dicom(source_header(data, Limits()), values, rgb, model.labels[result.index], model.name,
                                     model.version, args.frame, int(info.get("frames", 1)))
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -116,11 +119,12 @@ def _write_dicom(out: Path, data: bytes, result, presented: np.ndarray, info: di
     print(f"wrote a {kind.replace('_', ' ')} -> {out}")
 
 
-def _write_json(out: Path, result, labels: list[str], presented: np.ndarray) -> None:  # type: ignore[no-untyped-def]
-    grid = result.grid
-    doc = {"label": labels[result.index], "probabilities": dict(zip(labels, map(float, result.probabilities))),
-           "map": {"rows": grid.height, "columns": grid.width, "patch": grid.patch, "stride": grid.stride,
-                   "values": np.round(result.map, 7).tolist()},
-           "presented": {"rows": int(presented.shape[0]), "columns": int(presented.shape[1])}}
+def _write_json(out: Path, result, model: "LoadedModel", frame: int,  # type: ignore[no-untyped-def]
+                presented: np.ndarray, info: dict) -> None:
+    """The JSON answer of ``/explain_image`` (``biomed/outputs/explanation.py``)."""
+    from biomed.outputs.explanation import explanation_body
+
+    doc = {"model": model.name, "version": model.version,
+           **explanation_body(result, model.labels, frame, presented, info)}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc))

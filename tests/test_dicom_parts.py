@@ -18,12 +18,12 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from biomed.errors import MalformedInput
+from biomed.outputs import Producer, sr
 from service.config import ServiceConfig
-from biomed.outputs import sr
 from service.dicom import multipart
 from service.dicom.spool import Forwarder, Spool
 
-ALGO = sr.Algorithm("demo-image", "20250101-000000-abcdef01", "ab" * 32, ("cavity", "nodule", "normal"))
+ALGO = Producer("demo-image", "20250101-000000-abcdef01", "ab" * 32, ("cavity", "nodule", "normal"))
 
 
 # ---------------------------------------------------------------------------------------------- multipart/related
@@ -86,7 +86,7 @@ def test_the_sr_reads_back_with_highdicom_and_its_uid_is_deterministic() -> None
     again = pydicom.dcmread(io.BytesIO(sr.sr_bytes(sr.build_sr(source, probs, ALGO))))
     assert first.SOPInstanceUID == again.SOPInstanceUID == sr.sr_uid(source.SOPInstanceUID, ALGO)
     assert len(first.SOPInstanceUID) <= 64 and first.SOPInstanceUID.startswith("2.25.")
-    other = sr.Algorithm(ALGO.name, "another-version", ALGO.sha256, ALGO.labels)
+    other = Producer(ALGO.name, "another-version", ALGO.sha256, ALGO.labels)
     assert sr.sr_uid(source.SOPInstanceUID, other) != first.SOPInstanceUID
     results = sr.read_results(again)
     assert [r["frame"] for r in results] == [0, 1] and [r["label"] for r in results] == ["normal", "cavity"]

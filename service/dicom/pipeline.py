@@ -56,7 +56,7 @@ from pydicom.uid import (
 
 from biomed.errors import InputError
 from biomed.preprocess.dicom_read import PIXEL_KEYWORDS, read
-from biomed.outputs import sr
+from biomed.outputs import Producer, sr
 
 if TYPE_CHECKING:
     from service.dicom.spool import Spool
@@ -137,9 +137,10 @@ async def _off_loop(fn: Any, *args: Any) -> Any:
     return await asyncio.get_running_loop().run_in_executor(_pool(), fn, *args)
 
 
-def algorithm(handler: "ImageHandler") -> sr.Algorithm:
+def producer(handler: "ImageHandler") -> Producer:
+    """The model version the handler runs, as its SRs name it."""
     m = handler.model
-    return sr.Algorithm(m.name, m.version, m.sha256, tuple(handler.labels))
+    return Producer(m.name, m.version, m.sha256, tuple(handler.labels))
 
 
 def read_header(data: bytes, limits: Any) -> Dataset:
@@ -180,14 +181,14 @@ async def sr_for(handler: "ImageHandler", data: bytes, door: str = "native") -> 
         check_header(header)
     except Refused as err:
         raise InputError(f"output=sr cannot reference this file: {err.detail}", code="sr_needs_dicom") from None
-    return await _off_loop(_build, header, probs, algorithm(handler))
+    return await _off_loop(_build, header, probs, producer(handler))
 
 
-def _build(header: Dataset, probs: np.ndarray, algo: sr.Algorithm) -> bytes:
+def _build(header: Dataset, probs: np.ndarray, algo: Producer) -> bytes:
     return sr.sr_bytes(sr.build_sr(header, probs, algo))
 
 
-def _build_and_spool(header: Dataset, probs: np.ndarray, algo: sr.Algorithm, spool: "Spool") -> bool:
+def _build_and_spool(header: Dataset, probs: np.ndarray, algo: Producer, spool: "Spool") -> bool:
     uid = sr.sr_uid(str(header.SOPInstanceUID), algo)
     if spool.is_known(uid):
         return False
@@ -207,7 +208,7 @@ async def receive(handler: "ImageHandler", data: bytes, door: str, study: str | 
         del data
         if spool is not None:
             try:
-                outcome.spooled = await _off_loop(_build_and_spool, header, probs, algorithm(handler), spool)
+                outcome.spooled = await _off_loop(_build_and_spool, header, probs, producer(handler), spool)
             except OSError as err:
                 log.error("the SR spool could not be written (%s); the instance was refused with 0xA700",
                           type(err).__name__)

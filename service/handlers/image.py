@@ -12,7 +12,9 @@ import numpy as np
 
 from biomed import occlusion
 from biomed.errors import InputError, TooLarge
+from biomed.outputs import overlay
 from biomed.outputs.dicom_maps import NoDicomSource, explanation_dicom, source_header
+from biomed.outputs.explanation import explanation_body
 from biomed.preprocess.budget import reserve
 from biomed.preprocess.image import ImageSpec, Limits, load_image, load_presented
 from service.config import ServiceConfig
@@ -187,7 +189,7 @@ class ImageHandler(Handler):
 
         def run() -> T:
             rows, columns = e.presented.shape[:2]
-            with reserve(self.shared.budget, occlusion.output_bytes(rows, columns)):
+            with reserve(self.shared.budget, overlay.output_bytes(rows, columns)):
                 return build()
 
         return run
@@ -195,27 +197,15 @@ class ImageHandler(Handler):
     async def explanation_json(self, e: Explanation, include_image: bool = False) -> dict:
         """The JSON answer: the explained label, every probability of the frame, the map at the model input's
         geometry and the presented frame's geometry (and, when asked, the presented frame as a base64 PNG)."""
-        r, grid = e.result, e.result.grid
-        values = np.round(r.map, 7)
-        row, column = occlusion.peak(r.map)
-        body = self.answer(
-            method="occlusion", frame=e.frame, label=self.labels[r.index],
-            predicted=self.labels[int(np.argmax(r.probabilities))],
-            probabilities=dict(zip(self.labels, map(float, r.probabilities))),
-            map={"rows": grid.height, "columns": grid.width, "patch": grid.patch, "stride": grid.stride,
-                 "patches": grid.patches, "min": float(values.min()), "max": float(values.max()),
-                 "peak": {"row": row, "column": column}, "values": values.tolist()},
-            presented={"rows": int(e.presented.shape[0]), "columns": int(e.presented.shape[1]),
-                       "samples": int(e.presented.shape[2])},
-            input=e.info)
+        body = self.answer(**explanation_body(e.result, self.labels, e.frame, e.presented, e.info))
         if include_image:
-            png = await self.in_thread(self._reserved(e, lambda: occlusion.png_bytes(e.presented)))
+            png = await self.in_thread(self._reserved(e, lambda: overlay.png_bytes(e.presented)))
             body["image_png"] = base64.b64encode(png).decode("ascii")
         return body
 
     async def explanation_png(self, e: Explanation, opacity: float) -> bytes:
         """The map upsampled to the presented frame's geometry, drawn over it, as PNG."""
-        return await self.in_thread(self._reserved(e, lambda: occlusion.overlay_png(e.presented, e.result.map, opacity)))
+        return await self.in_thread(self._reserved(e, lambda: overlay.overlay_png(e.presented, e.result.map, opacity)))
 
     async def explanation_dicom(self, e: Explanation, opacity: float) -> bytes:
         """The map as a DICOM object over the source instance (``biomed/outputs/dicom_maps.py``)."""
@@ -223,7 +213,7 @@ class ImageHandler(Handler):
         def build() -> bytes:
             rows, columns = e.presented.shape[:2]
             values = occlusion.upsample(e.result.map, rows, columns)
-            rgb = occlusion.overlay(e.presented, values, opacity)
+            rgb = overlay.overlay(e.presented, values, opacity)
             out, _ = explanation_dicom(e.header, values, rgb, self.labels[e.result.index], self.model.name,
                                        self.model.version, e.frame, int(e.info.get("frames", 1)))
             return out

@@ -70,6 +70,7 @@ def cmd_explain_image(args: argparse.Namespace) -> int:
     from biomed.errors import InputError
     from biomed.outputs import overlay
     from biomed.preprocess.image import ImageSpec, Limits, load_presented
+    from biomed.preprocess.upload import Upload
 
     path = Path(args.file)
     model = load_image_model(args.model)
@@ -78,14 +79,14 @@ def cmd_explain_image(args: argparse.Namespace) -> int:
         grid = occlusion.plan(spec.size, args.patch, args.stride)
         if args.label and args.label not in model.labels:
             raise InputError(f"label {args.label!r} is not one of the model's labels: {', '.join(model.labels)}")
-        data = path.read_bytes()
-        x, info, presented = load_presented(data, spec, Limits(), args.frame)
+        upload = Upload(path.read_bytes())  # a DICOM's header stays parsed for --dicom
+        x, info, presented = load_presented(upload, spec, Limits(), args.frame)
         result = asyncio.run(occlusion.occlusion_map(predictor(model), x[args.frame], grid, model.labels, args.label))
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_bytes(overlay.overlay_png(presented, result.map, args.opacity))
         if args.dicom:
-            _write_dicom(Path(args.dicom), data, result, presented, info, model, args)
+            _write_dicom(Path(args.dicom), upload, result, presented, info, model, args)
     except InputError as err:
         raise ValueError(f"{path.name}: {err.detail}") from None
     if args.json:
@@ -100,19 +101,18 @@ def cmd_explain_image(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_dicom(out: Path, data: bytes, result, presented: np.ndarray, info: dict,  # type: ignore[no-untyped-def]
+def _write_dicom(out: Path, upload, result, presented: np.ndarray, info: dict,  # type: ignore[no-untyped-def]
                  model: "LoadedModel", args: argparse.Namespace) -> None:
     from biomed import occlusion
     from biomed.outputs import overlay
-    from biomed.outputs.dicom_maps import NoDicomSource, explanation_dicom, source_header
-    from biomed.preprocess.image import Limits
+    from biomed.outputs.dicom_maps import NoDicomSource, explanation_dicom, referable
 
-    if info.get("format") != "dicom":
+    if info.get("format") != "dicom" or upload.header is None:
         raise NoDicomSource(f"--dicom needs a DICOM input to reference; this is a {str(info.get('format')).upper()}")
     rows, columns = presented.shape[:2]
     values = occlusion.upsample(result.map, rows, columns)
     rgb = overlay.overlay(presented, values, args.opacity)
-    dicom, kind = explanation_dicom(source_header(data, Limits()), values, rgb, model.labels[result.index], model.name,
+    dicom, kind = explanation_dicom(referable(upload.header), values, rgb, model.labels[result.index], model.name,
                                     model.version, args.frame, int(info.get("frames", 1)))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(dicom)

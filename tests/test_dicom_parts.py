@@ -1,5 +1,6 @@
-"""The DICOM network's parts on their own (fast): the multipart/related reader, the SR builder, the spool and its
-forwarder, the settings, and STOW-RS and ``output=sr`` through the in-process service.
+"""The DICOM network's parts on their own (fast): the multipart/related reader, the SR builder, the UID pattern, the
+spool and its forwarder, the settings, and STOW-RS and ``output=sr`` through the in-process service (each instance
+parsed once).
 
 The real network (Orthanc, storescu, a real server) is tests/test_dicom_network.py.
 """
@@ -19,6 +20,7 @@ from pydicom.data import get_testdata_file
 
 from biomed.errors import MalformedInput
 from biomed.outputs import Producer, sr
+from biomed.preprocess.dicom_read import is_uid
 from service.config import ServiceConfig
 from service.dicom import multipart
 from service.dicom.spool import Forwarder, Spool
@@ -106,6 +108,16 @@ def test_a_source_without_patient_attributes_or_image_geometry_still_gets_its_sr
             delattr(source, keyword)
     ds = pydicom.dcmread(io.BytesIO(sr.sr_bytes(sr.build_sr(source, np.array([[0.3, 0.3, 0.4]]), ALGO))))
     assert ds.PatientID == "" and sr.read_results(ds)[0]["sop_instance_uid"] == source.SOPInstanceUID
+
+
+@pytest.mark.parametrize("value, ok", [
+    ("1.2.840.10008.5.1.4.1.1.2", True), ("2.25." + "9" * 59, True), ("0", True),
+    ("2.25." + "9" * 60, False),  # 65 characters
+    ("1..2", False), ("1.2.", False), (".1", False), ("1.2\n", False), ("1.2a", False), ("", False),
+    ("../../etc/passwd", False), ("1.2 ", False),
+])
+def test_one_uid_pattern_for_the_doors_and_the_spool(value: str, ok: bool) -> None:
+    assert is_uid(value) is ok
 
 
 # ---------------------------------------------------------------------------------------------- spool, forwarder
@@ -239,3 +251,28 @@ def test_the_access_log_writes_stows_study_path_as_its_template() -> None:
                                 "status=200", 1.0), None)
     EscapedAccessLog().filter(record)
     assert "1.2.840.99" not in record.getMessage() and "path=/dicomweb/studies/{StudyInstanceUID}," in record.getMessage()
+
+
+@pytest.mark.parametrize("path, params, content_type", [
+    ("/predict_image", {"output": "sr"}, "application/dicom"),
+    ("/explain_image", {"format": "dicom"}, "application/dicom"),
+    ("/dicomweb/studies", {}, 'multipart/related; type="application/dicom"; boundary=b0undary'),
+])
+def test_each_instance_is_parsed_once_per_request(client, monkeypatch,  # type: ignore[no-untyped-def]
+                                                  path: str, params: dict, content_type: str) -> None:
+    """Decoding, the SOP class and UID checks and the DICOM answer or SR all read the one dataset the decoder parsed."""
+    import pydicom.filereader
+
+    parses: list[int] = []
+    read_partial = pydicom.filereader.read_partial  # every pydicom.dcmread goes through it
+
+    def counted(*args, **kwargs):  # type: ignore[no-untyped-def]
+        parses.append(1)
+        return read_partial(*args, **kwargs)
+
+    monkeypatch.setattr(pydicom.filereader, "read_partial", counted)
+    ct = Path(get_testdata_file("CT_small.dcm")).read_bytes()
+    body = _body([ct]) if path.startswith("/dicomweb") else ct
+    r = client.post(path, content=body, params=params, headers={"content-type": content_type})
+    assert r.status_code == 200, r.text[:300]
+    assert len(parses) == 1

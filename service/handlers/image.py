@@ -13,10 +13,11 @@ import numpy as np
 from biomed import occlusion
 from biomed.errors import InputError, TooLarge
 from biomed.outputs import overlay
-from biomed.outputs.dicom_maps import NoDicomSource, explanation_dicom, source_header
+from biomed.outputs.dicom_maps import NoDicomSource, explanation_dicom, referable
 from biomed.outputs.explanation import explanation_body
 from biomed.preprocess.budget import reserve
 from biomed.preprocess.image import ImageSpec, Limits, load_image, load_presented
+from biomed.preprocess.upload import Upload
 from service.config import ServiceConfig
 from service.handlers.base import Handler, Shared
 from service.runtime import LoadedModel
@@ -51,22 +52,26 @@ class ImageHandler(Handler):
     def max_batch_size(cls, config: ServiceConfig) -> int:
         return config.max_batch_size
 
-    async def decode(self, data: bytes) -> tuple[np.ndarray, dict[str, Any]]:
-        """The file's frames as model rows (F, C, H, W) float32 and the ``input`` block that describes them."""
+    async def decode(self, data: bytes | Upload) -> tuple[np.ndarray, dict[str, Any]]:
+        """The file's frames as model rows (F, C, H, W) float32 and the ``input`` block that describes them.
+
+        An ``Upload`` keeps the DICOM header the decode parsed (``Upload.header``), for an SR over the same file.
+        """
         started = time.perf_counter()
+        upload = Upload.of(data)
         with self.admitting():
             x, info = None, None
-            if len(data) <= self.config.inline_decode_bytes:
+            if len(upload.data) <= self.config.inline_decode_bytes:
                 # Decoding is mostly Python holding the GIL: on a thread it competes with the event loop for the GIL,
                 # and the handoffs cost more than they save (a 512x512 slice at 16 connections: 257 req/s on threads,
                 # 335 here). Files within caps that bound the time to a few ms decode here, on the loop; past the
                 # caps (pixels, decoded bytes, DICOM elements) the file is decoded again on a thread, under the real
                 # limits.
                 with contextlib.suppress(TooLarge):
-                    x, info = load_image(data, self.spec, self.inline_limits)
+                    x, info = load_image(upload, self.spec, self.inline_limits)
             if x is None:
-                small = len(data) <= self.config.small_upload_bytes
-                x, info = await self.in_thread(load_image, data, self.spec, self.limits, small=small)
+                small = len(upload.data) <= self.config.small_upload_bytes
+                x, info = await self.in_thread(load_image, upload, self.spec, self.limits, small=small)
         self.metrics.preprocess_seconds.labels(kind=info.get("format", "image")).observe(time.perf_counter() - started)
         return np.ascontiguousarray(x, dtype=np.float32), info
 
@@ -129,9 +134,10 @@ class ImageHandler(Handler):
             probs = await self.run(x)
         return self.answer(predictions=self.results(probs), input=info)
 
-    async def classify(self, data: bytes, door: str = "native") -> tuple[np.ndarray, dict[str, Any]]:
+    async def classify(self, data: bytes | Upload, door: str = "native") -> tuple[np.ndarray, dict[str, Any]]:
         """One whole file as ``predict_file`` reads and runs it, for the DICOM doors and SR output (service/dicom/):
-        its per-frame outputs (frames, labels) and the ``input`` block; the predictions are counted under ``door``."""
+        its per-frame outputs (frames, labels) and the ``input`` block; the predictions are counted under ``door``.
+        Given an ``Upload``, its header is left there (``decode``)."""
         x, info = await self.decode(data)
         with self.admit(len(x), f"an image of {len(x)} frame(s)"):
             probs = await self.run(x)
@@ -161,28 +167,26 @@ class ImageHandler(Handler):
         """
         grid = self.plan_explanation(label, patch, stride)
         started = time.perf_counter()
+        upload = Upload(data)
+        del data
         with self.admitting():
-            small = len(data) <= self.config.small_upload_bytes
-            x, info, presented = await self.in_thread(load_presented, data, self.spec, self.limits, frame, small=small)
+            small = len(upload.data) <= self.config.small_upload_bytes
+            x, info, presented = await self.in_thread(load_presented, upload, self.spec, self.limits, frame,
+                                                      small=small)
         self.metrics.preprocess_seconds.labels(kind=info.get("format", "image")).observe(time.perf_counter() - started)
         header = None
         if dicom_header:
-            if info.get("format") != "dicom":
+            if info.get("format") != "dicom" or upload.header is None:
                 raise NoDicomSource(f"format=dicom needs a DICOM upload to reference; this one is a "
                                     f"{str(info.get('format', 'image')).upper()}: use format=json or format=png")
-            header = await self.in_thread(self._header, data, small=small)
-        del data
+            header = referable(upload.header)  # the header the decode parsed, without its pixel data
+        del upload
         row = np.ascontiguousarray(x[frame], dtype=np.float32)
         del x
         step = occlusion.chunk_rows(self.row_bytes)
         with self.admit(min(grid.rows, step), f"explaining one image with {grid.patches} patches"):
             result = await occlusion.occlusion_map(self.run, row, grid, self.labels, label, step)
         return Explanation(result, frame, info, presented, header)
-
-    def _header(self, data: bytes) -> Any:
-        """The source's dataset without pixel data; pydicom's parse holds a copy of the encoded pixels meanwhile."""
-        with reserve(self.shared.budget, 2 * len(data)):
-            return source_header(data, self.limits)
 
     def _reserved(self, e: Explanation, build: Callable[[], T]) -> Callable[[], T]:
         """``build``, holding what drawing at the presented geometry needs from the decode budget (413/429)."""

@@ -1,6 +1,6 @@
 """The DICOM network's parts on their own (fast): the multipart/related reader, the SR builder, the UID pattern, the
-spool and its forwarder, the settings, and STOW-RS and ``output=sr`` through the in-process service (each instance
-parsed once).
+spool and its forwarder, C-STORE delivery to a pynetdicom peer, the settings, and STOW-RS and ``output=sr`` through
+the in-process service (each instance parsed once).
 
 The real network (Orthanc, storescu, a real server) is tests/test_dicom_network.py.
 """
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import socket
 import time
 from pathlib import Path
 from typing import Iterator
@@ -19,11 +20,16 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from biomed.errors import MalformedInput
-from biomed.outputs import Producer, sr
+from biomed.outputs import DICOM_STORAGE, Producer, sr
 from biomed.preprocess.dicom_read import is_uid
 from service.config import ServiceConfig
 from service.dicom import multipart
 from service.dicom.spool import Forwarder, Spool
+
+try:
+    from tests.dicom_objects import objects, sop_of, source
+except ImportError:  # tests/ is not a package: pytest puts it on sys.path
+    from dicom_objects import objects, sop_of, source
 
 ALGO = Producer("demo-image", "20250101-000000-abcdef01", "ab" * 32, ("cavity", "nodule", "normal"))
 
@@ -110,6 +116,15 @@ def test_a_source_without_patient_attributes_or_image_geometry_still_gets_its_sr
     assert ds.PatientID == "" and sr.read_results(ds)[0]["sop_instance_uid"] == source.SOPInstanceUID
 
 
+def test_the_storage_sop_classes_are_those_of_the_objects_written() -> None:
+    from pydicom.uid import Comprehensive3DSRStorage, ParametricMapStorage, SecondaryCaptureImageStorage
+
+    written = {name: sop_of(data)[0] for name, data in objects(source()).items()}
+    assert written == {"sr": Comprehensive3DSRStorage, "parametric_map": ParametricMapStorage,
+                       "secondary_capture": SecondaryCaptureImageStorage}
+    assert sorted(DICOM_STORAGE) == sorted(written.values())
+
+
 @pytest.mark.parametrize("value, ok", [
     ("1.2.840.10008.5.1.4.1.1.2", True), ("2.25." + "9" * 59, True), ("0", True),
     ("2.25." + "9" * 60, False),  # 65 characters
@@ -177,6 +192,50 @@ def test_one_forwarder_delivers_in_order_retrying_and_setting_refusals_aside(tmp
     assert got == [b"sr0", b"sr2", b"sr3"]  # each once, in order, by one forwarder (the lock)
     assert (tmp_path / "rejected" / "1.2.1.dcm").exists()
     assert sorted(p.name for p in (tmp_path / "sent").iterdir()) == ["1.2.0", "1.2.2", "1.2.3"]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_c_store_asks_for_every_class_written_and_associates_again_for_others() -> None:
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+    from pynetdicom import AE, evt
+
+    from service.dicom.destination import Dimse
+
+    stored: list[str] = []
+    associations: list[int] = []
+
+    def on_store(event) -> int:  # type: ignore[no-untyped-def]
+        stored.append(str(event.dataset.SOPClassUID))
+        return 0x0000
+
+    peer = AE(ae_title="PACS")
+    for sop_class in (*DICOM_STORAGE, CTImageStorage):  # no RT Plan
+        peer.add_supported_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+    port = _free_port()
+    server = peer.start_server(("127.0.0.1", port), block=False,
+                               evt_handlers=[(evt.EVT_C_STORE, on_store),
+                                             (evt.EVT_ACCEPTED, lambda event: associations.append(1))])
+    made = objects(source())
+    try:
+        dimse = Dimse(f"PACS@127.0.0.1:{port}", "BIOMED")
+        for name in ("sr", "parametric_map", "secondary_capture"):
+            assert dimse.send(made[name]) == "delivered", name
+        assert len(associations) == 1  # one association asks for all three
+        ct = Path(get_testdata_file("CT_small.dcm")).read_bytes()
+        assert dimse.send(ct) == "delivered" and len(associations) == 2  # not asked for: a new association asks
+        rtplan = Path(get_testdata_file("rtplan.dcm")).read_bytes()
+        assert dimse.send(rtplan) == "rejected" and len(associations) == 3  # asked for, and refused by the peer
+        assert dimse.send(made["sr"]) == "delivered" and len(associations) == 3
+        dimse.close()
+    finally:
+        server.shutdown()
+    assert stored == [sop_of(made[name])[0] for name in ("sr", "parametric_map", "secondary_capture")] + [
+        str(CTImageStorage), sop_of(made["sr"])[0]]
 
 
 # ---------------------------------------------------------------------------------------------- settings

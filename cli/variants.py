@@ -26,7 +26,8 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from biomed.outputs.vcf import Effects, ModelInfo, TsvWriter, VcfAnnotator
+from biomed.outputs import Producer
+from biomed.outputs.vcf import Effects, TsvWriter, VcfAnnotator
 
 CHUNK_RECORDS = 2048  # VCF records per chunk: the unit of scoring, writing and resuming
 REQUEST_VARIANTS = 512  # variants per /score_variants request with --server (4,096 model rows, ~100 KB)
@@ -181,7 +182,7 @@ def open_shard(path: Path, genome, index: int, count: int) -> Source:
 # ---------------------------------------------------------------- scoring
 
 
-def local_scorer(ref: str, rc: bool, batch_rows: int | None) -> tuple[ModelInfo, Callable]:
+def local_scorer(ref: str, rc: bool, batch_rows: int | None) -> tuple[Producer, Callable]:
     """onnxruntime on this machine: the model's windows in ``batch_rows``-row session calls."""
     from biomed import dna_ops, runtime
     from cli.dna import CHUNK_ROWS, KIND
@@ -190,7 +191,7 @@ def local_scorer(ref: str, rc: bool, batch_rows: int | None) -> tuple[ModelInfo,
     length = int(model.doc["preprocess"]["length"])
     predict = runtime.predictor(model, batch_rows or CHUNK_ROWS)
     placements = len(dna_ops.variant_offsets(length))
-    info = ModelInfo(model.name, model.version, model.sha256, tuple(model.labels), length)
+    info = Producer(model.name, model.version, model.sha256, tuple(model.labels), length)
 
     def score(contexts: np.ndarray, alts: np.ndarray) -> Effects:
         ref_rows, alt_rows = dna_ops.context_windows(contexts, alts, length)
@@ -202,11 +203,11 @@ def local_scorer(ref: str, rc: bool, batch_rows: int | None) -> tuple[ModelInfo,
 _BASES = np.frombuffer(b"ACGTN", dtype=np.uint8)
 
 
-def remote_scorer(remote, ref: str, rc: bool, request_variants: int) -> tuple[ModelInfo, Callable]:
+def remote_scorer(remote, ref: str, rc: bool, request_variants: int) -> tuple[Producer, Callable]:
     """``/score_variants`` on a biomed-serve: each context as the sequence, the variant at its centre."""
     described = remote.model(ref)
     length = int(described["preprocess"]["length"])
-    info = ModelInfo(described["name"], described["version"], described["sha256"], tuple(described["labels"]), length)
+    info = Producer(described["name"], described["version"], described["sha256"], tuple(described["labels"]), length)
     pinned, half, labels = f"{info.name}:{info.version}", length // 2, info.labels
 
     def score(contexts: np.ndarray, alts: np.ndarray) -> Effects:
@@ -312,7 +313,7 @@ def _pipeline(chunks, reader, build, score, writer, parts, advance, workers: int
     return index
 
 
-def _summary(args, info: ModelInfo, totals: Counter, fmt: str, parts, chunks: int, remote, warning: str | None) -> None:
+def _summary(args, info: Producer, totals: Counter, fmt: str, parts, chunks: int, remote, warning: str | None) -> None:
     skipped = {k: totals[k] for k in ("not_snv", "not_acgt") if totals[k]}
     reasons = ", ".join(f"{k}: {v}" for k, v in sorted(skipped.items()))
     line = (f"scored {totals['snv']} SNVs with {info.name}:{info.version}; {totals['ref_mismatch']} ref_mismatch; "

@@ -2,9 +2,10 @@
 
 - ``scp.py``: the C-STORE receiver (pynetdicom) on ``BIOMED_DICOM_PORT``, in each worker.
 - ``service/doors/dicomweb.py``: STOW-RS (``POST /dicomweb/studies``), streamed part by part.
-- ``pipeline.py``: what both do with an instance: check, classify (the image handler), spool its SR.
-- ``sr.py``: the TID 1500 Comprehensive 3D SR of one classified instance (highdicom).
-- ``spool.py``: the durable spool and its forwarder; ``destination.py``: STOW-RS or C-STORE to the PACS.
+- ``pipeline.py``: what both do with an instance: parse once, check, classify (the image handler), spool its SR
+  (``biomed/outputs/sr.py``: the TID 1500 Comprehensive 3D SR of one classified instance).
+- ``spool.py``: the durable spool and its forwarder; ``destination.py``: STOW-RS or C-STORE to the PACS, for any
+  DICOM object the spool holds.
 
 ``start`` runs in each worker once the engine is up, on the worker's event loop (the
 receiver's threads hand instances to it); ``current`` is this worker's (``None`` when

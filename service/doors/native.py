@@ -19,7 +19,7 @@ from starlette.responses import Response
 from biomed.errors import MalformedInput
 from biomed.flags import parse_flag
 from biomed.genome import parse_fasta
-from biomed.occlusion import DEFAULT_OPACITY
+from biomed.outputs.overlay import DEFAULT_OPACITY
 from biomed.runtime import LoadedModel
 from service.doors.endpoint import wrapper
 from service.doors.http_io import read_body, read_json, read_upload

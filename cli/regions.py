@@ -21,6 +21,8 @@ from typing import Callable
 
 import numpy as np
 
+from biomed.settings import env
+
 REQUEST_WINDOWS = 1024  # windows per /predict_dna request with --server (~200 KB of JSON for the demo model)
 
 
@@ -38,8 +40,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-rows", type=_positive, default=None, metavar="N",
                    help="windows per onnxruntime call (default 1024)")
     p.add_argument("--server", metavar="URL", help="predict on a running biomed-serve (or a Service in front of many)")
-    p.add_argument("--token", default=os.environ.get("BIOMED_API_TOKEN"),
-                   help="bearer token for --server (default: $BIOMED_API_TOKEN)")
+    p.add_argument("--token", default=os.environ.get(env("api_token")),
+                   help=f"bearer token for --server (default: ${env('api_token')})")
     p.add_argument("--in-flight", type=_positive, default=4, metavar="N", help="--server: requests at a time (4)")
     p.add_argument("--request-windows", type=_positive, default=REQUEST_WINDOWS, metavar="N",
                    help=f"--server: windows per request (default {REQUEST_WINDOWS}; halved on a 413)")
@@ -87,12 +89,12 @@ def remote_predictor(remote, ref: str, rc: bool, request_windows: int) -> tuple[
 
 
 def cmd_predict_regions(args: argparse.Namespace) -> int:
-    from cli.dna import CHUNK_ROWS
     from biomed.genome import Reference
     from biomed.outputs.bigwig import Tracks
     from biomed.progress import make_progress
     from biomed.regions import bin_count, read_regions, tiles
     from biomed.variant_stream import ContextReader, context_half
+    from cli.dna import CHUNK_ROWS
 
     genome = Reference(args.fasta)
     regions = read_regions(args.bed, genome)

@@ -28,6 +28,7 @@ import numpy as np
 
 from biomed.outputs import Producer
 from biomed.outputs.vcf import Effects, TsvWriter, VcfAnnotator
+from biomed.settings import env
 
 CHUNK_RECORDS = 2048  # VCF records per chunk: the unit of scoring, writing and resuming
 REQUEST_VARIANTS = 512  # variants per /score_variants request with --server (4,096 model rows, ~100 KB)
@@ -55,8 +56,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--shard", metavar="I/N", help="score only shard I of N (0-based; equal spans of the reference, "
                                                   "read by tabix region): one pod of an Indexed Job")
     p.add_argument("--server", metavar="URL", help="score on a running biomed-serve (or a Service in front of many)")
-    p.add_argument("--token", default=os.environ.get("BIOMED_API_TOKEN"),
-                   help="bearer token for --server (default: $BIOMED_API_TOKEN)")
+    p.add_argument("--token", default=os.environ.get(env("api_token")),
+                   help=f"bearer token for --server (default: ${env('api_token')})")
     p.add_argument("--in-flight", type=_positive, default=4, metavar="N", help="--server: requests at a time (4)")
     p.add_argument("--request-variants", type=_positive, default=REQUEST_VARIANTS, metavar="N",
                    help=f"--server: variants per request (default {REQUEST_VARIANTS}; halved on a 413)")
@@ -229,10 +230,10 @@ def remote_scorer(remote, ref: str, rc: bool, request_variants: int) -> tuple[Pr
 
 
 def cmd_score_variants(args: argparse.Namespace) -> int:
-    from cli.parts import Parts, file_identity
     from biomed.genome import GenomeError, Reference
     from biomed.progress import make_progress
     from biomed.variant_stream import ContextReader, build_chunk, context_half, read_chunks
+    from cli.parts import Parts, file_identity
 
     vcf, out = Path(args.vcf), Path(args.out)
     if not vcf.is_file():

@@ -40,6 +40,7 @@ from biomed.preprocess.dicom_read import ACCEPTED, PIXEL_KEYWORDS, transfer_synt
 from biomed.preprocess.dicom_voi import Voi, apply_table, apply_voi, frame_rescale, frame_voi, lut_table
 from biomed.preprocess.frames import FrameSink, bands
 from biomed.preprocess.upload import Upload
+from biomed.settings import env
 
 if TYPE_CHECKING:
     from biomed.preprocess.budget import Limits
@@ -230,7 +231,7 @@ def _check_header(ds: Dataset, limits: Limits) -> tuple[int, int, int, int, int]
         raise TooLarge(
             f"the DICOM pixel data decodes to {decoded / _MB:.0f} MB ({rows}x{columns} pixels x {frames} "
             f"frames x {samples} samples x {itemsize} bytes); accepted: at most "
-            f"{limits.max_decoded_bytes / _MB:.0f} MB decoded (BIOMED_MAX_DECODED_MB)"
+            f"{limits.max_decoded_bytes / _MB:.0f} MB decoded ({env('max_decoded_bytes')})"
         )
     return frames, rows, columns, samples, itemsize
 

@@ -28,6 +28,7 @@ from pydicom.uid import (
 
 from biomed.errors import InputError, MalformedInput, TooLarge, UnsupportedMedia
 from biomed.preprocess.dicom_scan import ElementScanner, TooDeep, TooManyElements
+from biomed.settings import env
 
 if TYPE_CHECKING:
     from biomed.preprocess.budget import Limits
@@ -68,7 +69,7 @@ def too_many_elements(limit: int) -> TooLarge:
     return TooLarge(
         f"the DICOM dataset has more than {limit} data elements (sequence items and "
         f"pixel data fragments included); accepted: at most {limit} "
-        "(BIOMED_MAX_DICOM_ELEMENTS)"
+        f"({env('max_dicom_elements')})"
     )
 
 

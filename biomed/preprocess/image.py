@@ -35,6 +35,7 @@ from biomed.preprocess.budget import Limits, reserve, working_set
 from biomed.preprocess.codestream import BadCodestream, jpeg_declared
 from biomed.preprocess.frames import FrameSink, KeepingSink
 from biomed.preprocess.upload import Upload
+from biomed.settings import env
 
 _PNG = b"\x89PNG\r\n\x1a\n"
 _JPEG = b"\xff\xd8\xff"
@@ -220,7 +221,7 @@ def _load_raster(data: bytes, limits: Limits, sink: FrameSink) -> dict[str, Any]
             raise TooLarge(
                 f"the {fmt.upper()} decodes to {decoded / _MB:.0f} MB ({height}x{width} pixels, mode "
                 f"{im.mode}); accepted: at most {limits.max_decoded_bytes / _MB:.0f} MB decoded "
-                "(BIOMED_MAX_DECODED_MB)"
+                f"({env('max_decoded_bytes')})"
             )
         with reserve(limits.budget, working_set(0, decoded, "raster", sink.reserve_bytes(1, height, width, 3))):
             im.load()

@@ -19,6 +19,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from biomed.runtime import StartupError
+from biomed.settings import env
 
 if TYPE_CHECKING:
     from service.dicom.scp import Receiver
@@ -41,7 +42,8 @@ class Dicom:
         try:
             handler = engine.pick(None, "classify")  # not kept: a reload may swap the image model
         except Exception:  # noqa: BLE001 - UnknownModel: no image model is loaded
-            raise StartupError("BIOMED_DICOM_PORT/BIOMED_DICOM_DESTINATION need an image model in BIOMED_MODELS") from None
+            raise StartupError(f"{env('dicom_port')}/{env('dicom_destination')} need an image model in "
+                               f"{env('models')}") from None
         for name in ("pydicom", "pynetdicom", "highdicom", "dicomweb_client"):  # they log identifiers at INFO/ERROR
             logging.getLogger(name).setLevel(logging.CRITICAL)
         if config.dicom_destination:
@@ -53,7 +55,7 @@ class Dicom:
             try:
                 self.spool = Spool(config.dicom_spool)
             except OSError as err:
-                raise StartupError(f"the SR spool BIOMED_DICOM_SPOOL cannot be created ({type(err).__name__}: "
+                raise StartupError(f"the SR spool {env('dicom_spool')} cannot be created ({type(err).__name__}: "
                                    f"{err.strerror})") from None
             self.forwarder = Forwarder(self.spool, destination.connector(config.dicom_destination, config.dicom_aet),
                                        engine.metrics, config.dicom_retry_max_s)
@@ -73,7 +75,7 @@ class Dicom:
                 raise StartupError(f"the C-STORE receiver cannot listen on port {config.dicom_port} "
                                    f"({err.strerror or type(err).__name__})") from None
             if not config.dicom_destination:
-                log.warning("BIOMED_DICOM_DESTINATION is not set: instances are classified but no SR goes out")
+                log.warning(f"{env('dicom_destination')} is not set: instances are classified but no SR goes out")
 
     def close(self) -> None:
         if self.receiver is not None:

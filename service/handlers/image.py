@@ -20,6 +20,7 @@ from biomed.preprocess.budget import reserve
 from biomed.preprocess.image import ImageSpec, Limits, load_image, load_presented
 from biomed.preprocess.upload import Upload
 from biomed.runtime import LoadedModel
+from biomed.settings import env
 from service.handlers.base import Handler, Shared
 
 T = TypeVar("T")
@@ -98,7 +99,7 @@ class ImageHandler(Handler):
         """
         c = self.config
         if len(files) > c.max_frames:
-            raise TooLarge(f"{len(files)} files in one request; the limit is {c.max_frames} (BIOMED_MAX_FRAMES)")
+            raise TooLarge(f"{len(files)} files in one request; the limit is {c.max_frames} ({env('max_frames')})")
         parts: list[np.ndarray] = []
         total = 0
         for i, data in enumerate(files):
@@ -111,10 +112,10 @@ class ImageHandler(Handler):
             total += len(x)
             if c.max_request_rows and total > c.max_request_rows:
                 raise TooLarge(f"the files up to element {i} hold {total} frames; one request may queue at most "
-                               f"{c.max_request_rows} rows (BIOMED_MAX_REQUEST_ROWS): send them in smaller parts")
+                               f"{c.max_request_rows} rows ({env('max_request_rows')}): send them in smaller parts")
             if c.max_queued_bytes and total * self.row_bytes > c.max_queued_bytes:
                 raise TooLarge(f"the files up to element {i} hold {total} frames of {self.row_bytes} bytes, over what "
-                               f"a model's queue holds ({c.max_queued_bytes / 2**20:g} MB, BIOMED_MAX_QUEUED_MB)")
+                               f"a model's queue holds ({c.max_queued_bytes / 2**20:g} MB, {env('max_queued_bytes')})")
             parts.append(x)
         x = parts[0] if len(parts) == 1 else np.concatenate(parts)
         element = np.repeat(np.arange(len(parts), dtype=np.int32), [len(p) for p in parts])
@@ -159,7 +160,7 @@ class ImageHandler(Handler):
         if grid.rows > cap:
             raise TooLarge(f"patch {grid.patch} and stride {grid.stride} over the {grid.height}x{grid.width} model input "
                            f"make {grid.rows} model rows; an explanation may run at most {cap} "
-                           "(BIOMED_MAX_OCCLUSION_ROWS): use a larger stride or patch")
+                           f"({env('max_occlusion_rows')}): use a larger stride or patch")
         return grid
 
     async def explain_file(self, data: bytes, label: str | None = None, patch: int | None = None,

@@ -182,7 +182,7 @@ def texts(ds: pydicom.Dataset) -> dict[str, list[str]]:
 
 def check_srs(service: Service, orthanc: Orthanc, model: dict, study: str, files: list[Path]) -> None:
     """Each file's SR is in Orthanc, references it (and its frames), and carries /predict_image's probabilities."""
-    from biomed.outputs.sr import probabilities_of, read_results
+    from sr_reader import probabilities_of, read_results
 
     labels = model["labels"]
     for path in files:

@@ -25,6 +25,7 @@ from biomed.preprocess.dicom_read import is_uid
 from service.config import ServiceConfig
 from service.dicom import multipart
 from service.dicom.spool import Forwarder, Spool
+from sr_reader import probabilities_of, read_results
 
 try:
     from tests.dicom_objects import objects, sop_of, source
@@ -96,9 +97,9 @@ def test_the_sr_reads_back_with_highdicom_and_its_uid_is_deterministic() -> None
     assert len(first.SOPInstanceUID) <= 64 and first.SOPInstanceUID.startswith("2.25.")
     other = Producer(ALGO.name, "another-version", ALGO.sha256, ALGO.labels)
     assert sr.sr_uid(source.SOPInstanceUID, other) != first.SOPInstanceUID
-    results = sr.read_results(again)
+    results = read_results(again)
     assert [r["frame"] for r in results] == [0, 1] and [r["label"] for r in results] == ["normal", "cavity"]
-    assert np.array_equal(sr.probabilities_of(results, ALGO.labels), probs.astype(np.float64))
+    assert np.array_equal(probabilities_of(results, ALGO.labels), probs.astype(np.float64))
     assert {r["sop_instance_uid"] for r in results} == {source.SOPInstanceUID}
     assert (again.VerificationFlag, again.CompletionFlag, again.ContentQualification) == ("UNVERIFIED", "COMPLETE",
                                                                                           "RESEARCH")
@@ -113,7 +114,7 @@ def test_a_source_without_patient_attributes_or_image_geometry_still_gets_its_sr
         if keyword in source:
             delattr(source, keyword)
     ds = pydicom.dcmread(io.BytesIO(sr.sr_bytes(sr.build_sr(source, np.array([[0.3, 0.3, 0.4]]), ALGO))))
-    assert ds.PatientID == "" and sr.read_results(ds)[0]["sop_instance_uid"] == source.SOPInstanceUID
+    assert ds.PatientID == "" and read_results(ds)[0]["sop_instance_uid"] == source.SOPInstanceUID
 
 
 def test_the_storage_sop_classes_are_those_of_the_objects_written() -> None:
@@ -293,7 +294,7 @@ def test_stow_in_process_and_the_guard_streams_it(client) -> None:  # type: igno
     assert r.status_code == 413 and r.json()["error"] == "too_large"
     r = client.post("/predict_image", content=ct, params={"output": "sr"}, headers={"content-type": "application/dicom"})
     assert r.status_code == 200 and r.headers["content-type"] == "application/dicom"
-    [result] = sr.read_results(pydicom.dcmread(io.BytesIO(r.content)))
+    [result] = read_results(pydicom.dcmread(io.BytesIO(r.content)))
     native = client.post("/predict_image", content=ct, headers={"content-type": "application/dicom"}).json()
     assert result["probabilities"] == native["predictions"][0]["probabilities"]
     r = client.post("/predict_image", content=ct, params={"output": "xml"}, headers={"content-type": "application/dicom"})

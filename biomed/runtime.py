@@ -22,6 +22,7 @@ import numpy as np
 import onnxruntime as ort
 
 from biomed import metadata
+from biomed.settings import env
 
 log = logging.getLogger("biomed.runtime")
 
@@ -53,7 +54,7 @@ def provider_options(options: RuntimeOptions) -> list[tuple[str, dict[str, Any]]
     """The requested providers in preference order, with their options."""
     unknown = [p for p in options.providers if p not in PROVIDER_NAMES]
     if unknown:
-        raise StartupError(f"BIOMED_PROVIDERS has unknown {unknown}; choose from: {', '.join(PROVIDER_NAMES)}")
+        raise StartupError(f"{env('providers')} has unknown {unknown}; choose from: {', '.join(PROVIDER_NAMES)}")
     chosen = []
     for key in options.providers:
         opts: dict[str, Any] = {}
@@ -108,7 +109,7 @@ def make_session(path: Path, options: RuntimeOptions) -> tuple[ort.InferenceSess
         log.warning("%s: %s is not usable here (no GPU, or CUDA 13 / cuDNN 9 libraries missing); running on %s",
                     path.parent.name, wanted[0][0], provider)
     if options.require_gpu and provider not in GPU_PROVIDERS:
-        raise StartupError(f"BIOMED_REQUIRE_GPU=1 but {path.parent.name} runs on {provider}: CUDA is not usable here "
+        raise StartupError(f"{env('require_gpu')}=1 but {path.parent.name} runs on {provider}: CUDA is not usable here "
                            "(check the NVIDIA driver, CUDA 13 and cuDNN 9 libraries, and the GPU resource limit)")
     return session, provider
 

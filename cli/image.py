@@ -1,9 +1,9 @@
 """``biomed explain-image``: occlusion sensitivity of an image model, from the command line.
 
 It runs an exported image model from the store with onnxruntime on the CPU (``biomed/runtime.py``)
-through the very functions behind ``/explain_image`` (``biomed/occlusion.py``,
-``biomed/outputs/dicom_maps.py``), with the runtime's chunked synchronous predictor (about 4 MiB
-of images a call) in place of the server's batcher. No torch.
+through the very functions behind ``/explain_image`` (``biomed/occlusion.py``, and ``biomed/outputs/``:
+``overlay.py``, ``dicom_maps.py``, ``explanation.py``), with the runtime's chunked synchronous predictor
+(about 4 MiB of images a call) in place of the server's batcher. No torch.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ KIND = "image"  # the kind of model explain-image runs
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from biomed.occlusion import DEFAULT_OPACITY, PATCH_DIVISOR, STRIDE_DIVISOR
+    from biomed.occlusion import PATCH_DIVISOR, STRIDE_DIVISOR
+    from biomed.outputs.overlay import DEFAULT_OPACITY
 
     p = sub.add_parser("explain-image", help="occlusion map of an image's label, drawn over the image",
                        description="Slide a patch over the model input, fill it with the image's mean, and record "
@@ -41,14 +42,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--opacity", type=float, default=DEFAULT_OPACITY,
                    help=f"heat map opacity 0-1 (default {DEFAULT_OPACITY})")
     p.add_argument("--dicom", metavar="DCM", help="also write the map as a DICOM object over the source (DICOM input)")
-    p.add_argument("--json", metavar="JSON", help="also write the map and probabilities as JSON")
+    p.add_argument("--json", metavar="JSON", help="also write the map and probabilities as JSON (as /explain_image)")
     p.set_defaults(func=cmd_explain_image)
 
 
 def cmd_explain_image(args: argparse.Namespace) -> int:
     from biomed import occlusion, runtime
     from biomed.errors import InputError
+    from biomed.outputs import overlay
     from biomed.preprocess.image import ImageSpec, Limits, load_presented
+    from biomed.preprocess.upload import Upload
 
     path = Path(args.file)
     model = runtime.load_model(args.model, runtime.RuntimeOptions(), kind=KIND)
@@ -57,19 +60,19 @@ def cmd_explain_image(args: argparse.Namespace) -> int:
         grid = occlusion.plan(spec.size, args.patch, args.stride)
         if args.label and args.label not in model.labels:
             raise InputError(f"label {args.label!r} is not one of the model's labels: {', '.join(model.labels)}")
-        data = path.read_bytes()
-        x, info, presented = load_presented(data, spec, Limits(), args.frame)
+        upload = Upload(path.read_bytes())  # a DICOM's header stays parsed for --dicom
+        x, info, presented = load_presented(upload, spec, Limits(), args.frame)
         predict = runtime.predictor(model)
         result = asyncio.run(occlusion.occlusion_map(predict, x[args.frame], grid, model.labels, args.label))
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_bytes(occlusion.overlay_png(presented, result.map, args.opacity))
+        out.write_bytes(overlay.overlay_png(presented, result.map, args.opacity))
         if args.dicom:
-            _write_dicom(Path(args.dicom), data, result, presented, info, model, args)
+            _write_dicom(Path(args.dicom), upload, result, presented, info, model, args)
     except InputError as err:
         raise ValueError(f"{path.name}: {err.detail}") from None
     if args.json:
-        _write_json(Path(args.json), result, model.labels, presented)
+        _write_json(Path(args.json), result, model, args.frame, presented, info)
     label = model.labels[result.index]
     rows, columns = presented.shape[:2]
     r, c = occlusion.peak(occlusion.upsample(result.map, rows, columns))
@@ -80,29 +83,30 @@ def cmd_explain_image(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_dicom(out: Path, data: bytes, result, presented: np.ndarray, info: dict,  # type: ignore[no-untyped-def]
+def _write_dicom(out: Path, upload, result, presented: np.ndarray, info: dict,  # type: ignore[no-untyped-def]
                  model: "LoadedModel", args: argparse.Namespace) -> None:
     from biomed import occlusion
-    from biomed.outputs.dicom_maps import NoDicomSource, explanation_dicom, source_header
-    from biomed.preprocess.image import Limits
+    from biomed.outputs import overlay
+    from biomed.outputs.dicom_maps import NoDicomSource, explanation_dicom, referable
 
-    if info.get("format") != "dicom":
+    if info.get("format") != "dicom" or upload.header is None:
         raise NoDicomSource(f"--dicom needs a DICOM input to reference; this is a {str(info.get('format')).upper()}")
     rows, columns = presented.shape[:2]
     values = occlusion.upsample(result.map, rows, columns)
-    rgb = occlusion.overlay(presented, values, args.opacity)
-    dicom, kind = explanation_dicom(source_header(data, Limits()), values, rgb, model.labels[result.index], model.name,
+    rgb = overlay.overlay(presented, values, args.opacity)
+    dicom, kind = explanation_dicom(referable(upload.header), values, rgb, model.labels[result.index], model.name,
                                     model.version, args.frame, int(info.get("frames", 1)))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(dicom)
     print(f"wrote a {kind.replace('_', ' ')} -> {out}")
 
 
-def _write_json(out: Path, result, labels: list[str], presented: np.ndarray) -> None:  # type: ignore[no-untyped-def]
-    grid = result.grid
-    doc = {"label": labels[result.index], "probabilities": dict(zip(labels, map(float, result.probabilities))),
-           "map": {"rows": grid.height, "columns": grid.width, "patch": grid.patch, "stride": grid.stride,
-                   "values": np.round(result.map, 7).tolist()},
-           "presented": {"rows": int(presented.shape[0]), "columns": int(presented.shape[1])}}
+def _write_json(out: Path, result, model: "LoadedModel", frame: int,  # type: ignore[no-untyped-def]
+                presented: np.ndarray, info: dict) -> None:
+    """The JSON answer of ``/explain_image`` (``biomed/outputs/explanation.py``)."""
+    from biomed.outputs.explanation import explanation_body
+
+    doc = {"model": model.name, "version": model.version,
+           **explanation_body(result, model.labels, frame, presented, info)}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc))

@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
+from biomed.settings import env
+
 
 class _Parser(argparse.ArgumentParser):
     """Bad arguments: one line naming the problem, exit status 2."""
@@ -72,7 +74,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     from biomed import store
     from biomed.store import Row, biomed_models
 
-    where = args.store or os.environ.get("BIOMED_MODEL_STORE") or None
+    where = args.store or os.environ.get(env("model_store")) or None
     if args.action in ("promote", "canary"):
         if not args.ref:
             raise ValueError(f"biomed models {args.action} needs NAME:VERSION")
@@ -81,7 +83,7 @@ def cmd_models(args: argparse.Namespace) -> int:
                 raise ValueError("biomed models promote takes NAME:VERSION only")
             rollout = store.promote(args.ref, where)
             print(f"{rollout['model']}: default {rollout['default']} (canary ended); servers watching the store take "
-                  "it up within BIOMED_MODEL_POLL_S")
+                  f"it up within {env('model_poll_s')}")
         else:
             if args.percent is None:
                 raise ValueError("biomed models canary needs NAME:VERSION PERCENT (0 ends it)")
@@ -171,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("ref", nargs="?", help="NAME:VERSION (promote, canary)")
     p.add_argument("percent", nargs="?", type=float, help="canary: the share of requests, 0 to 100")
     p.add_argument("--json", action="store_true")
-    p.add_argument("--store", help="a model store folder (default: BIOMED_MODEL_STORE, else BentoML's store)")
+    p.add_argument("--store", help=f"a model store folder (default: {env('model_store')}, else BentoML's store)")
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("demo-models", help="generate demo data, train and export demo-image and demo-dna")
@@ -182,13 +184,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="serve the HTTP API (BentoML)")
     p.add_argument("--port", type=int, default=int(os.environ.get("PORT", "3000")))
-    p.add_argument("--host", default=os.environ.get("BIOMED_HOST", "127.0.0.1"))
-    p.add_argument("--workers", type=int, help="worker processes (default BIOMED_WORKERS or 1)")
-    p.add_argument("--models", help="comma list of name[:version] (default BIOMED_MODELS or demo-image,demo-dna)")
-    p.add_argument("--dicom-port", type=int, help="also receive DICOM (C-STORE) on this port (BIOMED_DICOM_PORT; "
-                   "allowed senders in BIOMED_DICOM_ALLOWED_AETS)")
-    p.add_argument("--grpc-port", type=int, help="also serve the Open Inference Protocol v2 over gRPC on this port "
-                   "(BIOMED_GRPC_PORT)")
+    p.add_argument("--host", default=os.environ.get(env("host"), "127.0.0.1"))
+    p.add_argument("--workers", type=int, help=f"worker processes (default {env('workers')} or 1)")
+    p.add_argument("--models", help=f"comma list of name[:version] (default {env('models')} or demo-image,demo-dna)")
+    p.add_argument("--dicom-port", type=int, help=f"also receive DICOM (C-STORE) on this port ({env('dicom_port')}; "
+                   f"allowed senders in {env('dicom_allowed_aets')})")
+    p.add_argument("--grpc-port", type=int, help=f"also serve the Open Inference Protocol v2 over gRPC on this port "
+                   f"({env('grpc_port')})")
     p.set_defaults(func=cmd_serve)
     for extra in _extra_commands():
         extra(sub)

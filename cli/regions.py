@@ -14,13 +14,14 @@ import argparse
 import asyncio
 import json
 import os
-import re
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
+
+from biomed.settings import env
 
 REQUEST_WINDOWS = 1024  # windows per /predict_dna request with --server (~200 KB of JSON for the demo model)
 
@@ -39,8 +40,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-rows", type=_positive, default=None, metavar="N",
                    help="windows per onnxruntime call (default 1024)")
     p.add_argument("--server", metavar="URL", help="predict on a running biomed-serve (or a Service in front of many)")
-    p.add_argument("--token", default=os.environ.get("BIOMED_API_TOKEN"),
-                   help="bearer token for --server (default: $BIOMED_API_TOKEN)")
+    p.add_argument("--token", default=os.environ.get(env("api_token")),
+                   help=f"bearer token for --server (default: ${env('api_token')})")
     p.add_argument("--in-flight", type=_positive, default=4, metavar="N", help="--server: requests at a time (4)")
     p.add_argument("--request-windows", type=_positive, default=REQUEST_WINDOWS, metavar="N",
                    help=f"--server: windows per request (default {REQUEST_WINDOWS}; halved on a 413)")
@@ -52,11 +53,6 @@ def _positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1; got {value}")
     return value
-
-
-def track_name(task: str) -> str:
-    """A task name as a file name: characters outside ``[0-9A-Za-z_.-]`` become ``_``."""
-    return re.sub(r"[^0-9A-Za-z_.-]", "_", task) or "_"
 
 
 def local_predictor(ref: str, rc: bool, batch_rows: int | None) -> tuple[dict, Callable[[np.ndarray], np.ndarray]]:
@@ -92,63 +88,13 @@ def remote_predictor(remote, ref: str, rc: bool, request_windows: int) -> tuple[
     return info, predict
 
 
-class Tracks:
-    """One bigWig per task, written in order, and each task's summary."""
-
-    def __init__(self, out: Path, labels: list[str], contigs: dict[str, int]) -> None:
-        import pyBigWig
-
-        out.mkdir(parents=True, exist_ok=True)
-        self.labels = labels
-        self.paths = [out / f"{track_name(t)}.bw" for t in labels]
-        self.tmp = [p.with_name(p.name + ".tmp") for p in self.paths]
-        self.files = []
-        for path in self.tmp:
-            bw = pyBigWig.open(str(path), "w")
-            bw.addHeader(list(contigs.items()), maxZooms=10)
-            self.files.append(bw)
-        self.best = [(-np.inf, "", 0, 0) for _ in labels]
-        self.sums = np.zeros(len(labels))
-        self.bases = 0
-
-    def add(self, segments: list, values: np.ndarray) -> None:
-        row = 0
-        for chrom, starts, ends in segments:
-            k = len(starts)
-            block = values[row : row + k]
-            chroms, s, e = [chrom] * k, starts.tolist(), ends.tolist()
-            for t, bw in enumerate(self.files):
-                bw.addEntries(chroms, s, ends=e, values=block[:, t].astype(float).tolist())
-            widths = (ends - starts).astype(float)
-            self.sums += (block * widths[:, None]).sum(axis=0)
-            self.bases += int(widths.sum())
-            top = block.argmax(axis=0)
-            for t in range(len(self.labels)):
-                if block[top[t], t] > self.best[t][0]:
-                    self.best[t] = (float(block[top[t], t]), chrom, int(starts[top[t]]), int(ends[top[t]]))
-            row += k
-
-    def close(self, ok: bool) -> None:
-        for bw in self.files:
-            bw.close()
-        for tmp, path in zip(self.tmp, self.paths):
-            if ok:
-                os.replace(tmp, path)
-            else:
-                tmp.unlink(missing_ok=True)
-
-    def summary(self) -> list[dict]:
-        return [{"task": t, "track": p.name, "mean": float(self.sums[i] / max(self.bases, 1)),
-                 "max": self.best[i][0], "max_at": f"{self.best[i][1]}:{self.best[i][2] + 1}-{self.best[i][3]}"}
-                for i, (t, p) in enumerate(zip(self.labels, self.paths))]
-
-
 def cmd_predict_regions(args: argparse.Namespace) -> int:
-    from cli.dna import CHUNK_ROWS
     from biomed.genome import Reference
+    from biomed.outputs.bigwig import Tracks
     from biomed.progress import make_progress
     from biomed.regions import bin_count, read_regions, tiles
     from biomed.variant_stream import ContextReader, context_half
+    from cli.dna import CHUNK_ROWS
 
     genome = Reference(args.fasta)
     regions = read_regions(args.bed, genome)

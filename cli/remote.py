@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence, TypeVar
 
 from biomed.kinds.dna import KIND as DNA
+from biomed.settings import env
 
 T = TypeVar("T")
 RETRY_STATUSES = {429, 502, 503, 504}
@@ -113,7 +114,7 @@ class Remote:
                 if status == 413:
                     raise _Split(self._detail(r))
                 if status not in RETRY_STATUSES:
-                    hint = " (set BIOMED_API_TOKEN or pass --token)" if status == 401 else ""
+                    hint = f" (set {env('api_token')} or pass --token)" if status == 401 else ""
                     raise RemoteError(f"{self.url}{path} answered {status}: {self._detail(r)}{hint}")
             if attempt == self.max_attempts:
                 break

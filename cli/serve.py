@@ -6,6 +6,7 @@ import os
 import shutil
 import sys
 
+from biomed import settings
 from biomed.store import has_models
 from service.config import ServiceConfig
 
@@ -20,15 +21,15 @@ def serve(port: int, host: str, workers: int | None, models: str | None, dicom_p
     """
     env = dict(os.environ)
     if models:
-        env["BIOMED_MODELS"] = models
+        env[settings.env("models")] = models
     if workers:
-        env["BIOMED_WORKERS"] = str(workers)
+        env[settings.env("workers")] = str(workers)
     if dicom_port:
-        env["BIOMED_DICOM_PORT"] = str(dicom_port)
-        env.setdefault("BIOMED_DICOM_HOST", host)
+        env[settings.env("dicom_port")] = str(dicom_port)
+        env.setdefault(settings.env("dicom_host"), host)
     if grpc_port:
-        env["BIOMED_GRPC_PORT"] = str(grpc_port)
-        env.setdefault("BIOMED_GRPC_HOST", host)
+        env[settings.env("grpc_port")] = str(grpc_port)
+        env.setdefault(settings.env("grpc_host"), host)
     config = ServiceConfig.from_env(env)  # the server reads the same; a bad setting fails here, before the exec
     wanted = tuple(ref.split(":")[0] for ref in config.models)
     if not has_models(wanted, config.model_store or None):

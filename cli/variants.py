@@ -26,7 +26,9 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from biomed.outputs.vcf import Effects, ModelInfo, TsvWriter, VcfAnnotator
+from biomed.outputs import Producer
+from biomed.outputs.vcf import Effects, TsvWriter, VcfAnnotator
+from biomed.settings import env
 
 CHUNK_RECORDS = 2048  # VCF records per chunk: the unit of scoring, writing and resuming
 REQUEST_VARIANTS = 512  # variants per /score_variants request with --server (4,096 model rows, ~100 KB)
@@ -54,8 +56,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--shard", metavar="I/N", help="score only shard I of N (0-based; equal spans of the reference, "
                                                   "read by tabix region): one pod of an Indexed Job")
     p.add_argument("--server", metavar="URL", help="score on a running biomed-serve (or a Service in front of many)")
-    p.add_argument("--token", default=os.environ.get("BIOMED_API_TOKEN"),
-                   help="bearer token for --server (default: $BIOMED_API_TOKEN)")
+    p.add_argument("--token", default=os.environ.get(env("api_token")),
+                   help=f"bearer token for --server (default: ${env('api_token')})")
     p.add_argument("--in-flight", type=_positive, default=4, metavar="N", help="--server: requests at a time (4)")
     p.add_argument("--request-variants", type=_positive, default=REQUEST_VARIANTS, metavar="N",
                    help=f"--server: variants per request (default {REQUEST_VARIANTS}; halved on a 413)")
@@ -181,7 +183,7 @@ def open_shard(path: Path, genome, index: int, count: int) -> Source:
 # ---------------------------------------------------------------- scoring
 
 
-def local_scorer(ref: str, rc: bool, batch_rows: int | None) -> tuple[ModelInfo, Callable]:
+def local_scorer(ref: str, rc: bool, batch_rows: int | None) -> tuple[Producer, Callable]:
     """onnxruntime on this machine: the model's windows in ``batch_rows``-row session calls."""
     from biomed import dna_ops, runtime
     from cli.dna import CHUNK_ROWS, KIND
@@ -190,7 +192,7 @@ def local_scorer(ref: str, rc: bool, batch_rows: int | None) -> tuple[ModelInfo,
     length = int(model.doc["preprocess"]["length"])
     predict = runtime.predictor(model, batch_rows or CHUNK_ROWS)
     placements = len(dna_ops.variant_offsets(length))
-    info = ModelInfo(model.name, model.version, model.sha256, tuple(model.labels), length)
+    info = Producer(model.name, model.version, model.sha256, tuple(model.labels), length)
 
     def score(contexts: np.ndarray, alts: np.ndarray) -> Effects:
         ref_rows, alt_rows = dna_ops.context_windows(contexts, alts, length)
@@ -202,11 +204,11 @@ def local_scorer(ref: str, rc: bool, batch_rows: int | None) -> tuple[ModelInfo,
 _BASES = np.frombuffer(b"ACGTN", dtype=np.uint8)
 
 
-def remote_scorer(remote, ref: str, rc: bool, request_variants: int) -> tuple[ModelInfo, Callable]:
+def remote_scorer(remote, ref: str, rc: bool, request_variants: int) -> tuple[Producer, Callable]:
     """``/score_variants`` on a biomed-serve: each context as the sequence, the variant at its centre."""
     described = remote.model(ref)
     length = int(described["preprocess"]["length"])
-    info = ModelInfo(described["name"], described["version"], described["sha256"], tuple(described["labels"]), length)
+    info = Producer(described["name"], described["version"], described["sha256"], tuple(described["labels"]), length)
     pinned, half, labels = f"{info.name}:{info.version}", length // 2, info.labels
 
     def score(contexts: np.ndarray, alts: np.ndarray) -> Effects:
@@ -228,10 +230,10 @@ def remote_scorer(remote, ref: str, rc: bool, request_variants: int) -> tuple[Mo
 
 
 def cmd_score_variants(args: argparse.Namespace) -> int:
-    from cli.parts import Parts, file_identity
     from biomed.genome import GenomeError, Reference
     from biomed.progress import make_progress
     from biomed.variant_stream import ContextReader, build_chunk, context_half, read_chunks
+    from cli.parts import Parts, file_identity
 
     vcf, out = Path(args.vcf), Path(args.out)
     if not vcf.is_file():
@@ -312,7 +314,7 @@ def _pipeline(chunks, reader, build, score, writer, parts, advance, workers: int
     return index
 
 
-def _summary(args, info: ModelInfo, totals: Counter, fmt: str, parts, chunks: int, remote, warning: str | None) -> None:
+def _summary(args, info: Producer, totals: Counter, fmt: str, parts, chunks: int, remote, warning: str | None) -> None:
     skipped = {k: totals[k] for k in ("not_snv", "not_acgt") if totals[k]}
     reasons = ", ".join(f"{k}: {v}" for k, v in sorted(skipped.items()))
     line = (f"scored {totals['snv']} SNVs with {info.name}:{info.version}; {totals['ref_mismatch']} ref_mismatch; "

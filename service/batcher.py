@@ -26,6 +26,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from biomed.errors import Overloaded, TooLarge
+from biomed.settings import env
 
 
 @dataclass
@@ -76,14 +77,15 @@ class Batcher:
         """
         if self.max_request_rows and rows > self.max_request_rows:
             raise TooLarge(f"{what} needs {rows} model rows; one request may queue at most {self.max_request_rows} "
-                           "(BIOMED_MAX_REQUEST_ROWS): send it in smaller parts")
+                           f"({env('max_request_rows')}): send it in smaller parts")
         nbytes = rows * row_bytes
         if self.max_queued_bytes and self.admitted_bytes + nbytes > self.max_queued_bytes:
             if nbytes > self.max_queued_bytes:
                 raise TooLarge(f"{what} needs {nbytes / 2**20:.1f} MB of model rows; the queue holds at most "
-                               f"{self.max_queued_bytes / 2**20:g} MB (BIOMED_MAX_QUEUED_MB): send it in smaller parts")
+                               f"{self.max_queued_bytes / 2**20:g} MB ({env('max_queued_bytes')}): send it in smaller "
+                               "parts")
             raise Overloaded(f"the model's queue is full ({self.admitted_bytes / 2**20:.1f} of "
-                             f"{self.max_queued_bytes / 2**20:g} MB, BIOMED_MAX_QUEUED_MB); retry shortly")
+                             f"{self.max_queued_bytes / 2**20:g} MB, {env('max_queued_bytes')}); retry shortly")
         self.admitted_bytes += nbytes
         try:
             yield

@@ -11,6 +11,7 @@ from typing import Iterator
 from biomed.errors import InputError
 from biomed.preprocess.budget import DecodeBudget
 from biomed.runtime import LoadedModel, StartupError
+from biomed.settings import env
 from service.admission import Admission
 from service.config import ServiceConfig
 from service.handlers import Handler, Shared, kinds_serving
@@ -57,11 +58,11 @@ class Engine:
         shared = Shared(config, self.metrics, *self._pools, self.admission.decode)
         self.metrics.gpu_required.set(1 if config.require_gpu else 0)
         if not config.models:
-            raise StartupError("no models configured; set BIOMED_MODELS to a comma list of name[:version]")
+            raise StartupError(f"no models configured; set {env('models')} to a comma list of name[:version]")
         self.lifecycle = Lifecycle(self, shared)
         self.lifecycle.start()
         if not self.versions:
-            raise StartupError("no models configured; set BIOMED_MODELS to a comma list of name[:version]")
+            raise StartupError(f"no models configured; set {env('models')} to a comma list of name[:version]")
         self.lifecycle.watch()
         self.ready = True
 

@@ -206,7 +206,7 @@ class Guard:
         """
         c = self._config
         cap = int(getattr(c, route.body_cap or "max_upload_bytes"))
-        setting = route.body_cap_setting or "BIOMED_MAX_UPLOAD_MB"
+        setting = env(route.body_cap or "max_upload_bytes")
         declared = headers.get(b"content-length", b"").decode("latin-1").strip()
         if declared and not declared.isdigit():
             raise MalformedInput("Content-Length is not a number")
@@ -230,8 +230,8 @@ class Guard:
             except TimeoutError:
                 raise BodyTimeout(
                     f"the request body did not arrive in time ({size} bytes after waiting {waited:.1f} s for them); "
-                    f"it must keep to {c.body_min_rate // 1024} KB/s after its first 2 s (BIOMED_BODY_MIN_KBPS), with "
-                    f"no pause over {c.body_timeout_s:g} s (BIOMED_BODY_TIMEOUT_S)") from None
+                    f"it must keep to {c.body_min_rate // 1024} KB/s after its first 2 s ({env('body_min_rate')}), "
+                    f"with no pause over {c.body_timeout_s:g} s ({env('body_timeout_s')})") from None
             finally:
                 waited += loop.time() - started
             if message["type"] == "http.request":
@@ -252,7 +252,7 @@ class Guard:
             raise MalformedInput("Content-Length is not a number")
         if declared and int(declared) > cap:
             raise TooLarge(f"request body of {int(declared)} bytes is over the {cap / 2**20:g} MB limit "
-                           "(BIOMED_MAX_UPLOAD_MB)")
+                           f"({env('max_upload_bytes')})")
         held = self._hold(int(declared or 0), 0)
         loop = asyncio.get_running_loop()
         start = loop.time()
@@ -271,7 +271,7 @@ class Guard:
                     chunk = message.get("body", b"")
                     size += len(chunk)
                     if size > cap:
-                        raise TooLarge(f"request body is over the {cap / 2**20:g} MB limit (BIOMED_MAX_UPLOAD_MB)")
+                        raise TooLarge(f"request body is over the {cap / 2**20:g} MB limit ({env('max_upload_bytes')})")
                     if size > held:
                         held = self._hold(size - held, held)
                     chunks.append(chunk)
@@ -281,8 +281,8 @@ class Guard:
             self._admission.release(held)  # type: ignore[union-attr]
             raise BodyTimeout(
                 f"the request body did not arrive in time ({size} bytes after {loop.time() - start:.1f} s); a "
-                f"body must arrive within {c.body_timeout_s:g} s (BIOMED_BODY_TIMEOUT_S) and at "
-                f"{c.body_min_rate // 1024} KB/s or faster after its first 2 s (BIOMED_BODY_MIN_KBPS)") from None
+                f"body must arrive within {c.body_timeout_s:g} s ({env('body_timeout_s')}) and at "
+                f"{c.body_min_rate // 1024} KB/s or faster after its first 2 s ({env('body_min_rate')})") from None
         except BaseException:
             self._admission.release(held)  # type: ignore[union-attr]
             raise

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Callable, Protocol
 
 from biomed.runtime import LoadedModel, StartupError, load_model, warm_up
+from biomed.settings import env
 from biomed.store import LATEST, ModelNotFound, latest_version, read_rollout, resolve
 from service import memory
 from service.config import ServiceConfig
@@ -81,14 +82,14 @@ def plans(models: tuple[str, ...], canary: tuple[tuple[str, str, float], ...]) -
         name, _, version = ref.strip().partition(":")
         version_or_latest = None if version in ("", LATEST) else version
         if not name:
-            raise StartupError(f"BIOMED_MODELS has an empty model name in {ref!r}")
+            raise StartupError(f"{env('models')} has an empty model name in {ref!r}")
         if version_or_latest in entries.get(name, []):
-            raise StartupError(f"model {ref} is configured twice in BIOMED_MODELS")
+            raise StartupError(f"model {ref} is configured twice in {env('models')}")
         entries.setdefault(name, []).append(version_or_latest)
     shares: dict[str, list[tuple[str, float]]] = {}
     for name, version, percent in canary:
         if name not in entries:
-            raise StartupError(f"BIOMED_CANARY names {name}:{version}, but {name} is not in BIOMED_MODELS")
+            raise StartupError(f"{env('canary')} names {name}:{version}, but {name} is not in {env('models')}")
         if percent > 0:
             shares.setdefault(name, []).append((version, percent))
     return [Plan(name, tuple(e), tuple(shares.get(name, ()))) for name, e in entries.items()]

@@ -10,6 +10,8 @@ import functools
 from dataclasses import dataclass
 from typing import Any
 
+from biomed.settings import env
+
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 
@@ -49,15 +51,17 @@ def metrics() -> Metrics:
                                      buckets=LATENCY_BUCKETS),
         model_info=Gauge("biomed_model_info", "loaded models (value 1)", ["model", "version", "provider", "sha256"],
                          multiprocess_mode="livemax"),
-        gpu_required=Gauge("biomed_gpu_required", "1 when BIOMED_REQUIRE_GPU is set", [], multiprocess_mode="livemax"),
+        gpu_required=Gauge("biomed_gpu_required", f"1 when {env('require_gpu')} is set", [],
+                           multiprocess_mode="livemax"),
         queue_rows=Gauge("biomed_queue_rows", "model rows waiting for an inference call", ["model", "version"],
                          multiprocess_mode="livesum"),
         queue_seconds=Histogram("biomed_queue_seconds", "time from a request's rows joining the queue to the start of "
                                 "their first batch", ["model", "version"], buckets=LATENCY_BUCKETS),
         dicom_received=Counter("biomed_dicom_received_total", "DICOM instances received (door: dimse or stow; outcome: "
                                "ok or the error code)", ["door", "outcome"]),
-        dicom_forwarded=Counter("biomed_dicom_forwarded_total", "result SRs on their way to BIOMED_DICOM_DESTINATION "
-                                "(outcome: delivered, retried, rejected, duplicate)", ["outcome"]),
+        dicom_forwarded=Counter("biomed_dicom_forwarded_total",
+                                f"result SRs on their way to {env('dicom_destination')} (outcome: delivered, retried, "
+                                "rejected, duplicate)", ["outcome"]),
         dicom_spool_depth=Gauge("biomed_dicom_spool_depth", "result SRs in the spool, not yet confirmed by the destination",
                                 [], multiprocess_mode="livemax"),
         model_memory=Gauge("biomed_model_memory_bytes", "memory a loaded model version takes, summed over the workers "

@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 from pydantic import BaseModel
 
+from biomed.settings import env
 from service import schemas
 from service.doors import admin, dicomweb, native, page, v2
 from service.protocol import errors
@@ -44,8 +45,7 @@ class Route:
     response_alt_media: tuple[str, ...] = ()  # other media types of a 200 (binary), e.g. chosen by a format field
     statuses: tuple[int, ...] = ()  # other answers in ``response_media`` (STOW-RS: 202 some failed, 409 none stored)
     streams_body: bool = False  # the guard does not buffer the body: the door reads it as a stream
-    body_cap: str | None = None  # the ServiceConfig attribute capping a streamed body (its BIOMED_* setting in docs)
-    body_cap_setting: str | None = None  # that setting's name, for the 413's detail
+    body_cap: str | None = None  # the setting (a ServiceConfig field) capping a streamed body
     log_template: bool = False  # the access log writes the template: the path's parameters identify a study
 
     @functools.cached_property
@@ -124,13 +124,13 @@ ROUTES: tuple[Route, ...] = (
     )),
     *(Route(path, "POST", name, summary, dicomweb.store, native.wrap, body="dicom", response_media=dicomweb.MEDIA,
             statuses=(202, 409), errors=(400, 401, 404, 413, 415), streams_body=True, body_cap="max_stow_bytes",
-            body_cap_setting="BIOMED_MAX_STOW_MB", log_template="{" in path) for path, name, summary in (
+            log_template="{" in path) for path, name, summary in (
         ("/dicomweb/studies", "stow", "STOW-RS: store DICOM instances (multipart/related); each is classified and "
          "its result goes to the PACS as a DICOM SR"),
         ("/dicomweb/studies/{StudyInstanceUID}", "stow_study", "STOW-RS into one study: instances of another study fail"),
     )),
     _native("/admin/models/promote", "admin_promote", admin.promote, "Make a model version the default on every "
-            "worker watching the store (only with BIOMED_API_TOKEN set; else 404)", body="json",
+            f"worker watching the store (only with {env('api_token')} set; else 404)", body="json",
             request=schemas.PromoteRequest, response=schemas.PromoteResponse, errors=(400, 401, 404, 409, 413, 415, 422)),
     Route("/livez", "GET", "livez", "Liveness: 200 while the process serves", open=True, response_media="text/plain"),
     Route("/readyz", "GET", "readyz", "Readiness: 200 once every model is loaded and warmed up", open=True,

@@ -42,3 +42,35 @@ def test_bentoml_build_makes_a_torch_free_non_root_bento(demo_models: dict) -> N
     bento_yaml = (bento / "bento.yaml").read_text()
     assert "demo-image" in bento_yaml and "demo-dna" in bento_yaml
     subprocess.run([bentoml, "delete", "-y", tag], env=env, capture_output=True, timeout=120)
+
+
+def _name(requirement: str) -> str:
+    return re.split(r"[\s<>=!~;\[]", requirement, maxsplit=1)[0].lower()
+
+
+def _bare(requirement: str) -> str:
+    """A requirement without its environment marker and extras: ``name`` + version specifier."""
+    text = requirement.split(";")[0].strip()
+    return re.sub(r"\[[^\]]*\]", "", text).replace(" ", "").lower()
+
+
+def test_the_dependency_lists_agree() -> None:
+    """pyproject.toml's dependencies are the one list: the bento's packages and the GPU kit's wheels say the same
+    (the bento takes onnxruntime-gpu with its CUDA wheels; the kit pins its onnxruntime-gpu build)."""
+    import tomllib
+
+    import yaml
+
+    sys.path.insert(0, str(ROOT / "scripts" / "gpu"))
+    import kit
+
+    listed = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    serving = {_bare(r) for r in listed if _name(r) not in ("onnxruntime", "onnxruntime-gpu", "bentoml")}
+    bento = yaml.safe_load((ROOT / "bentofile.yaml").read_text())["python"]["packages"]
+    assert {_bare(p) for p in bento if _name(p) != "onnxruntime-gpu"} == serving
+    gpu = [r for r in listed if _name(r) == "onnxruntime-gpu"]
+    assert [_bare(p) for p in bento if _name(p) == "onnxruntime-gpu"] == [_bare(r) for r in gpu]
+    assert any("[cuda,cudnn]" in p for p in bento if _name(p) == "onnxruntime-gpu")
+    wheels = kit.serving_wheels()
+    assert {_bare(w) for w in wheels if _name(w) not in ("onnxruntime-gpu", "bentoml")} == serving
+    assert kit.ONNXRUNTIME_GPU in wheels and any(_name(w) == "bentoml" for w in wheels)

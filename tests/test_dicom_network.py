@@ -25,10 +25,11 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
 try:
-    from tests import live_server
+    from tests import dicom_objects, live_server
     from tests.orthanc import Orthanc
     from tests.tools import require_tool
 except ImportError:  # tests/ is not a package: pytest puts it on sys.path
+    import dicom_objects
     import live_server
     from orthanc import Orthanc
     from tools import require_tool
@@ -136,10 +137,11 @@ def storescu(tools: dict[str, str], port: int, files: list[Path], calling: str =
 
 
 def expected_sr_uid(source: Path, model: dict) -> str:
-    from biomed.outputs.sr import Algorithm, sr_uid
+    from biomed.outputs import Producer
+    from biomed.outputs.sr import sr_uid
 
     uid = str(pydicom.dcmread(source, stop_before_pixels=True).SOPInstanceUID)
-    return sr_uid(uid, Algorithm(model["name"], model["version"], model["sha256"], tuple(model["labels"])))
+    return sr_uid(uid, Producer(model["name"], model["version"], model["sha256"], tuple(model["labels"])))
 
 
 def wait_for_srs(orthanc: Orthanc, study: str, wanted: set[str], timeout: float = WAIT_S) -> set[str]:
@@ -180,7 +182,7 @@ def texts(ds: pydicom.Dataset) -> dict[str, list[str]]:
 
 def check_srs(service: Service, orthanc: Orthanc, model: dict, study: str, files: list[Path]) -> None:
     """Each file's SR is in Orthanc, references it (and its frames), and carries /predict_image's probabilities."""
-    from biomed.outputs.sr import probabilities_of, read_results
+    from sr_reader import probabilities_of, read_results
 
     labels = model["labels"]
     for path in files:
@@ -287,6 +289,43 @@ def test_a_study_larger_than_an_upload_streams_part_by_part(service: Service, or
                    headers={"content-type": content_type}, timeout=120)
     assert r.status_code == 200, r.text[:500]
     assert len(r.json()["00081199"]["Value"]) == 8
+
+
+def test_the_forwarder_sends_every_kind_of_object_in_the_spool_over_c_store(orthanc: Orthanc, tmp_path: Path) -> None:
+    """A Parametric Map and a Secondary Capture in the spool reach Orthanc over C-STORE, on one association with the
+    SR (the classes ``biomed.outputs`` writes), and an image of another SOP class on an association that asks for it."""
+    from service.dicom.destination import connector
+    from service.dicom.spool import Forwarder, Spool
+    from service.metrics import metrics
+
+    study = generate_uid(entropy_srcs=["biomed-network-test", "forwarder"])
+    source = dicom_objects.source(study, PATIENT)
+    made = dicom_objects.objects(source)
+    buffer = io.BytesIO()
+    source.SOPInstanceUID = source.file_meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=[study, "ct"])
+    source.save_as(buffer, enforce_file_format=True)
+    made["ct"] = buffer.getvalue()
+    spool = Spool(tmp_path / "spool")
+    wanted = {}
+    for name in ("parametric_map", "secondary_capture", "sr", "ct"):
+        sop_class, uid = dicom_objects.sop_of(made[name])
+        assert spool.put(uid, made[name])
+        wanted[uid] = sop_class
+        time.sleep(0.01)  # spool order
+    forwarder = Forwarder(spool, connector(orthanc.peer, "BIOMED"), metrics(), retry_max_s=1)
+    forwarder.start()
+    try:
+        deadline = time.monotonic() + WAIT_S
+        while spool.pending():
+            assert time.monotonic() < deadline, "the spool did not empty"
+            time.sleep(0.2)
+    finally:
+        forwarder.stop()
+    assert not list((tmp_path / "spool" / "rejected").iterdir()), "Orthanc refused an object"
+    assert {uid for uid in orthanc.received() if uid in wanted} == set(wanted)
+    for uid, sop_class in wanted.items():
+        stored = orthanc.retrieve(study, uid)
+        assert (stored.SOPClassUID, stored.StudyInstanceUID, stored.PatientName) == (sop_class, study, PATIENT)
 
 
 # ---------------------------------------------------------------------------------------------- hostile input

@@ -1,5 +1,6 @@
-"""The DICOM network's parts on their own (fast): the multipart/related reader, the SR builder, the spool and its
-forwarder, the settings, and STOW-RS and ``output=sr`` through the in-process service.
+"""The DICOM network's parts on their own (fast): the multipart/related reader, the SR builder, the UID pattern, the
+spool and its forwarder, C-STORE delivery to a pynetdicom peer, the settings, and STOW-RS and ``output=sr`` through
+the in-process service (each instance parsed once).
 
 The real network (Orthanc, storescu, a real server) is tests/test_dicom_network.py.
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import socket
 import time
 from pathlib import Path
 from typing import Iterator
@@ -18,12 +20,19 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from biomed.errors import MalformedInput
+from biomed.outputs import DICOM_STORAGE, Producer, sr
+from biomed.preprocess.dicom_read import is_uid
 from service.config import ServiceConfig
-from biomed.outputs import sr
 from service.dicom import multipart
 from service.dicom.spool import Forwarder, Spool
+from sr_reader import probabilities_of, read_results
 
-ALGO = sr.Algorithm("demo-image", "20250101-000000-abcdef01", "ab" * 32, ("cavity", "nodule", "normal"))
+try:
+    from tests.dicom_objects import objects, sop_of, source
+except ImportError:  # tests/ is not a package: pytest puts it on sys.path
+    from dicom_objects import objects, sop_of, source
+
+ALGO = Producer("demo-image", "20250101-000000-abcdef01", "ab" * 32, ("cavity", "nodule", "normal"))
 
 
 # ---------------------------------------------------------------------------------------------- multipart/related
@@ -86,11 +95,11 @@ def test_the_sr_reads_back_with_highdicom_and_its_uid_is_deterministic() -> None
     again = pydicom.dcmread(io.BytesIO(sr.sr_bytes(sr.build_sr(source, probs, ALGO))))
     assert first.SOPInstanceUID == again.SOPInstanceUID == sr.sr_uid(source.SOPInstanceUID, ALGO)
     assert len(first.SOPInstanceUID) <= 64 and first.SOPInstanceUID.startswith("2.25.")
-    other = sr.Algorithm(ALGO.name, "another-version", ALGO.sha256, ALGO.labels)
+    other = Producer(ALGO.name, "another-version", ALGO.sha256, ALGO.labels)
     assert sr.sr_uid(source.SOPInstanceUID, other) != first.SOPInstanceUID
-    results = sr.read_results(again)
+    results = read_results(again)
     assert [r["frame"] for r in results] == [0, 1] and [r["label"] for r in results] == ["normal", "cavity"]
-    assert np.array_equal(sr.probabilities_of(results, ALGO.labels), probs.astype(np.float64))
+    assert np.array_equal(probabilities_of(results, ALGO.labels), probs.astype(np.float64))
     assert {r["sop_instance_uid"] for r in results} == {source.SOPInstanceUID}
     assert (again.VerificationFlag, again.CompletionFlag, again.ContentQualification) == ("UNVERIFIED", "COMPLETE",
                                                                                           "RESEARCH")
@@ -105,7 +114,26 @@ def test_a_source_without_patient_attributes_or_image_geometry_still_gets_its_sr
         if keyword in source:
             delattr(source, keyword)
     ds = pydicom.dcmread(io.BytesIO(sr.sr_bytes(sr.build_sr(source, np.array([[0.3, 0.3, 0.4]]), ALGO))))
-    assert ds.PatientID == "" and sr.read_results(ds)[0]["sop_instance_uid"] == source.SOPInstanceUID
+    assert ds.PatientID == "" and read_results(ds)[0]["sop_instance_uid"] == source.SOPInstanceUID
+
+
+def test_the_storage_sop_classes_are_those_of_the_objects_written() -> None:
+    from pydicom.uid import Comprehensive3DSRStorage, ParametricMapStorage, SecondaryCaptureImageStorage
+
+    written = {name: sop_of(data)[0] for name, data in objects(source()).items()}
+    assert written == {"sr": Comprehensive3DSRStorage, "parametric_map": ParametricMapStorage,
+                       "secondary_capture": SecondaryCaptureImageStorage}
+    assert sorted(DICOM_STORAGE) == sorted(written.values())
+
+
+@pytest.mark.parametrize("value, ok", [
+    ("1.2.840.10008.5.1.4.1.1.2", True), ("2.25." + "9" * 59, True), ("0", True),
+    ("2.25." + "9" * 60, False),  # 65 characters
+    ("1..2", False), ("1.2.", False), (".1", False), ("1.2\n", False), ("1.2a", False), ("", False),
+    ("../../etc/passwd", False), ("1.2 ", False),
+])
+def test_one_uid_pattern_for_the_doors_and_the_spool(value: str, ok: bool) -> None:
+    assert is_uid(value) is ok
 
 
 # ---------------------------------------------------------------------------------------------- spool, forwarder
@@ -167,6 +195,50 @@ def test_one_forwarder_delivers_in_order_retrying_and_setting_refusals_aside(tmp
     assert sorted(p.name for p in (tmp_path / "sent").iterdir()) == ["1.2.0", "1.2.2", "1.2.3"]
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_c_store_asks_for_every_class_written_and_associates_again_for_others() -> None:
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+    from pynetdicom import AE, evt
+
+    from service.dicom.destination import Dimse
+
+    stored: list[str] = []
+    associations: list[int] = []
+
+    def on_store(event) -> int:  # type: ignore[no-untyped-def]
+        stored.append(str(event.dataset.SOPClassUID))
+        return 0x0000
+
+    peer = AE(ae_title="PACS")
+    for sop_class in (*DICOM_STORAGE, CTImageStorage):  # no RT Plan
+        peer.add_supported_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+    port = _free_port()
+    server = peer.start_server(("127.0.0.1", port), block=False,
+                               evt_handlers=[(evt.EVT_C_STORE, on_store),
+                                             (evt.EVT_ACCEPTED, lambda event: associations.append(1))])
+    made = objects(source())
+    try:
+        dimse = Dimse(f"PACS@127.0.0.1:{port}", "BIOMED")
+        for name in ("sr", "parametric_map", "secondary_capture"):
+            assert dimse.send(made[name]) == "delivered", name
+        assert len(associations) == 1  # one association asks for all three
+        ct = Path(get_testdata_file("CT_small.dcm")).read_bytes()
+        assert dimse.send(ct) == "delivered" and len(associations) == 2  # not asked for: a new association asks
+        rtplan = Path(get_testdata_file("rtplan.dcm")).read_bytes()
+        assert dimse.send(rtplan) == "rejected" and len(associations) == 3  # asked for, and refused by the peer
+        assert dimse.send(made["sr"]) == "delivered" and len(associations) == 3
+        dimse.close()
+    finally:
+        server.shutdown()
+    assert stored == [sop_of(made[name])[0] for name in ("sr", "parametric_map", "secondary_capture")] + [
+        str(CTImageStorage), sop_of(made["sr"])[0]]
+
+
 # ---------------------------------------------------------------------------------------------- settings
 
 
@@ -222,7 +294,7 @@ def test_stow_in_process_and_the_guard_streams_it(client) -> None:  # type: igno
     assert r.status_code == 413 and r.json()["error"] == "too_large"
     r = client.post("/predict_image", content=ct, params={"output": "sr"}, headers={"content-type": "application/dicom"})
     assert r.status_code == 200 and r.headers["content-type"] == "application/dicom"
-    [result] = sr.read_results(pydicom.dcmread(io.BytesIO(r.content)))
+    [result] = read_results(pydicom.dcmread(io.BytesIO(r.content)))
     native = client.post("/predict_image", content=ct, headers={"content-type": "application/dicom"}).json()
     assert result["probabilities"] == native["predictions"][0]["probabilities"]
     r = client.post("/predict_image", content=ct, params={"output": "xml"}, headers={"content-type": "application/dicom"})
@@ -239,3 +311,28 @@ def test_the_access_log_writes_stows_study_path_as_its_template() -> None:
                                 "status=200", 1.0), None)
     EscapedAccessLog().filter(record)
     assert "1.2.840.99" not in record.getMessage() and "path=/dicomweb/studies/{StudyInstanceUID}," in record.getMessage()
+
+
+@pytest.mark.parametrize("path, params, content_type", [
+    ("/predict_image", {"output": "sr"}, "application/dicom"),
+    ("/explain_image", {"format": "dicom"}, "application/dicom"),
+    ("/dicomweb/studies", {}, 'multipart/related; type="application/dicom"; boundary=b0undary'),
+])
+def test_each_instance_is_parsed_once_per_request(client, monkeypatch,  # type: ignore[no-untyped-def]
+                                                  path: str, params: dict, content_type: str) -> None:
+    """Decoding, the SOP class and UID checks and the DICOM answer or SR all read the one dataset the decoder parsed."""
+    import pydicom.filereader
+
+    parses: list[int] = []
+    read_partial = pydicom.filereader.read_partial  # every pydicom.dcmread goes through it
+
+    def counted(*args, **kwargs):  # type: ignore[no-untyped-def]
+        parses.append(1)
+        return read_partial(*args, **kwargs)
+
+    monkeypatch.setattr(pydicom.filereader, "read_partial", counted)
+    ct = Path(get_testdata_file("CT_small.dcm")).read_bytes()
+    body = _body([ct]) if path.startswith("/dicomweb") else ct
+    r = client.post(path, content=body, params=params, headers={"content-type": content_type})
+    assert r.status_code == 200, r.text[:300]
+    assert len(parses) == 1

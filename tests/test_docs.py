@@ -50,3 +50,25 @@ def test_every_setting_the_code_names_is_declared() -> None:
              *ROOT.glob("deploy/kserve/*.yaml")]
     named = {n for f in files for n in re.findall(r"BIOMED_[A-Z0-9_]*[A-Z0-9]", f.read_text())}
     assert len(files) > 80 and named - known == set()
+
+
+def test_messages_take_a_setting_s_name_from_its_declaration() -> None:
+    """No string in the core, the service or the CLI types a declared variable's name by hand (docstrings may):
+    each message names it through ``biomed.settings.env``, so a rename is one edit and a typo cannot ship."""
+    import ast
+
+    from biomed.settings import declared
+
+    names = {d.env for _, d in declared()}
+    typed = []
+    for path in [*ROOT.glob("biomed/**/*.py"), *ROOT.glob("service/**/*.py"), *ROOT.glob("cli/**/*.py")]:
+        if path.name == "settings.py" and path.parent.name == "biomed":
+            continue
+        tree = ast.parse(path.read_text())
+        docstrings = {id(n.body[0].value) for n in ast.walk(tree)
+                      if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and n.body
+                      and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
+        typed += [f"{path.relative_to(ROOT)}:{node.lineno}" for node in ast.walk(tree)
+                  if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings
+                  and set(re.findall(r"BIOMED_[A-Z0-9_]*[A-Z0-9]", node.value)) & names]
+    assert typed == []

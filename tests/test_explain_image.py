@@ -22,6 +22,7 @@ from PIL import Image
 
 from biomed import occlusion
 from biomed.errors import InputError, MalformedInput
+from biomed.outputs import overlay
 from biomed.preprocess.image import ImageSpec, Limits, load_image, load_presented
 
 try:
@@ -139,12 +140,12 @@ def test_the_overlay_is_drawn_at_the_presented_geometry() -> None:
     presented = np.full((50, 70, 1), 100, dtype=np.uint8)
     values = np.zeros((8, 8))
     values[2, 3] = 0.5
-    png = Image.open(io.BytesIO(occlusion.overlay_png(presented, values, 1.0)))
+    png = Image.open(io.BytesIO(overlay.overlay_png(presented, values, 1.0)))
     assert png.size == (70, 50) and png.mode == "RGB"
     pixels = np.asarray(png)
     assert (pixels[0, 0] == 100).all()  # no drop: the image unchanged
     assert pixels[int(2.5 * 50 / 8), int(3.5 * 70 / 8)].tolist() != [100, 100, 100]
-    assert (np.asarray(Image.open(io.BytesIO(occlusion.overlay_png(presented, values, 0.0)))) == 100).all()
+    assert (np.asarray(Image.open(io.BytesIO(overlay.overlay_png(presented, values, 0.0)))) == 100).all()
 
 
 def test_the_presented_frame_is_the_windowed_frame_before_resize(images) -> None:  # type: ignore[no-untyped-def]
@@ -301,7 +302,7 @@ def test_drawing_at_the_presented_geometry_is_within_the_decode_budget(demo_mode
     """PNG and DICOM answers reserve their working set (16 bytes a presented pixel) from BIOMED_MAX_DECODING_MB."""
     big = io.BytesIO()
     Image.fromarray(np.zeros((1500, 1500), dtype=np.uint8)).save(big, format="PNG")
-    assert occlusion.output_bytes(1500, 1500) > 40 * 2**20
+    assert overlay.output_bytes(1500, 1500) > 40 * 2**20
     for client in inprocess_client({"BIOMED_MAX_DECODING_MB": "40"}):
         assert post(client, big.getvalue()).status_code == 200  # the map itself is at the model's geometry
         for query in ("?format=png", "?image=true"):

@@ -154,6 +154,25 @@ def test_frame_and_byte_limits() -> None:
         load_image(data, SPEC, Limits(max_bytes=100))
 
 
+@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, DeflatedExplicitVRLittleEndian])
+def test_an_upload_is_parsed_once_and_every_decode_keeps_its_element_cap(syntax: str) -> None:
+    from biomed.preprocess.upload import Upload
+
+    ds = dataset(np.arange(64).reshape(8, 8), ImageComments="x")
+    ds.file_meta.TransferSyntaxUID = syntax
+    data = to_bytes(ds)
+    upload = Upload(data)
+    parsed = upload.dataset(Limits())
+    with pytest.raises(TooLarge, match="data elements"):  # a tighter cap than the parse's: refused, not recounted
+        load_image(upload, SPEC, Limits(max_elements=5))
+    x, info = load_image(upload, SPEC)
+    assert upload.header is parsed and "PixelData" not in parsed and parsed.ImageComments == "x"
+    np.testing.assert_array_equal(x, load_image(data, SPEC)[0])
+    x, _ = load_image(upload, SPEC)  # decoded already: parsed again, the same pixels
+    np.testing.assert_array_equal(x, load_image(data, SPEC)[0])
+    assert Upload(b"\x89PNG").header is None
+
+
 def test_deflated_twin_and_zip_bomb() -> None:
     ds = dataset(np.arange(64 * 64).reshape(64, 64) % 4096, WindowCenter=2000, WindowWidth=4000)
     plain = load_image(to_bytes(ds), SPEC)[0]

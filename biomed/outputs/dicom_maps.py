@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import warnings
 from io import BytesIO
-from typing import TYPE_CHECKING
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -38,10 +37,6 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 import biomed
 from biomed.errors import InputError
 from biomed.metadata import INTENDED_USE
-from biomed.preprocess.dicom_read import PIXEL_KEYWORDS, read
-
-if TYPE_CHECKING:
-    from biomed.preprocess.budget import Limits
 
 CLASS_ACTIVATION = Code("130402", "DCM", "Class activation")
 UNITY = Code("1", "UCUM", "no units")
@@ -58,12 +53,9 @@ class NoDicomSource(InputError):
     code = "no_dicom_source"
 
 
-def source_header(data: bytes, limits: "Limits") -> Dataset:
-    """The source's dataset without its pixel data (parsed with the same caps as the decode)."""
-    ds = read(data, limits)
-    for keyword in PIXEL_KEYWORDS:
-        if keyword in ds:
-            delattr(ds, keyword)
+def referable(ds: Dataset) -> Dataset:
+    """``ds``, the source's header as the decoder parsed it (``Upload.header``), when it names what a DICOM object
+    needs to reference it; else 422 ``no_dicom_source``."""
     missing = [k for k in REFERENCE_KEYWORDS if not str(ds.get(k, "") or "").strip()]
     if missing:
         raise NoDicomSource(f"the DICOM file has no {', '.join(missing)}, so no DICOM object can reference it; "

@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from dataclasses import dataclass
 from io import BytesIO
-from typing import Sequence
 
 import numpy as np
 from pydicom.dataset import Dataset
+
+from biomed.outputs import Producer
 
 SCHEME = "99BIOMED"  # private coding scheme (PS3.16 8.2: designators starting with 99 are private)
 SCHEME_NAME = "biomed-serve model outputs"
@@ -46,22 +46,12 @@ _REQUIRED_EMPTY = ("PatientID", "PatientName", "PatientBirthDate", "PatientSex",
                    "StudyDate", "StudyTime", "ReferringPhysicianName")
 
 
-@dataclass(frozen=True)
-class Algorithm:
-    """The model that produced the results."""
-
-    name: str
-    version: str
-    sha256: str
-    labels: tuple[str, ...]
-
-
 def uid(*parts: str) -> str:
     """A UID that depends only on ``parts``: ``2.25.<uuid5>`` (at most 44 characters)."""
     return f"2.25.{uuid.uuid5(_NAMESPACE, chr(31).join(parts)).int}"
 
 
-def sr_uid(source_sop_instance_uid: str, algorithm: Algorithm) -> str:
+def sr_uid(source_sop_instance_uid: str, algorithm: Producer) -> str:
     """The SR's SOP Instance UID for this source instance and model version."""
     return uid("sr", source_sop_instance_uid, algorithm.name, algorithm.version)
 
@@ -120,14 +110,14 @@ def _image_library(source: Dataset):  # type: ignore[no-untyped-def]
         return [library]
 
 
-def build_sr(source: Dataset, probs: np.ndarray, algorithm: Algorithm, now: dt.datetime | None = None) -> Dataset:
+def build_sr(source: Dataset, probs: np.ndarray, algorithm: Producer, now: dt.datetime | None = None) -> Dataset:
     """The SR of one classified instance.
 
     Args:
         source: the source instance's header (pixel data may be absent); needs SOP Class/Instance and
             Study Instance UIDs.
         probs: (frames, labels) probabilities, frame order.
-        algorithm: the model.
+        algorithm: the model version that produced ``probs``.
         now: content date/time (default: now).
     """
     import highdicom as hd
@@ -193,29 +183,3 @@ def sr_bytes(sr: Dataset) -> bytes:
     out = BytesIO()
     sr.save_as(out, enforce_file_format=True)
     return out.getvalue()
-
-
-def read_results(sr: Dataset) -> list[dict]:
-    """What ``build_sr`` wrote, read back with highdicom: per group, the referenced instance and frame, the
-    predicted label and every label's probability (the tests and ``biomed`` tools use it)."""
-    import highdicom as hd
-
-    document = sr if isinstance(sr, hd.sr.Comprehensive3DSR) else hd.sr.Comprehensive3DSR.from_dataset(sr)
-    results = []
-    for group in document.content.get_image_measurement_groups():
-        [image] = group.source_images
-        frames = image.referenced_frame_numbers
-        [evaluation] = group.get_qualitative_evaluations()
-        results.append({
-            "sop_instance_uid": image.referenced_sop_instance_uid,
-            "frame": (int(frames[0]) - 1) if frames else 0,
-            "label": evaluation.value.meaning,
-            "probabilities": {m.name.meaning.removeprefix("Probability of "): float(m.value)
-                              for m in group.get_measurements()},
-        })
-    return sorted(results, key=lambda r: r["frame"])
-
-
-def probabilities_of(results: Sequence[dict], labels: Sequence[str]) -> np.ndarray:
-    """(frames, labels) from ``read_results``."""
-    return np.array([[r["probabilities"][label] for label in labels] for r in results], dtype=np.float64)

@@ -21,6 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
+from biomed.outputs import Producer
 from biomed.variant_stream import Chunk, VcfRecord
 
 SCORES = (("REF", "p(ref)", "probability with the reference allele"),
@@ -41,17 +42,6 @@ def _quote(text: str) -> str:
 
 
 @dataclass(frozen=True)
-class ModelInfo:
-    """What the output says about the model: from the store (local) or ``GET /models`` (``--server``)."""
-
-    name: str
-    version: str
-    sha256: str
-    labels: tuple[str, ...]
-    length: int
-
-
-@dataclass(frozen=True)
 class Effects:
     """Scores of a chunk's alleles, each (n, T) in task order."""
 
@@ -67,7 +57,7 @@ class Effects:
 class VcfAnnotator:
     """The output header and each annotated record of one model's scores."""
 
-    def __init__(self, model: ModelInfo, reference: str, contigs: dict[str, int], reverse_complement: bool) -> None:
+    def __init__(self, model: Producer, reference: str, contigs: dict[str, int], reverse_complement: bool) -> None:
         self.model, self.reference, self.contigs, self.rc = model, reference, contigs, reverse_complement
         self.prefix = f"KV_biomed_{sanitise(model.name)}"
         self.tags = [f"{self.prefix}_{key}" for key, _, _ in SCORES]

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from biomed.errors import Overloaded, TooLarge
-from biomed.settings import default
+from biomed.settings import default, env
 
 _MB = 2**20
 
@@ -55,7 +55,7 @@ class DecodeBudget:
                 raise Overloaded(
                     f"the server is decoding other images ({held / _MB:.0f} MB of "
                     f"{self.total / _MB:.0f} MB held, this one needs {n / _MB:.0f} MB; "
-                    "BIOMED_MAX_DECODING_MB); retry shortly"
+                    f"{env('max_decoding_bytes')}); retry shortly"
                 )
             self._held += n
         try:
@@ -122,7 +122,8 @@ def reserve(budget: DecodeBudget | None, nbytes: int) -> Iterator[None]:
         return
     if nbytes > budget.total:
         raise TooLarge(f"decoding this image needs about {nbytes / _MB:.0f} MB, more than all decodes may hold together "
-                       f"({budget.total / _MB:.0f} MB, BIOMED_MAX_DECODING_MB); send a smaller image or raise the setting")
+                       f"({budget.total / _MB:.0f} MB, {env('max_decoding_bytes')}); send a smaller image or raise "
+                       "the setting")
     with budget.reserve(nbytes):
         yield
 

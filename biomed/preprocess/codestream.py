@@ -49,6 +49,7 @@ from pydicom.uid import (
 )
 
 from biomed.errors import InputError, TooLarge
+from biomed.settings import env
 
 if TYPE_CHECKING:
     from biomed.preprocess.budget import Limits
@@ -135,7 +136,7 @@ def check_frames(
                 f"{where}'s {kind} codestream declares {declared.rows}x{declared.columns} pixels x "
                 f"{declared.components} components ({nbytes / _MB:.0f} MB decoded) although the DICOM header "
                 f"says {rows}x{columns}; accepted: at most {limits.max_pixels} pixels and "
-                f"{limits.max_decoded_bytes / _MB:.0f} MB decoded (BIOMED_MAX_DECODED_MB)"
+                f"{limits.max_decoded_bytes / _MB:.0f} MB decoded ({env('max_decoded_bytes')})"
             )
         if (declared.rows, declared.columns, declared.components) != (rows, columns, samples):
             raise _bad(

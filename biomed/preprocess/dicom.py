@@ -36,9 +36,11 @@ from pydicom.uid import UID, ExplicitVRBigEndian, JPEG2000TransferSyntaxes, JPEG
 from biomed.errors import InputError, MalformedInput, TooLarge, UnsupportedMedia
 from biomed.preprocess.budget import reserve, working_set
 from biomed.preprocess.codestream import check_frames
-from biomed.preprocess.dicom_read import ACCEPTED, PIXEL_KEYWORDS, read, transfer_syntax
+from biomed.preprocess.dicom_read import ACCEPTED, PIXEL_KEYWORDS, transfer_syntax
 from biomed.preprocess.dicom_voi import Voi, apply_table, apply_voi, frame_rescale, frame_voi, lut_table
 from biomed.preprocess.frames import FrameSink, bands
+from biomed.preprocess.upload import Upload
+from biomed.settings import env
 
 if TYPE_CHECKING:
     from biomed.preprocess.budget import Limits
@@ -53,14 +55,16 @@ _T = TypeVar("_T")
 
 
 def load_dicom(
-    data: bytes, window: tuple[float, float] | None, limits: Limits, sink: FrameSink
+    data: bytes | Upload, window: tuple[float, float] | None, limits: Limits, sink: FrameSink
 ) -> dict[str, Any]:
     """Decode and present a DICOM object into `sink`, one frame (and band of rows) at a time.
 
     Args:
         data: The file's bytes, with or without the Part-10 preamble. Without
             it the bytes are accepted only when they parse as a dataset with
-            pixel data.
+            pixel data. An ``Upload`` is parsed once: its dataset is parsed
+            here unless it was before, and once decoded it keeps the header
+            without pixel data (``Upload.header``).
         window: The model's (center, width) in modality units, applied with
             LINEAR_EXACT to MONOCHROME images instead of the file's VOI.
         limits: Size caps, checked from the header (and each compressed frame's
@@ -76,7 +80,8 @@ def load_dicom(
         InputError: a subclass naming the problem (see ``biomed.errors``);
             nothing else escapes.
     """
-    ds = read(data, limits)
+    upload = Upload.of(data)
+    ds = upload.dataset(limits)
     ts = transfer_syntax(ds)
     frames, rows, columns, samples, itemsize = _check_header(ds, limits)
     cap = limits.max_compressed_pixels
@@ -111,6 +116,7 @@ def load_dicom(
         finally:
             pixels.close()
         info.update(_guard(presenter.info))  # type: ignore[union-attr]
+    upload.decoded()
     return info
 
 
@@ -225,7 +231,7 @@ def _check_header(ds: Dataset, limits: Limits) -> tuple[int, int, int, int, int]
         raise TooLarge(
             f"the DICOM pixel data decodes to {decoded / _MB:.0f} MB ({rows}x{columns} pixels x {frames} "
             f"frames x {samples} samples x {itemsize} bytes); accepted: at most "
-            f"{limits.max_decoded_bytes / _MB:.0f} MB decoded (BIOMED_MAX_DECODED_MB)"
+            f"{limits.max_decoded_bytes / _MB:.0f} MB decoded ({env('max_decoded_bytes')})"
         )
     return frames, rows, columns, samples, itemsize
 

@@ -10,6 +10,7 @@ parses anything, the data elements it would parse are counted
 
 from __future__ import annotations
 
+import re
 import zlib
 from io import BytesIO
 from typing import TYPE_CHECKING
@@ -27,6 +28,7 @@ from pydicom.uid import (
 
 from biomed.errors import InputError, MalformedInput, TooLarge, UnsupportedMedia
 from biomed.preprocess.dicom_scan import ElementScanner, TooDeep, TooManyElements
+from biomed.settings import env
 
 if TYPE_CHECKING:
     from biomed.preprocess.budget import Limits
@@ -34,6 +36,13 @@ if TYPE_CHECKING:
 ACCEPTED = "accepted: a DICOM Part-10 file with pixel data, a PNG or a JPEG"
 PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 _KNOWN_VRS = ElementScanner.known_vrs()
+UID_PATTERN = re.compile(r"[0-9]+(\.[0-9]+)*")  # PS3.5 9.1: numeric components separated by dots
+MAX_UID_LENGTH = 64
+
+
+def is_uid(value: str) -> bool:
+    """True for a DICOM UID: digits in dot-separated components, at most 64 characters, nothing else (no newline)."""
+    return len(value) <= MAX_UID_LENGTH and UID_PATTERN.fullmatch(value) is not None
 
 
 def has_preamble(data: bytes) -> bool:
@@ -52,6 +61,20 @@ def read(data: bytes, limits: Limits) -> Dataset:
         TooLarge: more than ``limits.max_elements`` data elements, or a deflated
             dataset inflating past ``limits.max_bytes``.
     """
+    return read_counted(data, limits)[0]
+
+
+def too_many_elements(limit: int) -> TooLarge:
+    """The 413 of a dataset with more than ``limit`` data elements."""
+    return TooLarge(
+        f"the DICOM dataset has more than {limit} data elements (sequence items and "
+        f"pixel data fragments included); accepted: at most {limit} "
+        f"({env('max_dicom_elements')})"
+    )
+
+
+def read_counted(data: bytes, limits: Limits) -> tuple[Dataset, int]:
+    """``read``, and the number of data elements counted before parsing (what ``limits.max_elements`` capped)."""
     preamble = has_preamble(data)
     try:
         start = 132 if preamble else 0
@@ -59,9 +82,9 @@ def read(data: bytes, limits: Limits) -> Dataset:
         meta = FileMetaDataset(read_dataset(BytesIO(data[start:end]), False, True)) if end > start else None
         ts = meta.get("TransferSyntaxUID") if meta is not None else None
         if ts == DeflatedExplicitVRLittleEndian:
-            ds = _read_deflated(data, end, meta, limits, counted, preamble)
+            ds, counted = _read_deflated(data, end, meta, limits, counted, preamble)
         else:
-            _count_elements(data, end, ts, limits.max_elements, counted)
+            counted = _count_elements(data, end, ts, limits.max_elements, counted)
             ds = dcmread(BytesIO(data), force=not preamble)
         looks_like_image = all(k in ds for k in ("Rows", "Columns")) and any(
             k in ds for k in PIXEL_KEYWORDS
@@ -69,11 +92,7 @@ def read(data: bytes, limits: Limits) -> Dataset:
     except InputError:
         raise
     except TooManyElements:
-        raise TooLarge(
-            f"the DICOM dataset has more than {limits.max_elements} data elements (sequence items and "
-            f"pixel data fragments included); accepted: at most {limits.max_elements} "
-            "(BIOMED_MAX_DICOM_ELEMENTS)"
-        ) from None
+        raise too_many_elements(limits.max_elements) from None
     except Exception as exc:
         if not preamble:
             raise _not_media() from None
@@ -84,7 +103,7 @@ def read(data: bytes, limits: Limits) -> Dataset:
         ) from None
     if not preamble and not looks_like_image:
         raise _not_media()
-    return ds
+    return ds, counted
 
 
 def _meta_end(data: bytes, start: int, limit: int) -> tuple[int, int]:
@@ -98,8 +117,8 @@ def _meta_end(data: bytes, start: int, limit: int) -> tuple[int, int]:
     return min(end, len(data)), scanner.count
 
 
-def _count_elements(data: bytes, pos: int, ts: str | None, limit: int, counted: int) -> None:
-    """Count what ``dcmread`` parses after the meta group: the command set, then the dataset.
+def _count_elements(data: bytes, pos: int, ts: str | None, limit: int, counted: int) -> int:
+    """Count what ``dcmread`` parses after the meta group: the command set, then the dataset; the total.
 
     Raises:
         TooManyElements: past `limit` (with the `counted` meta elements).
@@ -115,13 +134,15 @@ def _count_elements(data: bytes, pos: int, ts: str | None, limit: int, counted: 
         implicit, little = False, False
     elif ts != ImplicitVRLittleEndian:
         implicit = False
-    ElementScanner(data, little=little, limit=limit, count=command.count).dataset(pos, None, implicit)
+    scanner = ElementScanner(data, little=little, limit=limit, count=command.count)
+    scanner.dataset(pos, None, implicit)
+    return scanner.count
 
 
 def _read_deflated(
     data: bytes, end: int, meta: FileMetaDataset, limits: Limits, counted: int, preamble: bool
-) -> Dataset:
-    """Inflate the dataset after the meta group, refusing more than ``limits.max_bytes``."""
+) -> tuple[Dataset, int]:
+    """Inflate the dataset after the meta group, refusing more than ``limits.max_bytes``; and the elements counted."""
     inflater = zlib.decompressobj(-zlib.MAX_WBITS)
     body = inflater.decompress(data[end:], limits.max_bytes + 1)
     if len(body) > limits.max_bytes:
@@ -129,12 +150,13 @@ def _read_deflated(
             f"the deflated DICOM dataset inflates to more than {limits.max_bytes} bytes; "
             f"{ACCEPTED} of at most {limits.max_bytes} bytes once inflated"
         )
-    ElementScanner(body, little=True, limit=limits.max_elements, count=counted).dataset(0, None, False)
+    scanner = ElementScanner(body, little=True, limit=limits.max_elements, count=counted)
+    scanner.dataset(0, None, False)
     ds = read_dataset(BytesIO(body), False, True)
     return FileDataset(
         "", ds, preamble=data[:128] if preamble else None, file_meta=meta, is_implicit_VR=False,
         is_little_endian=True,
-    )
+    ), scanner.count
 
 
 def transfer_syntax(ds: Dataset) -> UID:

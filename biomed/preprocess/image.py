@@ -34,6 +34,8 @@ from biomed.preprocess import dicom
 from biomed.preprocess.budget import Limits, reserve, working_set
 from biomed.preprocess.codestream import BadCodestream, jpeg_declared
 from biomed.preprocess.frames import FrameSink, KeepingSink
+from biomed.preprocess.upload import Upload
+from biomed.settings import env
 
 _PNG = b"\x89PNG\r\n\x1a\n"
 _JPEG = b"\xff\xd8\xff"
@@ -97,11 +99,13 @@ class ImageSpec:
         )
 
 
-def load_image(data: bytes, spec: ImageSpec, limits: Limits = Limits()) -> tuple[np.ndarray, dict[str, Any]]:
+def load_image(data: bytes | Upload, spec: ImageSpec, limits: Limits = Limits()) -> tuple[np.ndarray, dict[str, Any]]:
     """Turn an uploaded DICOM, PNG or JPEG into model input.
 
     Args:
-        data: The file's bytes.
+        data: The file's bytes, or an ``Upload`` of them: a DICOM upload's
+            dataset is then parsed once (or taken as parsed before) and kept,
+            without pixel data, as ``Upload.header``.
         spec: The model's image spec.
         limits: Size caps, and the shared decode budget if any.
 
@@ -131,7 +135,7 @@ def load_image(data: bytes, spec: ImageSpec, limits: Limits = Limits()) -> tuple
 
 
 def load_presented(
-    data: bytes, spec: ImageSpec, limits: Limits = Limits(), frame: int = 0
+    data: bytes | Upload, spec: ImageSpec, limits: Limits = Limits(), frame: int = 0
 ) -> tuple[np.ndarray, dict[str, Any], np.ndarray]:
     """``load_image``, plus frame ``frame`` as presented, before any resize: for display and explanations.
 
@@ -153,12 +157,14 @@ def load_presented(
     return x, info, sink.kept
 
 
-def _load(data: bytes, limits: Limits, sink: FrameSink, spec: ImageSpec) -> tuple[np.ndarray, dict[str, Any]]:
+def _load(upload: bytes | Upload, limits: Limits, sink: FrameSink, spec: ImageSpec
+          ) -> tuple[np.ndarray, dict[str, Any]]:
+    data = upload.data if isinstance(upload, Upload) else upload
     if len(data) > limits.max_bytes:
         raise TooLarge(f"the upload has {len(data)} bytes; accepted: at most {limits.max_bytes}")
     raster = data.startswith(_PNG) or data.startswith(_JPEG)
     try:
-        info = _load_raster(data, limits, sink) if raster else dicom.load_dicom(data, spec.window, limits, sink)
+        info = _load_raster(data, limits, sink) if raster else dicom.load_dicom(upload, spec.window, limits, sink)
         if sink.conversion:
             previous = info.get("color_conversion")
             info["color_conversion"] = f"{previous} -> {sink.conversion}" if previous else sink.conversion
@@ -215,7 +221,7 @@ def _load_raster(data: bytes, limits: Limits, sink: FrameSink) -> dict[str, Any]
             raise TooLarge(
                 f"the {fmt.upper()} decodes to {decoded / _MB:.0f} MB ({height}x{width} pixels, mode "
                 f"{im.mode}); accepted: at most {limits.max_decoded_bytes / _MB:.0f} MB decoded "
-                "(BIOMED_MAX_DECODED_MB)"
+                f"({env('max_decoded_bytes')})"
             )
         with reserve(limits.budget, working_set(0, decoded, "raster", sink.reserve_bytes(1, height, width, 3))):
             im.load()

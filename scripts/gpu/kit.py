@@ -38,11 +38,24 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 STATE = Path(os.environ.get("BIOMED_GPU_DIR", "/tmp/biomed-gpu"))
-WHEELS = ["onnxruntime-gpu==1.31.1", "bentoml>=1.4,<1.5", "numpy>=1.26", "onnx>=1.16", "pydicom>=3.0", "pylibjpeg>=2.0",
-          "pylibjpeg-libjpeg>=2.1", "pylibjpeg-openjpeg>=2.3", "pylibjpeg-rle>=2.0", "pillow>=10",
-          "prometheus-client>=0.20", "pydantic>=2.5", "jsonschema>=4.20", "rich>=13", "highdicom>=0.28",
-          "pynetdicom>=3.0", "dicomweb-client>=0.61", "tritonclient[grpc]>=2.73,<3", "grpcio>=1.81.1",
-          "grpcio-health-checking>=1.81.1", "protobuf>=6.33.5,<7"]
+ONNXRUNTIME_GPU = "onnxruntime-gpu==1.31.1"  # the build the kit installs: CUDA 13 and cuDNN 9 on the target
+
+
+def serving_wheels() -> list[str]:
+    """The service's dependencies as pyproject.toml lists them (its one list), with the kit's onnxruntime-gpu build in
+    place of the platform-dependent onnxruntime entries: what the target's venv needs to serve."""
+    import re
+    import tomllib
+
+    listed = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    wanted = [ONNXRUNTIME_GPU]
+    for requirement in listed:
+        name = re.split(r"[\s<>=!~;\[]", requirement, maxsplit=1)[0].lower()
+        if name not in ("onnxruntime", "onnxruntime-gpu"):
+            wanted.append(requirement.split(";")[0].strip())
+    return wanted
+
+
 PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64",
              "linux_x86_64"]
 
@@ -103,13 +116,14 @@ def pack(args: argparse.Namespace) -> int:
     out = Path(args.out)
     build = out / "build"
     wheels = build / "wheels"
+    requirements = serving_wheels()
     if not args.no_wheels:
         wheels.mkdir(parents=True, exist_ok=True)
         platforms = [f"--platform={p}" for p in PLATFORMS]
         subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--only-binary=:all:",
-                        f"--python-version={args.python}", *platforms, "-d", str(wheels), *WHEELS], check=True)
+                        f"--python-version={args.python}", *platforms, "-d", str(wheels), *requirements], check=True)
     names = _models(build / "models", args.quick)
-    (build / "kit.json").write_text(json.dumps({"models": names, "python": args.python,
+    (build / "kit.json").write_text(json.dumps({"models": names, "python": args.python, "requirements": requirements,
                                                 "wheels": sorted(p.name for p in wheels.glob("*.whl"))}, indent=1))
     bundle = out / "kit.tar"
     with tarfile.open(bundle, "w") as tar:  # wheels are compressed already
@@ -172,8 +186,9 @@ def setup(dry_run: bool) -> Path:
     wheels = sorted((kit / "wheels").glob("*.whl"))
     if wheels:  # --no-index: nothing from the network; the venv's packages come before the system's
         venv.EnvBuilder(system_site_packages=True, with_pip=True, clear=True).create(STATE / "venv")
+        requirements = json.loads((kit / "kit.json").read_text())["requirements"]
         subprocess.run([str(_venv_python()), "-m", "pip", "install", "-q", "--no-index", "--find-links",
-                        str(kit / "wheels"), "--ignore-installed", *WHEELS], check=True)
+                        str(kit / "wheels"), "--ignore-installed", *requirements], check=True)
     else:
         (STATE / "python").write_text(sys.executable + "\n")
     code = "import onnxruntime as ort; print(ort.__version__, ort.get_available_providers())"

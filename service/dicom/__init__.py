@@ -2,9 +2,10 @@
 
 - ``scp.py``: the C-STORE receiver (pynetdicom) on ``BIOMED_DICOM_PORT``, in each worker.
 - ``service/doors/dicomweb.py``: STOW-RS (``POST /dicomweb/studies``), streamed part by part.
-- ``pipeline.py``: what both do with an instance: check, classify (the image handler), spool its SR.
-- ``sr.py``: the TID 1500 Comprehensive 3D SR of one classified instance (highdicom).
-- ``spool.py``: the durable spool and its forwarder; ``destination.py``: STOW-RS or C-STORE to the PACS.
+- ``pipeline.py``: what both do with an instance: parse once, check, classify (the image handler), spool its SR
+  (``biomed/outputs/sr.py``: the TID 1500 Comprehensive 3D SR of one classified instance).
+- ``spool.py``: the durable spool and its forwarder; ``destination.py``: STOW-RS or C-STORE to the PACS, for any
+  DICOM object the spool holds.
 
 ``start`` runs in each worker once the engine is up, on the worker's event loop (the
 receiver's threads hand instances to it); ``current`` is this worker's (``None`` when
@@ -18,6 +19,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from biomed.runtime import StartupError
+from biomed.settings import env
 
 if TYPE_CHECKING:
     from service.dicom.scp import Receiver
@@ -40,7 +42,8 @@ class Dicom:
         try:
             handler = engine.pick(None, "classify")  # not kept: a reload may swap the image model
         except Exception:  # noqa: BLE001 - UnknownModel: no image model is loaded
-            raise StartupError("BIOMED_DICOM_PORT/BIOMED_DICOM_DESTINATION need an image model in BIOMED_MODELS") from None
+            raise StartupError(f"{env('dicom_port')}/{env('dicom_destination')} need an image model in "
+                               f"{env('models')}") from None
         for name in ("pydicom", "pynetdicom", "highdicom", "dicomweb_client"):  # they log identifiers at INFO/ERROR
             logging.getLogger(name).setLevel(logging.CRITICAL)
         if config.dicom_destination:
@@ -52,7 +55,7 @@ class Dicom:
             try:
                 self.spool = Spool(config.dicom_spool)
             except OSError as err:
-                raise StartupError(f"the SR spool BIOMED_DICOM_SPOOL cannot be created ({type(err).__name__}: "
+                raise StartupError(f"the SR spool {env('dicom_spool')} cannot be created ({type(err).__name__}: "
                                    f"{err.strerror})") from None
             self.forwarder = Forwarder(self.spool, destination.connector(config.dicom_destination, config.dicom_aet),
                                        engine.metrics, config.dicom_retry_max_s)
@@ -72,7 +75,7 @@ class Dicom:
                 raise StartupError(f"the C-STORE receiver cannot listen on port {config.dicom_port} "
                                    f"({err.strerror or type(err).__name__})") from None
             if not config.dicom_destination:
-                log.warning("BIOMED_DICOM_DESTINATION is not set: instances are classified but no SR goes out")
+                log.warning(f"{env('dicom_destination')} is not set: instances are classified but no SR goes out")
 
     def close(self) -> None:
         if self.receiver is not None:

@@ -1,9 +1,14 @@
-"""Where result SRs go (``BIOMED_DICOM_DESTINATION``): a DICOMweb server (STOW-RS) or a DICOM peer (C-STORE).
+"""Where results go (``BIOMED_DICOM_DESTINATION``): a DICOMweb server (STOW-RS) or a DICOM peer (C-STORE).
 
-Each ``send`` answers ``delivered`` (the destination confirmed the instance), ``retry`` (it may
-take it later: no connection, a timeout, 5xx, 408, 429, DIMSE 0xA7xx "out of resources") or
-``rejected`` (it refused this instance: any other failure). Nothing is logged but the kind of
-failure: no UIDs, and never the URL (it may carry credentials).
+Either sends whatever DICOM object the spool holds: SRs today, and any object of
+``biomed.outputs`` (Parametric Map, Secondary Capture). A C-STORE association asks for every
+storage SOP class the project writes (``biomed.outputs.DICOM_STORAGE``), explicit or implicit VR
+little endian; an object of another SOP class or transfer syntax is sent on a new association
+that asks for it too. Each ``send`` answers ``delivered`` (the destination confirmed the
+instance), ``retry`` (it may take it later: no connection, a timeout, 5xx, 408, 429, DIMSE
+0xA7xx "out of resources") or ``rejected`` (it refused this instance, or its SOP class: any
+other failure). Nothing is logged but the kind of failure and a SOP class's name: no UIDs of
+instances, and never the URL (it may carry credentials).
 """
 
 from __future__ import annotations
@@ -11,11 +16,16 @@ from __future__ import annotations
 import logging
 import re
 from io import BytesIO
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from pydicom import dcmread
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
+from biomed.outputs import DICOM_STORAGE
 from service.config import DICOM_PEER as _PEER
+
+if TYPE_CHECKING:
+    from pynetdicom.presentation import PresentationContext
 
 log = logging.getLogger("biomed.dicom")
 TIMEOUT_S = 30.0
@@ -63,13 +73,21 @@ class DicomWeb:
         self.client._session.close()  # noqa: SLF001 - dicomweb-client has no public close
 
 
+_NATIVE = (str(ExplicitVRLittleEndian), str(ImplicitVRLittleEndian))  # what pynetdicom converts between when sending
+
+
+def _takes(context: "PresentationContext", sop_class: str, syntax: str) -> bool:
+    """Whether an accepted presentation context carries ``sop_class`` in ``syntax`` (or converts to it)."""
+    accepted = str(context.transfer_syntax[0])
+    return str(context.abstract_syntax) == sop_class and (accepted == syntax or {accepted, syntax} <= set(_NATIVE))
+
+
 class Dimse:
-    """C-STORE to ``AET@host:port`` with pynetdicom, one association per delivery round."""
+    """C-STORE to ``AET@host:port`` with pynetdicom, one association per delivery round (re-associating for an
+    object of a SOP class or transfer syntax the association did not ask for)."""
 
     def __init__(self, peer: str, calling_aet: str) -> None:
         from pynetdicom import AE
-        from pynetdicom.sop_class import Comprehensive3DSRStorage
-        from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
         match = _PEER.match(peer)
         assert match is not None  # validated by ServiceConfig.from_env
@@ -77,18 +95,47 @@ class Dimse:
         self.ae = AE(ae_title=calling_aet)
         self.ae.acse_timeout = self.ae.dimse_timeout = self.ae.network_timeout = TIMEOUT_S
         self.ae.connection_timeout = 10
-        self.ae.add_requested_context(Comprehensive3DSRStorage, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
         self.assoc = None
+        self.asked: set[tuple[str, str]] = set()  # (SOP class, transfer syntax) the association asked for
+
+    def _contexts(self, sop_class: str, syntax: str) -> list["PresentationContext"]:
+        """The project's storage SOP classes, each in native little endian (the peer picks), and ``sop_class`` in
+        ``syntax`` in a context of its own when not among them; ``asked`` records what they ask for."""
+        from pynetdicom import build_context
+
+        contexts = [build_context(cls, list(_NATIVE)) for cls in DICOM_STORAGE]
+        self.asked = {(cls, t) for cls in DICOM_STORAGE for t in _NATIVE}
+        if (sop_class, syntax) not in self.asked:
+            contexts.append(build_context(sop_class, syntax))
+            self.asked.add((sop_class, syntax))
+        return contexts
+
+    def _accepts(self, sop_class: str, syntax: str) -> bool:
+        return any(_takes(cx, sop_class, syntax) for cx in self.assoc.accepted_contexts)
+
+    def _associate(self, sop_class: str, syntax: str) -> bool:
+        """An association asking for the project's SOP classes and this object's; False when it was not made."""
+        contexts = self._contexts(sop_class, syntax)
+        self.assoc = self.ae.associate(self.host, self.port, ae_title=self.aet, contexts=contexts)
+        if not self.assoc.is_established:
+            what = "rejected" if self.assoc.is_rejected else "aborted" if self.assoc.is_aborted else "failed"
+            log.warning("the association with the DICOM destination %s", what)
+            self.assoc = None
+            return False
+        return True
 
     def send(self, data: bytes) -> str:
-        if self.assoc is None or not self.assoc.is_established:
-            self.assoc = self.ae.associate(self.host, self.port, ae_title=self.aet)
-            if not self.assoc.is_established:
-                what = "rejected" if self.assoc.is_rejected else "aborted" if self.assoc.is_aborted else "failed"
-                log.warning("the association with the DICOM destination %s", what)
-                self.assoc = None
-                return "retry"
         ds = dcmread(BytesIO(data))
+        sop_class = str(ds.SOPClassUID)
+        syntax = str(ds.file_meta.get("TransferSyntaxUID", _NATIVE[0]))
+        if self.assoc is not None and self.assoc.is_established and not self._accepts(sop_class, syntax) \
+                and (sop_class, syntax) not in self.asked:
+            self.close()  # this object's SOP class or transfer syntax was not asked for: ask again, with it
+        if (self.assoc is None or not self.assoc.is_established) and not self._associate(sop_class, syntax):
+            return "retry"
+        if not self._accepts(sop_class, syntax):
+            log.warning("the DICOM destination does not take %s in %s", UID(sop_class).name, UID(syntax).name)
+            return "rejected"
         status = self.assoc.send_c_store(ds)
         code = int(status.Status) if status is not None and "Status" in status else None
         if code is None:  # no answer: the association ended

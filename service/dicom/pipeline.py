@@ -1,11 +1,12 @@
 """One received DICOM instance, whichever door it came through: checked, classified, its SR spooled.
 
 ``receive`` is shared by the C-STORE receiver (``scp.py``, called from its threads through the
-event loop) and STOW-RS (``service/doors/dicomweb.py``): the instance's header is read with the
-decoder's own caps, its UIDs and SOP class checked, every frame classified by the image
-handler (``ImageHandler.classify``: the same decode and model run as ``/predict_image``, through
-the same batchers), and when a destination is set its SR is built (``sr.py``) and written to
-the spool (``spool.py``) before ``receive`` returns, so the sender is answered only once the
+event loop) and STOW-RS (``service/doors/dicomweb.py``): the instance is parsed once, with the
+decoder's own caps (``biomed.preprocess.upload.Upload``), its UIDs and SOP class checked, every
+frame classified by the image handler from that same parse (``ImageHandler.classify``: the same
+decode and model run as ``/predict_image``, through the same batchers), and when a destination
+is set its SR is built (``biomed/outputs/sr.py``) from the header the decoder kept and written
+to the spool (``spool.py``) before ``receive`` returns, so the sender is answered only once the
 result is durable. It never raises for bad input: it answers an ``Outcome`` with the DIMSE
 status / STOW-RS failure reason (the same codes for both doors):
 
@@ -26,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import re
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -55,8 +55,9 @@ from pydicom.uid import (
 )
 
 from biomed.errors import InputError
-from biomed.preprocess.dicom_read import PIXEL_KEYWORDS, read
-from biomed.outputs import sr
+from biomed.outputs import Producer, sr
+from biomed.preprocess.dicom_read import is_uid
+from biomed.preprocess.upload import Upload
 
 if TYPE_CHECKING:
     from service.dicom.spool import Spool
@@ -84,7 +85,6 @@ IMAGE_STORAGE = (
     DermoscopicPhotographyImageStorage, PhotoacousticImageStorage,
 )
 _IMAGE_STORAGE = frozenset(str(u) for u in IMAGE_STORAGE)
-_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _SR_THREADS = 2  # SR building (highdicom: tens of ms per SR) and spool writes (fsync), off the event loop
 
 OK = 0x0000
@@ -137,23 +137,15 @@ async def _off_loop(fn: Any, *args: Any) -> Any:
     return await asyncio.get_running_loop().run_in_executor(_pool(), fn, *args)
 
 
-def algorithm(handler: "ImageHandler") -> sr.Algorithm:
+def producer(handler: "ImageHandler") -> Producer:
+    """The model version the handler runs, as its SRs name it."""
     m = handler.model
-    return sr.Algorithm(m.name, m.version, m.sha256, tuple(handler.labels))
-
-
-def read_header(data: bytes, limits: Any) -> Dataset:
-    """The instance's dataset without pixel data, parsed under the decoder's caps (elements counted first)."""
-    ds = read(data, limits)
-    for keyword in PIXEL_KEYWORDS:
-        if keyword in ds:
-            delattr(ds, keyword)
-    return ds
+    return Producer(m.name, m.version, m.sha256, tuple(handler.labels))
 
 
 def _uid_of(ds: Dataset, keyword: str) -> str | None:
     value = str(ds.get(keyword, "") or "").strip()
-    return value if _UID.match(value) and len(value) <= 64 else None
+    return value if is_uid(value) else None
 
 
 def check_header(ds: Dataset, study: str | None = None) -> tuple[str, str]:
@@ -174,20 +166,23 @@ async def sr_for(handler: "ImageHandler", data: bytes, door: str = "native") -> 
     if data.startswith((b"\x89PNG", b"\xff\xd8\xff")):
         raise InputError("output=sr needs a DICOM image to reference; this upload is a PNG or JPEG (use output=json)",
                          code="sr_needs_dicom")
-    probs, _ = await handler.classify(data, door)
-    header = await handler.in_thread(read_header, data, handler.limits)
+    upload = Upload(data)
+    probs, _ = await handler.classify(upload, door)
+    header = upload.header  # the decoder's parse, without pixel data
+    if header is None:
+        raise InputError("output=sr needs a DICOM image to reference", code="sr_needs_dicom")
     try:
         check_header(header)
     except Refused as err:
         raise InputError(f"output=sr cannot reference this file: {err.detail}", code="sr_needs_dicom") from None
-    return await _off_loop(_build, header, probs, algorithm(handler))
+    return await _off_loop(_build, header, probs, producer(handler))
 
 
-def _build(header: Dataset, probs: np.ndarray, algo: sr.Algorithm) -> bytes:
+def _build(header: Dataset, probs: np.ndarray, algo: Producer) -> bytes:
     return sr.sr_bytes(sr.build_sr(header, probs, algo))
 
 
-def _build_and_spool(header: Dataset, probs: np.ndarray, algo: sr.Algorithm, spool: "Spool") -> bool:
+def _build_and_spool(header: Dataset, probs: np.ndarray, algo: Producer, spool: "Spool") -> bool:
     uid = sr.sr_uid(str(header.SOPInstanceUID), algo)
     if spool.is_known(uid):
         return False
@@ -199,15 +194,18 @@ async def receive(handler: "ImageHandler", data: bytes, door: str, study: str | 
     """Check, classify and (with a spool) spool the SR of one instance; never raises for bad input."""
     outcome = Outcome("ok")
     try:
-        header = await handler.in_thread(read_header, data, handler.limits,
-                                         small=len(data) <= handler.config.small_upload_bytes)
+        upload = Upload(data)
+        del data
+        header = await handler.in_thread(upload.dataset, handler.limits,
+                                         small=len(upload.data) <= handler.config.small_upload_bytes)
         outcome.sop_class, outcome.sop_instance = (_uid_of(header, "SOPClassUID"), _uid_of(header, "SOPInstanceUID"))
         check_header(header, study)
-        probs, _ = await handler.classify(data, door)
-        del data
+        probs, _ = await handler.classify(upload, door)  # decoded from the dataset parsed above
+        header = upload.header  # now without pixel data
+        del upload
         if spool is not None:
             try:
-                outcome.spooled = await _off_loop(_build_and_spool, header, probs, algorithm(handler), spool)
+                outcome.spooled = await _off_loop(_build_and_spool, header, probs, producer(handler), spool)
             except OSError as err:
                 log.error("the SR spool could not be written (%s); the instance was refused with 0xA700",
                           type(err).__name__)

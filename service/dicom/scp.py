@@ -40,6 +40,7 @@ from typing import Any
 from pydicom.dataset import Dataset
 
 from biomed.errors import Overloaded
+from biomed.settings import env
 from service.admission import Admission
 from service.dicom import pipeline
 
@@ -95,7 +96,7 @@ class Receiver:
         self._stop = threading.Event()
 
     def start(self) -> None:
-        from pynetdicom import AE, _config, evt, dimse_messages
+        from pynetdicom import AE, _config, dimse_messages, evt
         from pynetdicom.sop_class import Verification
 
         _config.LOG_HANDLER_LEVEL = "none"  # pynetdicom's standard handlers log identifiers of each message
@@ -129,7 +130,7 @@ class Receiver:
         self._sweeper.start()
         if "*" in c.dicom_allowed_aets:
             log.warning("the C-STORE receiver accepts associations from any calling AE title "
-                        "(BIOMED_DICOM_ALLOWED_AETS=*); list the modalities' and PACS' AE titles instead")
+                        f"({env('dicom_allowed_aets')}=*); list the modalities' and PACS' AE titles instead")
         log.info("C-STORE receiver %s on %s:%d (%d image storage SOP classes, %d transfer syntaxes)",
                  c.dicom_aet, c.dicom_host, c.dicom_port, len(pipeline.IMAGE_STORAGE), len(syntaxes))
 
@@ -158,13 +159,13 @@ class Receiver:
         if size > self.config.max_upload_bytes:
             event.assoc._biomed_bytes = 0
             self.metrics.dicom_received.labels(door="dimse", outcome="too_large").inc()
-            log.warning("aborted an association: a dataset passed %g MB (BIOMED_MAX_UPLOAD_MB)",
+            log.warning(f"aborted an association: a dataset passed %g MB ({env('max_upload_bytes')})",
                         self.config.max_upload_bytes / 2**20)
             event.assoc.abort(block=False)
 
     def _rejected(self, event: Any) -> None:
         self.metrics.dicom_received.labels(door="dimse", outcome="association_rejected").inc()
-        log.warning("rejected an association from calling AE title %r (not in BIOMED_DICOM_ALLOWED_AETS)",
+        log.warning(f"rejected an association from calling AE title %r (not in {env('dicom_allowed_aets')})",
                     str(getattr(event.assoc.requestor, "ae_title", ""))[:16])
 
     def _store(self, event: Any) -> Dataset:

@@ -29,14 +29,14 @@ import errno
 import fcntl
 import logging
 import os
-import re
 import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
+from biomed.preprocess.dicom_read import is_uid
+
 log = logging.getLogger("biomed.dicom")
-_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 SENT_KEEP_S = 7 * 24 * 3600
 LOCK_POLL_S = 2.0
 IDLE_POLL_S = 0.5
@@ -69,7 +69,7 @@ class Spool:
         self.added = threading.Event()  # set when this process spools an SR (wakes its forwarder)
 
     def _path(self, uid: str) -> Path:
-        if not _UID.match(uid) or len(uid) > 64:
+        if not is_uid(uid):
             raise ValueError("not a UID")
         return self.root / f"{uid}.dcm"
 

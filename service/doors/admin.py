@@ -15,6 +15,7 @@ from starlette.requests import Request
 
 from biomed import store
 from biomed.errors import InputError
+from biomed.settings import env
 from service.doors.http_io import read_body, read_json
 from service.engine import Engine, UnknownModel
 from service.schemas import PromoteRequest
@@ -33,7 +34,7 @@ class Conflict(InputError):
 async def promote(request: Request, engine: Engine) -> dict:
     config = engine.config
     if not config.api_token:
-        raise AdminOff("the admin endpoints are off: they are served only when BIOMED_API_TOKEN is set")
+        raise AdminOff(f"the admin endpoints are off: they are served only when {env('api_token')} is set")
     body = await read_body(request, 64 * 1024)
     req = await read_json(request, body, PromoteRequest, 16, "one model reference")
     name, version = store.split_ref(req.model)
@@ -41,8 +42,9 @@ async def promote(request: Request, engine: Engine) -> dict:
     if versions is None or name not in engine.lifecycle.dirs:
         raise UnknownModel(f"model {name[:200]!r} is not served here; promote one of: {', '.join(engine.versions)}")
     if config.model_poll_s <= 0 or not engine.lifecycle.watching:
-        raise Conflict("the model store is not watched (BIOMED_MODEL_POLL_S=0), so the other workers would not take "
-                       "a promote up; set BIOMED_MODEL_POLL_S, or change BIOMED_MODELS and restart", code="reload_off")
+        raise Conflict(f"the model store is not watched ({env('model_poll_s')}=0), so the other workers would not take "
+                       f"a promote up; set {env('model_poll_s')}, or change {env('models')} and restart",
+                       code="reload_off")
     folder: Path = engine.lifecycle.dirs[name]
     loop = asyncio.get_running_loop()
     before = store.read_rollout(folder)

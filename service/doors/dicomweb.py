@@ -13,12 +13,11 @@ native JSON error form.
 
 from __future__ import annotations
 
-import re
-
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from biomed.errors import MalformedInput, TooLarge, UnsupportedMedia
+from biomed.preprocess.dicom_read import is_uid
 from service.dicom import current as dicom_current
 from service.dicom import multipart, pipeline
 from service.doors.http_io import media_type
@@ -26,7 +25,6 @@ from service.engine import Engine
 
 MEDIA = "application/dicom+json"
 MAX_INSTANCES = 10_000  # parts of one request (each answered in the response)
-_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 # DICOM JSON (PS3.18 F.2) tags of the Store Instances Response Module.
 _FAILED, _REFERENCED = "00081198", "00081199"
 _CLASS, _INSTANCE, _REASON = "00081150", "00081155", "00081197"
@@ -50,7 +48,7 @@ def _item(outcome: pipeline.Outcome) -> dict:
 async def store(request: Request, engine: Engine) -> StowResponse:
     """STOW-RS: every instance of the body classified, one at a time (module docstring)."""
     study = request.path_params.get("StudyInstanceUID")
-    if study is not None and (not _UID.match(study) or len(study) > 64):
+    if study is not None and not is_uid(study):
         raise MalformedInput("the Study Instance UID in the path is not a UID (digits and dots, at most 64 characters)")
     content_type = request.headers.get("content-type", "")
     if media_type(request) != "multipart/related":

@@ -16,6 +16,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect, Request
 
 from biomed.errors import InputError, MalformedInput, TooLarge, UnsupportedMedia
+from biomed.settings import env
 from service.protocol.json_bounds import BIG_JSON, json_values
 
 RAW_IMAGE_TYPES = {"application/dicom", "image/png", "image/jpeg", "application/octet-stream"}
@@ -37,7 +38,7 @@ async def read_body(request: Request, cap: int) -> bytes:
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > cap:
-            raise TooLarge(f"request body is over the {cap / 2**20:g} MB limit (BIOMED_MAX_UPLOAD_MB)")
+            raise TooLarge(f"request body is over the {cap / 2**20:g} MB limit ({env('max_upload_bytes')})")
         chunks.append(chunk)
         if not message.get("more_body", False):
             break

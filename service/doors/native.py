@@ -19,12 +19,13 @@ from starlette.responses import Response
 from biomed.errors import MalformedInput
 from biomed.flags import parse_flag
 from biomed.genome import parse_fasta
-from biomed.occlusion import DEFAULT_OPACITY
+from biomed.outputs.overlay import DEFAULT_OPACITY
 from biomed.runtime import LoadedModel
+from biomed.settings import env
 from service.doors.endpoint import wrapper
 from service.doors.http_io import read_body, read_json, read_upload
-from service.protocol import errors
 from service.engine import Engine
+from service.protocol import errors
 from service.schemas import DnaRequest, ExplainRequest, VariantsRequest
 
 log = logging.getLogger("biomed.service")
@@ -75,7 +76,7 @@ async def predict_dna(request: Request, engine: Engine) -> dict:
     started = time.perf_counter()
     c = engine.config
     req = await _json(request, engine, DnaRequest, 2 * c.max_sequences + 16,
-                      f"{c.max_sequences} sequences (BIOMED_MAX_SEQUENCES)")
+                      f"{c.max_sequences} sequences ({env('max_sequences')})")
     items = [(str(i), s) if isinstance(s, str) else (s.id, s.sequence) for i, s in enumerate(req.sequences)]
     return await engine.pick(req.model, "predict_sequences").predict_sequences(items, req.reverse_complement, started)
 
@@ -107,7 +108,7 @@ async def score_variants(request: Request, engine: Engine) -> dict:
     started = time.perf_counter()
     c = engine.config
     req = await _json(request, engine, VariantsRequest, 6 * c.max_variants + 16,
-                      f"{c.max_variants} variants (BIOMED_MAX_VARIANTS)")
+                      f"{c.max_variants} variants ({env('max_variants')})")
     handler = engine.pick(req.model, "score_variants")
     return await handler.score_variants([v.model_dump() for v in req.variants], req.reverse_complement, started)
 

@@ -17,6 +17,7 @@ from biomed.kinds.dna import KIND as DNA
 from biomed.preprocess import dna
 from biomed.preprocess.dna import DnaSpec
 from biomed.runtime import LoadedModel
+from biomed.settings import env
 from service.handlers.base import Handler, Shared
 
 
@@ -46,10 +47,11 @@ class DnaHandler(Handler):
         """Refuse (413) more sequences or bases than ``BIOMED_MAX_SEQUENCES`` / ``BIOMED_MAX_BASES``."""
         cfg = self.config
         if len(items) > cfg.max_sequences:
-            raise TooLarge(f"{len(items)} sequences in one request; the limit is {cfg.max_sequences} (BIOMED_MAX_SEQUENCES)")
+            raise TooLarge(f"{len(items)} sequences in one request; the limit is {cfg.max_sequences} "
+                           f"({env('max_sequences')})")
         bases = sum(len(s) for _, s in items)
         if bases > cfg.max_bases:
-            raise TooLarge(f"{bases} bases in one request; the limit is {cfg.max_bases} (BIOMED_MAX_BASES)")
+            raise TooLarge(f"{bases} bases in one request; the limit is {cfg.max_bases} ({env('max_bases')})")
 
     async def _predictions(self, items: list[tuple[str, str]], reverse_complement: bool, started: float,
                            door: str) -> list[dict]:
@@ -87,7 +89,7 @@ class DnaHandler(Handler):
         """``/score_variants``: ref and alt probabilities of SNVs, their difference and log-odds difference."""
         if len(variants) > self.config.max_variants:
             raise TooLarge(f"{len(variants)} variants in one request; the limit is {self.config.max_variants} "
-                           "(BIOMED_MAX_VARIANTS)")
+                           f"({env('max_variants')})")
         self.check_caps([(str(i), v["sequence"]) for i, v in enumerate(variants)])
         rows = dna_ops.variant_rows(len(variants), self.spec, reverse_complement)
         with self.admit(rows, f"{len(variants)} variant(s)"):
@@ -99,7 +101,8 @@ class DnaHandler(Handler):
         """``/explain_dna``: in-silico mutagenesis of one sequence."""
         limit = self.config.max_explain_bases
         if len(sequence) > limit:
-            raise TooLarge(f"sequence of {len(sequence)} bases; explain takes at most {limit} (BIOMED_MAX_EXPLAIN_BASES)")
+            raise TooLarge(f"sequence of {len(sequence)} bases; explain takes at most {limit} "
+                           f"({env('max_explain_bases')})")
         rows = dna_ops.explain_rows(len(sequence), self.spec, reverse_complement)
         with self.admit(rows, f"explaining {len(sequence)} bases"):
             result = await dna_ops.explain(self._predictor(started), self.labels, self.spec, sequence, task,

@@ -13,10 +13,14 @@ import numpy as np
 from biomed import occlusion
 from biomed.errors import InputError, TooLarge
 from biomed.kinds.image import KIND as IMAGE
-from biomed.outputs.dicom_maps import NoDicomSource, explanation_dicom, source_header
+from biomed.outputs import overlay
+from biomed.outputs.dicom_maps import NoDicomSource, explanation_dicom, referable
+from biomed.outputs.explanation import explanation_body
 from biomed.preprocess.budget import reserve
 from biomed.preprocess.image import ImageSpec, Limits, load_image, load_presented
+from biomed.preprocess.upload import Upload
 from biomed.runtime import LoadedModel
+from biomed.settings import env
 from service.handlers.base import Handler, Shared
 
 T = TypeVar("T")
@@ -47,22 +51,26 @@ class ImageHandler(Handler):
                                      max_decoded_bytes=min(c.max_decoded_bytes, INLINE_DECODED_BYTES),
                                      max_elements=min(c.max_dicom_elements, INLINE_ELEMENTS))
 
-    async def decode(self, data: bytes) -> tuple[np.ndarray, dict[str, Any]]:
-        """The file's frames as model rows (F, C, H, W) float32 and the ``input`` block that describes them."""
+    async def decode(self, data: bytes | Upload) -> tuple[np.ndarray, dict[str, Any]]:
+        """The file's frames as model rows (F, C, H, W) float32 and the ``input`` block that describes them.
+
+        An ``Upload`` keeps the DICOM header the decode parsed (``Upload.header``), for an SR over the same file.
+        """
         started = time.perf_counter()
+        upload = Upload.of(data)
         with self.admitting():
             x, info = None, None
-            if len(data) <= self.config.inline_decode_bytes:
+            if len(upload.data) <= self.config.inline_decode_bytes:
                 # Decoding is mostly Python holding the GIL: on a thread it competes with the event loop for the GIL,
                 # and the handoffs cost more than they save (a 512x512 slice at 16 connections: 257 req/s on threads,
                 # 335 here). Files within caps that bound the time to a few ms decode here, on the loop; past the
                 # caps (pixels, decoded bytes, DICOM elements) the file is decoded again on a thread, under the real
                 # limits.
                 with contextlib.suppress(TooLarge):
-                    x, info = load_image(data, self.spec, self.inline_limits)
+                    x, info = load_image(upload, self.spec, self.inline_limits)
             if x is None:
-                small = len(data) <= self.config.small_upload_bytes
-                x, info = await self.in_thread(load_image, data, self.spec, self.limits, small=small)
+                small = len(upload.data) <= self.config.small_upload_bytes
+                x, info = await self.in_thread(load_image, upload, self.spec, self.limits, small=small)
         self.metrics.preprocess_seconds.labels(kind=info.get("format", "image")).observe(time.perf_counter() - started)
         return np.ascontiguousarray(x, dtype=np.float32), info
 
@@ -91,7 +99,7 @@ class ImageHandler(Handler):
         """
         c = self.config
         if len(files) > c.max_frames:
-            raise TooLarge(f"{len(files)} files in one request; the limit is {c.max_frames} (BIOMED_MAX_FRAMES)")
+            raise TooLarge(f"{len(files)} files in one request; the limit is {c.max_frames} ({env('max_frames')})")
         parts: list[np.ndarray] = []
         total = 0
         for i, data in enumerate(files):
@@ -104,10 +112,10 @@ class ImageHandler(Handler):
             total += len(x)
             if c.max_request_rows and total > c.max_request_rows:
                 raise TooLarge(f"the files up to element {i} hold {total} frames; one request may queue at most "
-                               f"{c.max_request_rows} rows (BIOMED_MAX_REQUEST_ROWS): send them in smaller parts")
+                               f"{c.max_request_rows} rows ({env('max_request_rows')}): send them in smaller parts")
             if c.max_queued_bytes and total * self.row_bytes > c.max_queued_bytes:
                 raise TooLarge(f"the files up to element {i} hold {total} frames of {self.row_bytes} bytes, over what "
-                               f"a model's queue holds ({c.max_queued_bytes / 2**20:g} MB, BIOMED_MAX_QUEUED_MB)")
+                               f"a model's queue holds ({c.max_queued_bytes / 2**20:g} MB, {env('max_queued_bytes')})")
             parts.append(x)
         x = parts[0] if len(parts) == 1 else np.concatenate(parts)
         element = np.repeat(np.arange(len(parts), dtype=np.int32), [len(p) for p in parts])
@@ -131,9 +139,10 @@ class ImageHandler(Handler):
             probs = await self.run(x)
         return self.answer(predictions=self.results(probs), input=info)
 
-    async def classify(self, data: bytes, door: str = "native") -> tuple[np.ndarray, dict[str, Any]]:
+    async def classify(self, data: bytes | Upload, door: str = "native") -> tuple[np.ndarray, dict[str, Any]]:
         """One whole file as ``predict_file`` reads and runs it, for the DICOM doors and SR output (service/dicom/):
-        its per-frame outputs (frames, labels) and the ``input`` block; the predictions are counted under ``door``."""
+        its per-frame outputs (frames, labels) and the ``input`` block; the predictions are counted under ``door``.
+        Given an ``Upload``, its header is left there (``decode``)."""
         x, info = await self.decode(data)
         with self.admit(len(x), f"an image of {len(x)} frame(s)"):
             probs = await self.run(x)
@@ -151,7 +160,7 @@ class ImageHandler(Handler):
         if grid.rows > cap:
             raise TooLarge(f"patch {grid.patch} and stride {grid.stride} over the {grid.height}x{grid.width} model input "
                            f"make {grid.rows} model rows; an explanation may run at most {cap} "
-                           "(BIOMED_MAX_OCCLUSION_ROWS): use a larger stride or patch")
+                           f"({env('max_occlusion_rows')}): use a larger stride or patch")
         return grid
 
     async def explain_file(self, data: bytes, label: str | None = None, patch: int | None = None,
@@ -163,17 +172,20 @@ class ImageHandler(Handler):
         """
         grid = self.plan_explanation(label, patch, stride)
         started = time.perf_counter()
+        upload = Upload(data)
+        del data
         with self.admitting():
-            small = len(data) <= self.config.small_upload_bytes
-            x, info, presented = await self.in_thread(load_presented, data, self.spec, self.limits, frame, small=small)
+            small = len(upload.data) <= self.config.small_upload_bytes
+            x, info, presented = await self.in_thread(load_presented, upload, self.spec, self.limits, frame,
+                                                      small=small)
         self.metrics.preprocess_seconds.labels(kind=info.get("format", "image")).observe(time.perf_counter() - started)
         header = None
         if dicom_header:
-            if info.get("format") != "dicom":
+            if info.get("format") != "dicom" or upload.header is None:
                 raise NoDicomSource(f"format=dicom needs a DICOM upload to reference; this one is a "
                                     f"{str(info.get('format', 'image')).upper()}: use format=json or format=png")
-            header = await self.in_thread(self._header, data, small=small)
-        del data
+            header = referable(upload.header)  # the header the decode parsed, without its pixel data
+        del upload
         row = np.ascontiguousarray(x[frame], dtype=np.float32)
         del x
         step = occlusion.chunk_rows(self.row_bytes)
@@ -181,17 +193,12 @@ class ImageHandler(Handler):
             result = await occlusion.occlusion_map(self.run, row, grid, self.labels, label, step)
         return Explanation(result, frame, info, presented, header)
 
-    def _header(self, data: bytes) -> Any:
-        """The source's dataset without pixel data; pydicom's parse holds a copy of the encoded pixels meanwhile."""
-        with reserve(self.shared.budget, 2 * len(data)):
-            return source_header(data, self.limits)
-
     def _reserved(self, e: Explanation, build: Callable[[], T]) -> Callable[[], T]:
         """``build``, holding what drawing at the presented geometry needs from the decode budget (413/429)."""
 
         def run() -> T:
             rows, columns = e.presented.shape[:2]
-            with reserve(self.shared.budget, occlusion.output_bytes(rows, columns)):
+            with reserve(self.shared.budget, overlay.output_bytes(rows, columns)):
                 return build()
 
         return run
@@ -199,27 +206,15 @@ class ImageHandler(Handler):
     async def explanation_json(self, e: Explanation, include_image: bool = False) -> dict:
         """The JSON answer: the explained label, every probability of the frame, the map at the model input's
         geometry and the presented frame's geometry (and, when asked, the presented frame as a base64 PNG)."""
-        r, grid = e.result, e.result.grid
-        values = np.round(r.map, 7)
-        row, column = occlusion.peak(r.map)
-        body = self.answer(
-            method="occlusion", frame=e.frame, label=self.labels[r.index],
-            predicted=self.labels[int(np.argmax(r.probabilities))],
-            probabilities=dict(zip(self.labels, map(float, r.probabilities))),
-            map={"rows": grid.height, "columns": grid.width, "patch": grid.patch, "stride": grid.stride,
-                 "patches": grid.patches, "min": float(values.min()), "max": float(values.max()),
-                 "peak": {"row": row, "column": column}, "values": values.tolist()},
-            presented={"rows": int(e.presented.shape[0]), "columns": int(e.presented.shape[1]),
-                       "samples": int(e.presented.shape[2])},
-            input=e.info)
+        body = self.answer(**explanation_body(e.result, self.labels, e.frame, e.presented, e.info))
         if include_image:
-            png = await self.in_thread(self._reserved(e, lambda: occlusion.png_bytes(e.presented)))
+            png = await self.in_thread(self._reserved(e, lambda: overlay.png_bytes(e.presented)))
             body["image_png"] = base64.b64encode(png).decode("ascii")
         return body
 
     async def explanation_png(self, e: Explanation, opacity: float) -> bytes:
         """The map upsampled to the presented frame's geometry, drawn over it, as PNG."""
-        return await self.in_thread(self._reserved(e, lambda: occlusion.overlay_png(e.presented, e.result.map, opacity)))
+        return await self.in_thread(self._reserved(e, lambda: overlay.overlay_png(e.presented, e.result.map, opacity)))
 
     async def explanation_dicom(self, e: Explanation, opacity: float) -> bytes:
         """The map as a DICOM object over the source instance (``biomed/outputs/dicom_maps.py``)."""
@@ -227,7 +222,7 @@ class ImageHandler(Handler):
         def build() -> bytes:
             rows, columns = e.presented.shape[:2]
             values = occlusion.upsample(e.result.map, rows, columns)
-            rgb = occlusion.overlay(e.presented, values, opacity)
+            rgb = overlay.overlay(e.presented, values, opacity)
             out, _ = explanation_dicom(e.header, values, rgb, self.labels[e.result.index], self.model.name,
                                        self.model.version, e.frame, int(e.info.get("frames", 1)))
             return out

@@ -1,0 +1,41 @@
+"""An image explanation as JSON: the body of ``/explain_image`` (``format=json``) and ``biomed explain-image --json``.
+
+Built once here so that the door and the command line write the same document (docs/api.md
+names every field). The map is at the model input's geometry, rounded to 7 decimals; ``peak``
+is its largest value's (row, column) there. No patient data: ``input`` is the decoder's
+``input`` block.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from biomed.occlusion import Occlusion, peak
+
+
+def explanation_body(result: Occlusion, labels: Sequence[str], frame: int, presented: np.ndarray,
+                     info: dict[str, Any]) -> dict[str, Any]:
+    """The explanation's fields, without the model's name and version (the caller puts them first).
+
+    Args:
+        result: the occlusion of frame ``frame``.
+        labels: the model's labels, in output column order.
+        presented: the presented frame, uint8 (rows, columns, samples).
+        info: the decoder's ``input`` block of the file.
+    """
+    grid = result.grid
+    values = np.round(result.map, 7)
+    row, column = peak(result.map)
+    return {
+        "method": "occlusion", "frame": frame, "label": labels[result.index],
+        "predicted": labels[int(np.argmax(result.probabilities))],
+        "probabilities": dict(zip(labels, map(float, result.probabilities))),
+        "map": {"rows": grid.height, "columns": grid.width, "patch": grid.patch, "stride": grid.stride,
+                "patches": grid.patches, "min": float(values.min()), "max": float(values.max()),
+                "peak": {"row": row, "column": column}, "values": values.tolist()},
+        "presented": {"rows": int(presented.shape[0]), "columns": int(presented.shape[1]),
+                      "samples": int(presented.shape[2])},
+        "input": info,
+    }

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from bench import cases, load, machine, report
+from bench import grpc as grpc_bench
 from bench import v2 as v2_bench
 from bench.inputs import Model, load_model
 from bench.kinds import BENCH, REQUESTS, Case, Context
@@ -76,6 +77,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     kinds = _kinds(args.models)
     wrk.wrk_path()  # fail early, with the install hint
+    grpc_bench.h2load_path()
     models = {k: load_model(getattr(args, f"{k}_model"), k) for k in kinds}
     out = Path(args.out)
     results = run(models, Plan.of(args.quick), out, tensorrt=args.tensorrt)
@@ -129,6 +131,7 @@ def run(models: dict[str, Model], plan: Plan, out: Path, tensorrt: bool = False)
             _own(runner, results, BENCH[k].after, Context(m, plan, work, main[k]))
         results["efficiency"] = _efficiency(results)
         results["v2"] = v2_bench.ratios(results)
+        results["grpc_v2"] = grpc_bench.ratios(results)
     results["runtime"] = [row for k, m in models.items() for row in runner.case(
         f"runtime {m.kind}", lambda k=k, m=m: cases.runtime(m, plan.runtime_batches, plan.min_time_s, BENCH[k].rows,
                                                              tensorrt)) or []]
@@ -177,7 +180,9 @@ def _served(runner: Runner, results: dict, models: dict[str, Model], targets: di
     own_env: dict[str, str] = {}
     for k in models:
         own_env.update(BENCH[k].service_env(work, dicom_port))
-    service = Server("service.service:Biomed", {**env, **own_env}, work / "service.log")
+    grpc_port = free_port()  # the service alone serves v2 over gRPC
+    service = Server("service.service:Biomed", {**env, **own_env, "BIOMED_GRPC_PORT": str(grpc_port),
+                                                "BIOMED_GRPC_HOST": "127.0.0.1"}, work / "service.log")
     unbatched = Server("service.service:Biomed", {**env, **load.UNBATCHED_ENV}, work / "unbatched.log")
     floor = Server("bench.floor_service:Floor", {}, work / "floor.log")
     startup: dict = {}
@@ -195,16 +200,19 @@ def _served(runner: Runner, results: dict, models: dict[str, Model], targets: di
             loop = cases.pipeline_runner(t.model, files[key].read_bytes(), BENCH[t.model.kind].one_request)
             v2_body, v2_header = v2_bench.body(t.model, files[key], work / f"v2_{key}.bin",
                                                BENCH[t.model.kind].v2_element)
+            framed = grpc_bench.body(t.model, files[key], work / f"grpc_{key}.bin", BENCH[t.model.kind].v2_element)
+            v2_only = tuple(c for c in plan.concurrency if c in v2_bench.CONCURRENCY)
             arms = [load.Arm("service", service, t.path),
                     load.Arm("v2_binary", service, f"/v2/models/{t.model.name}/infer", script="v2.lua",
-                             env=v2_bench.env(v2_body, v2_header),
-                             only=tuple(c for c in plan.concurrency if c in v2_bench.CONCURRENCY)),
+                             env=v2_bench.env(v2_body, v2_header), only=v2_only),
+                    load.Arm("grpc", service, grpc_bench.PATH, only=v2_only, run=lambda c, secs, framed=framed:
+                             grpc_bench.run(service, grpc_port, framed, c, secs)),
                     load.Arm("pipeline_rounds", local=lambda secs, loop=loop: loop(secs)["rps"])]
             if floor_up:
                 arms += [load.Arm("floor_mounted", floor, t.mounted), load.Arm("floor_api", floor, t.api)]
             sweep = _sweep(key, plan.concurrency)
             rows = runner.case(f"service and floor {t.name}", lambda t=t, arms=arms, sweep=sweep: load.interleaved(
-                arms, t, sweep, plan.wrk_seconds, plan.rounds)) or {}
+                arms, t, sweep, plan.wrk_seconds, plan.rounds, lambda arm: grpc_bench.server_cpu(arm.server))) or {}
             for series_key, series in rows.items():
                 results.setdefault(series_key, []).extend(series)
         for k, m in models.items():  # each kind's own cases with the service up

@@ -74,6 +74,7 @@ class Arm:
     script: str = ""  # its own wrk script and BENCH_* env (default: the target's)
     env: dict[str, str] | None = None
     only: tuple[int, ...] = ()  # the concurrencies it runs at (default: every one)
+    run: Callable[[int, float], dict] | None = None  # another load generator: (concurrency, seconds) -> a wrk-like row
 
     def wrk_args(self, t: "Target") -> tuple[str, dict[str, str]]:
         return self.script or t.script, t.env if self.env is None else self.env
@@ -109,7 +110,9 @@ def interleaved(arms: list[Arm], t: Target, concurrencies: tuple[int, ...], seco
     after every run; its differences are summed into the row (``deltas``).
     """
     for arm in arms:
-        if arm.server is not None:
+        if arm.run is not None:
+            arm.run(max(concurrencies), min(seconds, 1.0))
+        elif arm.server is not None:
             script, env = arm.wrk_args(t)
             wrk.run(arm.server.url + arm.path, script, max(concurrencies), min(seconds, 1.0), env)
     rows: dict[str, list[dict]] = {arm.label: [] for arm in arms}
@@ -124,8 +127,11 @@ def interleaved(arms: list[Arm], t: Target, concurrencies: tuple[int, ...], seco
                     runs[arm.label].append({"rps": arm.local(seconds)})
                     continue
                 before = measure(arm) if measure else {}
-                script, env = arm.wrk_args(t)
-                runs[arm.label].append(wrk.run(arm.server.url + arm.path, script, c, seconds, env).to_dict())
+                if arm.run is not None:
+                    runs[arm.label].append(arm.run(c, seconds))
+                else:
+                    script, env = arm.wrk_args(t)
+                    runs[arm.label].append(wrk.run(arm.server.url + arm.path, script, c, seconds, env).to_dict())
                 after = measure(arm) if measure else {}
                 for key in after:
                     deltas[arm.label][key] = deltas[arm.label].get(key, 0.0) + after[key] - before[key]

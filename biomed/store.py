@@ -61,6 +61,19 @@ def onnx_path(model: bentoml.Model) -> Path:
     return Path(model.path_of("model.onnx"))
 
 
+def imported(name: str, version: str, store: str | Path | None = None) -> dict[str, Any]:
+    """An imported model's ``source``, ``description`` and ``checks`` from its ONNX metadata (all None for a model
+    of biomed's own, or one that cannot be read)."""
+    from biomed import metadata
+
+    try:
+        doc = metadata.read(onnx_path(resolve(f"{name}:{version}", store)))
+    except (ModelNotFound, metadata.MetadataError):
+        doc = {}
+    found = doc.get("import", {})
+    return {key: found.get(key) for key in ("source", "description", "checks")}
+
+
 def has_models(names: tuple[str, ...] = DEMO_MODELS, store: str | Path | None = None) -> bool:
     present = {m.tag.name for m in biomed_models(store)}
     return all(name in present for name in names)

@@ -79,10 +79,11 @@ def imported(work: Path) -> dict:
     versions)."""
     (work / "keras.json").write_text(json.dumps(im.KERAS))
     (work / "signal.json").write_text(json.dumps(im.SIGNAL))
+    (work / "signal-v2.json").write_text(json.dumps({**im.SIGNAL, "description": "the same model, described again"}))
     keras = _import(str(im.keras_dna(work)), "--name", "imp-keras", "--description", str(work / "keras.json"))
     signal_path, signal_model = im.signal_dna(work)
     first = _import(str(signal_path), "--name", "imp-signal", "--description", str(work / "signal.json"))
-    second = _import(str(signal_path), "--name", "imp-signal", "--description", str(work / "signal.json"))
+    second = _import(str(signal_path), "--name", "imp-signal", "--description", str(work / "signal-v2.json"))
     bundle = im.monai_bundle(work)
     monai = _import(str(bundle), "--name", "imp-monai")
     return {"keras": keras, "signal_v1": first, "signal": second, "signal_model": signal_model, "monai": monai,
@@ -111,6 +112,7 @@ def _v2(client, model: str, inputs: dict, outputs: list[str] | None = None) -> d
 
 def _close(served: np.ndarray, reference: np.ndarray) -> float:
     diff = float(np.abs(np.asarray(served, np.float64) - reference).max())
+    print(f"served differs from the original by {diff:.2e}")  # shown with -s: the measured tolerance
     assert diff <= TOL, f"served differs from the original by {diff:.2e}"
     return diff
 

@@ -143,7 +143,7 @@ def build(proto: onnx.ModelProto, description: dict[str, Any], name: str, source
     found = verify(composed, graph, adapter, description)
     dims, dtype = adapter.input()
     semantics = Semantics.of_output({"activation": activation(description)}, len(description["labels"]))
-    digest = hashlib.sha256(composed.SerializeToString()).hexdigest()[:8]
+    digest = hashlib.sha256(composed.SerializeToString() + json.dumps(description, sort_keys=True).encode()).hexdigest()[:8]
     doc = {
         "schema": metadata.SCHEMA_VERSION, "name": name,
         "version": time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + f"-{digest}", "kind": description["kind"],

@@ -234,7 +234,7 @@ def _network(folder: Path, config: dict[str, Any]) -> tuple[Any, str]:
 def import_bundle(folder: Path, name: str, description: dict[str, Any] | None = None, store: str | None = None) -> str:
     """A MONAI bundle into the store: its description from its configs (or ``description``), its network exported
     and checked (``training/importing.py``), composed and verified (``biomed.importing``)."""
-    from training.importing import to_onnx
+    from training.torchscript import to_onnx  # torch, only for a network that is not ONNX yet
 
     found = describe(folder) if description is None else description
     network, file_name = _network(folder, _json(folder / "configs" / "inference.json"))

@@ -35,6 +35,11 @@ class Graph:
     opset: int
     ir_version: int
 
+    @classmethod
+    def unknown(cls, dtype: str = "float32") -> "Graph":
+        """A graph not yet seen (a TorchScript module before its export): any shape, input of ``dtype``."""
+        return cls(onnx.ModelProto(), "input", (), np.dtype(dtype), "output", (), np.dtype("float32"), 0, 0)
+
     @property
     def batch(self) -> int | None:
         """The fixed batch size of the graph's input, or None when any batch size runs."""

@@ -55,7 +55,7 @@ class Adapter:
                                 f"{self.graph.input!r} has shape {_shape(shape)}; the layout does not match the graph")
 
     def rank(self, wanted: int, layout: str) -> None:
-        if len(self.graph.input_shape) != wanted:
+        if self.graph.input_shape and len(self.graph.input_shape) != wanted:  # () : not known yet (a TorchScript file)
             raise ImportRefused(f"the description's {self.kind}.layout {layout} needs a rank-{wanted} input, but the "
                                 f"graph's input {self.graph.input!r} has shape {_shape(self.graph.input_shape)}")
 

@@ -61,6 +61,19 @@ def onnx_path(model: bentoml.Model) -> Path:
     return Path(model.path_of("model.onnx"))
 
 
+def imported(name: str, version: str, store: str | Path | None = None) -> dict[str, Any]:
+    """An imported model's ``source``, ``description`` and ``checks`` from its ONNX metadata (all None for a model
+    of biomed's own, or one that cannot be read)."""
+    from biomed import metadata
+
+    try:
+        doc = metadata.read(onnx_path(resolve(f"{name}:{version}", store)))
+    except (ModelNotFound, metadata.MetadataError):
+        doc = {}
+    found = doc.get("import", {})
+    return {key: found.get(key) for key in ("source", "description", "checks")}
+
+
 def has_models(names: tuple[str, ...] = DEMO_MODELS, store: str | Path | None = None) -> bool:
     present = {m.tag.name for m in biomed_models(store)}
     return all(name in present for name in names)
@@ -75,13 +88,14 @@ class Row:
     labels: list[str]
     auroc: float
     created: str
+    source: str = "biomed"  # biomed export, or the format an imported model came in (onnx, torchscript, monai_bundle)
 
     @classmethod
     def of(cls, model: bentoml.Model) -> "Row":
         meta: dict[str, Any] = model.info.metadata
         return cls(model.tag.name, model.tag.version or "", str(meta.get("kind", "?")), str(meta.get("variant", "?")),
                    list(meta.get("labels", [])), float(meta.get("auroc_macro", float("nan"))),
-                   model.info.creation_time.strftime("%Y-%m-%d %H:%M"))
+                   model.info.creation_time.strftime("%Y-%m-%d %H:%M"), str(meta.get("source", "biomed")))
 
 
 def import_onnx(path: str | Path, name: str | None = None, store: str | Path | None = None) -> str:
@@ -94,15 +108,28 @@ def import_onnx(path: str | Path, name: str | None = None, store: str | Path | N
     from biomed import metadata
 
     doc = metadata.read(path)
-    name = name or doc["name"]
+    return save(Path(path).read_bytes(), doc, name or doc["name"], store)
+
+
+def save(onnx_bytes: bytes, doc: dict[str, Any], name: str, store: str | Path | None = None,
+         files: dict[str, bytes] | None = None) -> str:
+    """Write a model whose ``biomed`` document is ``doc`` (already validated and embedded in ``onnx_bytes``) into the
+    store as ``name:<doc's version>``, with ``files`` beside it (a model card); returns the tag. The store entry's
+    labels and metadata are what ``biomed models`` lists: kind, labels, variant, AUROC (NaN when none was
+    measured, as for an imported model) and, for an imported model, its source format."""
+    metrics = doc.get("training", {}).get("metrics", {})
     labels = {"biomed": "1", "kind": doc["kind"], "arch": str(doc.get("architecture", {}).get("arch", "?")),
               "variant": str(doc.get("export", {}).get("variant", "fp32"))}
     meta = {"biomed_schema": doc["schema"], "kind": doc["kind"], "labels": doc["labels"],
-            "auroc_macro": float(doc["training"]["metrics"].get("auroc_macro", float("nan"))), "variant": labels["variant"]}
+            "auroc_macro": float(metrics.get("auroc_macro", float("nan"))), "variant": labels["variant"]}
+    if "import" in doc:
+        meta["source"] = doc["import"]["source"]["format"]
     if store:
         Path(store).mkdir(parents=True, exist_ok=True)
     with bentoml.models.create(f"{name}:{doc['version']}", labels=labels, metadata=meta, **_store(store)) as stored:
-        Path(stored.path_of("model.onnx")).write_bytes(Path(path).read_bytes())
+        Path(stored.path_of("model.onnx")).write_bytes(onnx_bytes)
+        for file_name, data in (files or {}).items():
+            Path(stored.path_of(file_name)).write_bytes(data)
         return str(stored.tag)
 
 

@@ -5,7 +5,8 @@ the predicted label as a qualitative evaluation and every label's probability as
 (``1`` UCUM, no units), each concept coded in our private coding scheme ``99BIOMED`` (declared
 in the SR's Coding Scheme Identification Sequence). Each group references its source image
 (and frame, for multi-frame images) and identifies the algorithm (TID 4019: model name, version,
-the ONNX file's sha256). The document is UNVERIFIED, its Content Qualification RESEARCH, and its
+the ONNX file's sha256). A regression model's group holds each value as a measurement in its
+UCUM unit (``Producer.output``), with no predicted label. The document is UNVERIFIED, its Content Qualification RESEARCH, and its
 series description says "research use only, not for diagnostic use".
 
 The patient and study modules are copied from the source, so that a PACS files the SR with
@@ -72,8 +73,21 @@ def probability_code(label: str, index: int):  # type: ignore[no-untyped-def]
     return _code(f"P{index}", f"Probability of {label}")
 
 
+def value_code(label: str, index: int):  # type: ignore[no-untyped-def]
+    """The concept name of a regression model's value (code value ``V<index>``; meaning the value's name)."""
+    return _code(f"V{index}", label)
+
+
+def _unit(ucum: str):  # type: ignore[no-untyped-def]
+    from highdicom.sr import CodedConcept
+    from pydicom.sr.codedict import codes
+
+    return codes.UCUM.NoUnits if ucum == "1" else CodedConcept(value=ucum, meaning=ucum, scheme_designator="UCUM")
+
+
 PREDICTED_LABEL = ("PRED", "Predicted label")
 FINDING_TYPE = ("CLS", "Image classification")
+MEASURED_TYPE = ("REG", "Image measurement")
 
 
 def _evidence(source: Dataset) -> Dataset:
@@ -116,7 +130,7 @@ def build_sr(source: Dataset, probs: np.ndarray, algorithm: Producer, now: dt.da
     Args:
         source: the source instance's header (pixel data may be absent); needs SOP Class/Instance and
             Study Instance UIDs.
-        probs: (frames, labels) probabilities, frame order.
+        probs: (frames, labels) probabilities (or regression values, as ``algorithm.output`` says), frame order.
         algorithm: the model version that produced ``probs``.
         now: content date/time (default: now).
     """
@@ -131,12 +145,18 @@ def build_sr(source: Dataset, probs: np.ndarray, algorithm: Producer, now: dt.da
                                          parameters=[f"sha256 of the ONNX file: {algorithm.sha256}", NOTICE],
                                          manufacturer=MANUFACTURER)
     groups = []
+    regression = algorithm.output.regression
     for frame, row in enumerate(np.asarray(probs, dtype=np.float64)):
         best = int(row.argmax())
-        measurements = [hd.sr.Measurement(name=probability_code(label, i), value=float(p), unit=codes.UCUM.NoUnits)
-                        for i, (label, p) in enumerate(zip(algorithm.labels, row))]
-        evaluation = hd.sr.QualitativeEvaluation(name=_code(*PREDICTED_LABEL),
-                                                 value=label_code(algorithm.labels[best], best))
+        if regression:
+            measurements = [hd.sr.Measurement(name=value_code(label, i), value=float(v), unit=_unit(unit))
+                            for i, (label, v, unit) in enumerate(zip(algorithm.labels, row, algorithm.output.units))]
+            evaluations = []
+        else:
+            measurements = [hd.sr.Measurement(name=probability_code(label, i), value=float(p), unit=codes.UCUM.NoUnits)
+                            for i, (label, p) in enumerate(zip(algorithm.labels, row))]
+            evaluations = [hd.sr.QualitativeEvaluation(name=_code(*PREDICTED_LABEL),
+                                                       value=label_code(algorithm.labels[best], best))]
         image = hd.sr.SourceImageForMeasurementGroup(
             referenced_sop_class_uid=header.SOPClassUID, referenced_sop_instance_uid=header.SOPInstanceUID,
             referenced_frame_numbers=[frame + 1] if multi_frame else None)
@@ -144,8 +164,8 @@ def build_sr(source: Dataset, probs: np.ndarray, algorithm: Producer, now: dt.da
             tracking_identifier=hd.sr.TrackingIdentifier(
                 uid=uid("tracking", header.SOPInstanceUID, algorithm.name, algorithm.version, str(frame)),
                 identifier=f"{algorithm.name} frame {frame + 1}"),
-            finding_type=_code(*FINDING_TYPE), algorithm_id=algo, measurements=measurements,
-            qualitative_evaluations=[evaluation], source_images=[image]))
+            finding_type=_code(*(MEASURED_TYPE if regression else FINDING_TYPE)), algorithm_id=algo,
+            measurements=measurements, qualitative_evaluations=evaluations or None, source_images=[image]))
     device = hd.sr.DeviceObserverIdentifyingAttributes(
         uid=uid("device", algorithm.name, algorithm.version, algorithm.sha256), name=algorithm.name,
         manufacturer_name=MANUFACTURER, model_name=f"{algorithm.name} {algorithm.version}"[:64])

@@ -140,7 +140,7 @@ async def _off_loop(fn: Any, *args: Any) -> Any:
 def producer(handler: "ImageHandler") -> Producer:
     """The model version the handler runs, as its SRs name it."""
     m = handler.model
-    return Producer(m.name, m.version, m.sha256, tuple(handler.labels))
+    return Producer(m.name, m.version, m.sha256, tuple(handler.labels), output=handler.semantics)
 
 
 def _uid_of(ds: Dataset, keyword: str) -> str | None:

@@ -75,13 +75,15 @@ class ImageHandler(Handler):
         return np.ascontiguousarray(x, dtype=np.float32), info
 
     def results(self, probs: np.ndarray) -> list[dict]:
-        """One ``{frame, label, probabilities}`` per row, counted in ``biomed_predictions_total``."""
-        labels = [self.labels[i] for i in probs.argmax(axis=1)]
-        self.count_predictions(labels)
-        return [{"frame": f, "label": label, "probabilities": dict(zip(self.labels, map(float, row)))}
-                for f, (label, row) in enumerate(zip(labels, probs))]
+        """One ``{frame, label, probabilities}`` per row (``{frame, values}`` for a regression model), counted in
+        ``biomed_predictions_total``."""
+        counted = self.row_labels(probs)
+        self.count_predictions(counted)
+        key, regression = self.semantics.name, self.semantics.regression
+        return [{"frame": f, **({} if regression else {"label": label}), key: dict(zip(self.labels, map(float, row)))}
+                for f, (label, row) in enumerate(zip(counted, probs))]
 
-    def row_labels(self, probs: np.ndarray) -> list[str]:
+    def class_labels(self, probs: np.ndarray) -> list[str]:
         return [self.labels[i] for i in probs.argmax(axis=1)]
 
     def check_rows(self, x: np.ndarray) -> None:
@@ -146,7 +148,7 @@ class ImageHandler(Handler):
         x, info = await self.decode(data)
         with self.admit(len(x), f"an image of {len(x)} frame(s)"):
             probs = await self.run(x)
-        self.count_predictions([self.labels[i] for i in probs.argmax(axis=1)], door)
+        self.count_predictions(self.row_labels(probs), door)
         return probs, info
 
     def plan_explanation(self, label: str | None, patch: int | None, stride: int | None) -> occlusion.Grid:
@@ -206,7 +208,7 @@ class ImageHandler(Handler):
     async def explanation_json(self, e: Explanation, include_image: bool = False) -> dict:
         """The JSON answer: the explained label, every probability of the frame, the map at the model input's
         geometry and the presented frame's geometry (and, when asked, the presented frame as a base64 PNG)."""
-        body = self.answer(**explanation_body(e.result, self.labels, e.frame, e.presented, e.info))
+        body = self.answer(**explanation_body(e.result, self.labels, e.frame, e.presented, e.info, self.semantics))
         if include_image:
             png = await self.in_thread(self._reserved(e, lambda: overlay.png_bytes(e.presented)))
             body["image_png"] = base64.b64encode(png).decode("ascii")

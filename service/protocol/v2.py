@@ -73,13 +73,14 @@ class Signature:
     outputs: Mapping[str, tuple[str, tuple[int, ...]]]  # every output: name -> (datatype, shape)
     person_outputs: tuple[str, ...] = ()  # the outputs only the person input produces (where each row came from)
     parameters: Mapping[str, Any] = field(default_factory=dict)  # the person input's request parameters: defaults
+    output: str = OUTPUT  # the model's output: probabilities, or a regression model's values
 
     @property
     def inputs(self) -> dict[str, InputSpec]:
         return {self.raw.name: self.raw, self.person.name: self.person}
 
     def outputs_for(self, input_name: str) -> tuple[str, ...]:
-        return (OUTPUT, *self.person_outputs) if input_name == self.person.name else (OUTPUT,)
+        return (self.output, *self.person_outputs) if input_name == self.person.name else (self.output,)
 
 
 # ---------------------------------------------------------------- requests

@@ -83,6 +83,7 @@ def _server_class(gate: Gate, temp: Temp):  # type: ignore[no-untyped-def]
         """pynetdicom's server with ``SO_REUSEPORT`` (every worker listens on the same port) and the ``Gate``."""
 
         daemon_threads = True
+        request_queue_size = 128  # the listen backlog: a burst of connections is accepted (and gated), not left waiting
 
         def server_bind(self) -> None:
             if hasattr(socket, "SO_REUSEPORT"):
@@ -234,12 +235,12 @@ class Receiver:
 
     def _rejected(self, event: Any) -> None:
         self.metrics.dicom_received.labels(door="dimse", outcome="association_rejected").inc()
-        requestor, acceptor = event.assoc.requestor, event.assoc.acceptor
+        request = getattr(event.assoc.requestor, "primitive", None)  # the A-ASSOCIATE-RQ as received
         log.warning(f"rejected an association from calling AE title %r to called AE title %r (the calling one must be "
                     f"in {env('dicom_allowed_aets')}, the called one {env('dicom_aet')}, and at most %d associations "
                     f"at once, {env('dicom_max_associations')})",
-                    str(getattr(requestor, "ae_title", ""))[:16], str(getattr(acceptor, "ae_title", ""))[:16],
-                    self.config.dicom_max_associations)
+                    str(getattr(request, "calling_ae_title", "") or "")[:16],
+                    str(getattr(request, "called_ae_title", "") or "")[:16], self.config.dicom_max_associations)
 
     def _store(self, event: Any) -> Dataset:
         status = Dataset()

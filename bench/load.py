@@ -34,12 +34,21 @@ class Target:
         return self.label or self.model.name
 
 
-def target(model: Model, request_file: Path, label: str = "") -> Target:
-    if model.kind == "image":
-        return Target(model, "image.lua", {"BENCH_FILE": str(request_file)}, "/predict_image",
-                      "/mounted/predict_image", "/api_image", label)
-    return Target(model, "dna.lua", {"BENCH_BODY": str(request_file)}, "/predict_dna", "/mounted/predict_dna", "/api_dna",
-                  label)
+@dataclass(frozen=True)
+class Endpoints:
+    """Where wrk sends a kind's requests: the script, the env variable naming the file, each server's route."""
+
+    script: str
+    file_env: str  # BENCH_FILE (a file uploaded as multipart) or BENCH_BODY (a body sent as it is)
+    path: str  # our endpoint
+    mounted: str  # the floor's Starlette route
+    api: str  # the floor's @bentoml.api endpoint
+
+
+def target(model: Model, request_file: Path, endpoints: Endpoints, label: str = "") -> Target:
+    """What wrk sends for ``model``: ``request_file`` to ``endpoints`` (its kind's, ``bench.kinds``)."""
+    e = endpoints
+    return Target(model, e.script, {e.file_env: str(request_file)}, e.path, e.mounted, e.api, label)
 
 
 def ceiling(pipeline_rps: float, floor_rps: float) -> float:

@@ -7,6 +7,8 @@ import math
 from pathlib import Path
 from typing import Any, Iterable
 
+from bench.kinds import BENCH
+
 
 def _fmt(v: Any, digits: int = 1) -> str:
     if isinstance(v, bool) or v is None:
@@ -39,16 +41,9 @@ def targets(results: dict) -> list[dict]:
         rows = [r for r in results["runtime"] if r["model"] == model and r["engine"] == "onnxruntime-cpu"]
         at32 = next((r["vs_torch_cpu"] for r in rows if r["batch"] == 32), None)
         add(f"onnxruntime ÷ PyTorch eager, batch 32, {model}", "≥ 1.5", at32, lambda v: v >= 1.5)
-    for kind, model in results.get("models", {}).items():
-        if kind == "image":  # each upload size: the 512x512 slice and the 128x128 CT_small
-            for name in sorted({r["model"] for r in results.get("efficiency", []) if r["model"].startswith(model["name"])}):
-                at16 = next((r for r in results["efficiency"] if r["model"] == name and r["concurrency"] == 16), None)
-                size = name.removeprefix(model["name"]).strip(" ()") or "512x512"
-                add(f"service ÷ ceiling at concurrency 16, {model['name']}, {size} upload", "≥ 0.9",
-                    at16["of_ceiling"] if at16 else None, lambda v: v >= 0.9)
-        if kind == "dna":
-            ratio = results.get("batching_ratio", {}).get(model["name"])
-            add(f"batching on ÷ off, {model['name']}", "≥ 2", ratio, lambda v: v >= 2)
+    for kind, model in results.get("models", {}).items():  # each kind's own (bench.kinds)
+        for goal in BENCH[kind].goals(results, model):
+            add(*goal)
     enc = next((r for r in results.get("preprocess", []) if r["impl"].startswith("biomed dna")), None)
     add(f"DNA encoding, {enc['bases'] / 1e6:g} Mb sequence, MB/s" if enc else "DNA encoding, MB/s", "≥ 200",
         enc["per_s"] if enc else None, lambda v: v >= 200)

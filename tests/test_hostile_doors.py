@@ -4,7 +4,8 @@ other loopback addresses (127.0.0.2 and up: other peers) while a probe from 127.
 ``/predict_dna`` every 50 ms. Each attack and its siblings is answered as documented, the probe keeps a p99 under
 1 s and never a 5xx or a 429, and the server's RSS stays within its memory model.
 
-dcmtk's echoscu and storescu are called by their absolute paths (pynetdicom installs scripts of the same names).
+dcmtk's echoscu and storescu are called by their absolute paths (pynetdicom installs scripts of the same names):
+tests/dimse_attacks.py.
 """
 
 from __future__ import annotations
@@ -29,11 +30,13 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import JPEG2000Lossless, RLELossless, generate_uid
 
 try:
+    from tests import dimse_attacks as dimse
     from tests import live_server
     from tests.dicom_objects import identity_of
     from tests.sr_sink import Sink
     from tests.tools import require_tool
 except ImportError:  # tests/ is not a package: pytest puts it on sys.path
+    import dimse_attacks as dimse
     import live_server
     from dicom_objects import identity_of
     from sr_sink import Sink
@@ -132,57 +135,14 @@ def doors(demo_models: dict[str, str], tmp_path_factory: pytest.TempPathFactory)
         sink.stop()
 
 
-def tool(name: str) -> str:
-    return require_tool(name, "apt-get install dcmtk", f"/usr/bin/{name}")  # not pynetdicom's scripts of the same name
-
-
-def _connect(port: int, source: str = "127.0.0.2") -> socket.socket:
-    sock = socket.socket()
-    sock.bind((source, 0))
-    sock.connect(("127.0.0.1", port))
-    return sock
-
-
-def _closed_within(sock: socket.socket, seconds: float) -> bool:
-    """Whether the server closes ``sock`` within ``seconds`` (whatever it sent first is read and dropped)."""
-    sock.settimeout(seconds)
-    deadline = time.monotonic() + seconds
-    try:
-        while time.monotonic() < deadline:
-            if not sock.recv(65536):
-                return True
-    except (ConnectionResetError, BrokenPipeError):
-        return True
-    except socket.timeout:
-        return False
-    return False
-
-
-def _still_open(socks: list[socket.socket], deadline: float) -> list[socket.socket]:
-    """The sockets of ``socks`` the server has not closed by ``deadline``."""
-    import select
-
-    waiting = list(socks)
-    while waiting and time.monotonic() < deadline:
-        readable, _, _ = select.select(waiting, [], [], max(0.0, deadline - time.monotonic()))
-        for sock in readable:
-            try:
-                if sock.recv(65536):
-                    continue
-            except OSError:
-                pass
-            waiting.remove(sock)
-    return waiting
-
-
 def _echo(port: int, calling: str = CALLING, called: str = CALLED) -> subprocess.CompletedProcess:
-    return subprocess.run([tool("echoscu"), "-aet", calling, "-aec", called, "127.0.0.1", str(port)],
-                          capture_output=True, text=True, timeout=60)
+    require_tool("echoscu", "apt-get install dcmtk", dimse.ECHOSCU)
+    return dimse.echo(port, calling, called)
 
 
 def _storescu(port: int, files: list[Path]) -> subprocess.CompletedProcess:
-    return subprocess.run([tool("storescu"), "-R", "-xs", "-aet", CALLING, "-aec", CALLED, "127.0.0.1", str(port),
-                           *map(str, files)], capture_output=True, text=True, timeout=120)
+    require_tool("storescu", "apt-get install dcmtk", dimse.STORESCU)
+    return dimse.store(port, files, CALLING, CALLED)
 
 
 def _ct(tmp_path: Path, name: str, uid: str | None = None, patient: str = "HOSTILE-1", rows: int = 0,
@@ -212,11 +172,11 @@ def test_a_pdu_is_checked_before_its_body_is_read(doors: Doors) -> None:
              (0x05, 2**32 - 1)]
     socks = []
     for pdu_type, length in heads:
-        sock = _connect(doors.dicom_port)
+        sock = dimse.connect(doors.dicom_port)
         sock.sendall(struct.pack(">BBL", pdu_type, 0, length) + b"\0" * 65536)
         socks.append(sock)
     for sock, (pdu_type, length) in zip(socks, heads):
-        assert _closed_within(sock, 2), f"a PDU of type {pdu_type} announcing {length} bytes was read"
+        assert dimse.closed_within(sock, 2), f"a PDU of type {pdu_type} announcing {length} bytes was read"
         sock.close()
     # The same after an association: a P-DATA-TF one byte past 256 KiB + 6 closes it.
     from pynetdicom import AE
@@ -245,10 +205,10 @@ def test_idle_connections_do_not_lock_out_a_modality(doors: Doors, tmp_path: Pat
     threads_before = doors.worker_threads()
     flood = []
     for i in range(200):
-        flood.append(_connect(doors.dicom_port, f"127.0.0.{2 + i % 3}"))
+        flood.append(dimse.connect(doors.dicom_port, f"127.0.0.{2 + i % 3}"))
     stalled = []
     for _ in range(4):
-        sock = _connect(doors.dicom_port, "127.0.0.5")
+        sock = dimse.connect(doors.dicom_port, "127.0.0.5")
         sock.sendall(b"\x01\x00\x00")  # half a header
         stalled.append(sock)
     time.sleep(0.3)
@@ -260,7 +220,7 @@ def test_idle_connections_do_not_lock_out_a_modality(doors: Doors, tmp_path: Pat
     assert time.monotonic() - started < 10
     assert doors.worker_threads() - threads_before < 3 * 16 + 10  # three threads at most per admitted connection
     # each closed by the associate timeout (3 s) after it was accepted, or earlier to make room
-    open_ = _still_open(stalled + flood, t0 + 8)
+    open_ = dimse.still_open(stalled + flood, t0 + 8)
     assert not open_, f"{len(open_)} connections outlived the associate timeout"
     for sock in flood + stalled:
         sock.close()
@@ -276,38 +236,6 @@ def test_the_called_ae_title_is_checked(doors: Doors) -> None:
     assert _echo(doors.dicom_port).returncode == 0
 
 
-def _partial_store(port: int, path: Path, how: str, after_pdus: int = 6) -> None:
-    """Associate and start a C-STORE of ``path``; after ``after_pdus`` P-DATA PDUs, end it by ``how``: ``abort``
-    (an A-ABORT PDU, then close) or ``reset`` (a TCP RST)."""
-    from pynetdicom import AE, evt
-    from pynetdicom.sop_class import CTImageStorage
-    from pydicom.uid import ExplicitVRLittleEndian
-
-    sent = {"p-data": 0}
-
-    def cut(event) -> None:  # type: ignore[no-untyped-def]
-        if type(event.pdu).__name__ != "P_DATA_TF":
-            return
-        sent["p-data"] += 1
-        if sent["p-data"] == after_pdus:
-            raw = event.assoc.dul.socket.socket
-            if how == "abort":
-                raw.sendall(bytes([0x07, 0, 0, 0, 0, 4, 0, 0, 0, 0]))
-            else:
-                raw.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            raw.close()
-
-    ae = AE(ae_title=CALLING)
-    ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
-    assoc = ae.associate("127.0.0.1", port, ae_title=CALLED, evt_handlers=[(evt.EVT_PDU_SENT, cut)])
-    assert assoc.is_established
-    try:
-        assoc.send_c_store(pydicom.dcmread(path))
-    except Exception:  # noqa: BLE001 - the socket was cut under it
-        pass
-    assoc.abort()
-
-
 def test_a_cut_transfer_leaves_no_partial_file_and_the_temp_folder_is_capped(doors: Doors, tmp_path: Path) -> None:
     """A C-STORE cut by an A-ABORT or a TCP reset leaves nothing in the receiver's temporary folder; a dataset that
     would take the folder past BIOMED_DICOM_TEMP_MB (6) aborts its association, leaving nothing either; a smaller
@@ -316,8 +244,8 @@ def test_a_cut_transfer_leaves_no_partial_file_and_the_temp_folder_is_capped(doo
     big = _ct(tmp_path, "big", rows=1400)  # ~4 MB
     over = _ct(tmp_path, "over", rows=1900)  # ~7 MB: under BIOMED_MAX_UPLOAD_MB, over the temp folder's 6 MB
     for how in ("abort", "reset", "abort", "reset", "abort"):
-        _partial_store(doors.dicom_port, big, how)
-    _partial_store(doors.dicom_port, over, "none", after_pdus=10**6)
+        dimse.partial_store(doors.dicom_port, big, how, CALLING, CALLED)
+    dimse.partial_store(doors.dicom_port, over, "none", CALLING, CALLED)
     deadline = time.monotonic() + 5
     while list(doors.incoming.glob("cstore-*")) and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -363,7 +291,7 @@ def test_a_corrected_resend_gets_a_new_sr_naming_the_previous_one(doors: Doors, 
 
 def _raw_request(port_url: str, head: str, source: str = "127.0.0.2") -> socket.socket:
     host, port = port_url.removeprefix("http://").split(":")
-    sock = _connect(int(port), source)
+    sock = dimse.connect(int(port), source)
     sock.sendall(head.encode())
     return sock
 

@@ -322,8 +322,8 @@ class Settings:
         "BIOMED_DICOM_MAX_ASSOCIATIONS", "10", "associations one worker's receiver serves at once (more are rejected, "
         "\"local limit exceeded\"); a connection that has not asked for one does not count", as_int)
     dicom_max_connections: int = setting(
-        "BIOMED_DICOM_MAX_CONNECTIONS", "32", "TCP connections one worker's receiver keeps open, half of them at most from "
-        "one peer address; at a cap the oldest connection that has not yet sent its A-ASSOCIATE-RQ is closed to admit "
+        "BIOMED_DICOM_MAX_CONNECTIONS", "32", "TCP connections one worker's receiver keeps open, at most half of them (or "
+        "`BIOMED_DICOM_MAX_ASSOCIATIONS`, when more) from one peer address; at a cap the oldest connection that has not yet sent its A-ASSOCIATE-RQ is closed to admit "
         "the new one (when all have, the new one is closed). At least `BIOMED_DICOM_MAX_ASSOCIATIONS`", as_int)
     dicom_associate_timeout_s: float = setting(
         "BIOMED_DICOM_ASSOCIATE_TIMEOUT_S", "10", "seconds a new connection to the receiver has to send its whole "

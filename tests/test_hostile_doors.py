@@ -126,8 +126,13 @@ def doors(demo_models: dict[str, str], tmp_path_factory: pytest.TempPathFactory)
         with live_server.running(root / "server.log", **env) as server:
             d = Doors(server, sink, dicom_port, root / "spool")
             d.probe.start()
+            rss = server.rss()
             yield d
             d.probe.stopping.set()
+            latencies = [s[2] for s in d.probe.samples]
+            print(f"\nhostile doors: RSS {rss >> 20} -> {server.rss() >> 20} MB (memory model {d.bound >> 20} MB); "
+                  f"probe p99 {np.percentile(latencies, 99) * 1000:.0f} ms, max {max(latencies) * 1000:.0f} ms over "
+                  f"{len(latencies)}, statuses {sorted({s[1] for s in d.probe.samples})}")
             log = server.output()
             assert "Traceback" not in log, log[-3000:]
             assert not re.search(r'http_response_code="5\d\d"[^}]*\} [1-9]', httpx.get(f"{server.url}/metrics").text)
@@ -199,8 +204,8 @@ def test_a_pdu_is_checked_before_its_body_is_read(doors: Doors) -> None:
 
 def test_idle_connections_do_not_lock_out_a_modality(doors: Doors, tmp_path: Path) -> None:
     """200 connections that send nothing (and some that stall inside a PDU header), from three addresses: an allowed
-    modality still associates and stores during the flood, the threads stay bounded, and the idle ones are closed
-    by the associate timeout."""
+    modality still associates (nine associations held and a tenth) and stores during the flood, the threads stay
+    bounded, and the idle ones are closed by the associate timeout."""
     t0 = time.monotonic()
     threads_before = doors.worker_threads()
     flood = []
@@ -212,9 +217,20 @@ def test_idle_connections_do_not_lock_out_a_modality(doors: Doors, tmp_path: Pat
         sock.sendall(b"\x01\x00\x00")  # half a header
         stalled.append(sock)
     time.sleep(0.3)
-    started = time.monotonic()
-    echo = _echo(doors.dicom_port)
-    assert echo.returncode == 0, echo.stdout + echo.stderr
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification
+
+    ae = AE(ae_title=CALLING)
+    ae.add_requested_context(Verification)
+    held = [ae.associate("127.0.0.1", doors.dicom_port, ae_title=CALLED) for _ in range(9)]
+    try:
+        assert all(a.is_established for a in held)  # idle connections do not count against the 10 associations
+        started = time.monotonic()
+        echo = _echo(doors.dicom_port)  # the tenth
+        assert echo.returncode == 0, echo.stdout + echo.stderr
+    finally:
+        for assoc in held:
+            assoc.release()
     store = _storescu(doors.dicom_port, [_ct(tmp_path, "during-flood")])
     assert store.returncode == 0, store.stdout + store.stderr
     assert time.monotonic() - started < 10

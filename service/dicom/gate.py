@@ -6,7 +6,8 @@ have not asked for anything among ``maximum_associations``. Here, through its pu
 point (``AE.make_server(request_handler=...)``):
 
 - ``Gate``: at most ``BIOMED_DICOM_MAX_CONNECTIONS`` connections per worker, and half of them
-  from one peer address. At a cap, the oldest connection that has not yet sent an
+  (or ``BIOMED_DICOM_MAX_ASSOCIATIONS``, when more: one sender may use every association) from one
+  peer address. At a cap, the oldest connection that has not yet sent an
   A-ASSOCIATE-RQ (of that peer, at the peer's cap) is closed to admit the new one; when every
   connection has associated, the new one is closed at once. A connection must send its
   A-ASSOCIATE-RQ within ``BIOMED_DICOM_ASSOCIATE_TIMEOUT_S`` of opening.
@@ -63,6 +64,7 @@ class Connection:
     sock: socket.socket
     peer: str
     opened: float = field(default_factory=time.monotonic)
+    started: bool = False  # its first bytes came: it has an association (and pynetdicom's threads)
     associating: bool = False  # an A-ASSOCIATE-RQ header arrived
     closed: bool = False
 
@@ -76,15 +78,15 @@ class Connection:
 class Gate:
     """The connections of one worker's receiver (module docstring); every method is thread-safe."""
 
-    def __init__(self, max_connections: int, associate_timeout_s: float, network_timeout_s: float,
-                 report: Callable[[str, str], None]) -> None:
+    def __init__(self, max_connections: int, max_associations: int, associate_timeout_s: float,
+                 network_timeout_s: float, report: Callable[[str, str], None]) -> None:
         self.max_connections = max(max_connections, 1)
-        self.per_peer = max(self.max_connections // 2, 1)
+        self.per_peer = min(self.max_connections, max(self.max_connections // 2, max_associations, 1))
         self.associate_timeout_s = associate_timeout_s
         self.network_timeout_s = network_timeout_s
         self.report = report  # (outcome, peer): counted and logged by the receiver
         self._open: list[Connection] = []  # oldest first
-        self._closing = 0  # closed here to make room, their threads not yet ended
+        self._closing: set[Connection] = set()  # closed here to make room, their threads not yet ended
         self._by_sock: dict[int, Connection] = {}
         self._lock = threading.Lock()
 
@@ -105,7 +107,7 @@ class Gate:
                 outcome = ""
                 if victim is not None:
                     self._open.remove(victim)
-                    self._closing += 1
+                    self._closing.add(victim)
                     victim.close()
                 connection = Connection(sock, peer)
                 self._open.append(connection)
@@ -120,6 +122,11 @@ class Gate:
         with self._lock:
             return self._by_sock.get(id(sock))
 
+    def starting(self, connection: Connection) -> None:
+        """Its first bytes came: its association starts."""
+        with self._lock:
+            connection.started = True
+
     def associating(self, connection: Connection) -> None:
         """Its A-ASSOCIATE-RQ is arriving: no longer a connection to close for room."""
         connection.associating = True
@@ -129,13 +136,13 @@ class Gate:
             self._by_sock.pop(id(connection.sock), None)
             if connection in self._open:
                 self._open.remove(connection)
-            elif connection.closed:
-                self._closing -= 1
+            self._closing.discard(connection)
 
     def unassociated(self) -> int:
-        """Connections that have not asked for an association, including those closed to make room and not yet gone."""
+        """Associations started on connections that have not asked for one (pynetdicom counts them among its
+        associations), including those closed to make room whose threads have not ended yet."""
         with self._lock:
-            return self._closing + sum(not c.associating for c in self._open)
+            return sum(c.started and not c.associating for c in (*self._open, *self._closing))
 
     def count(self) -> int:
         with self._lock:
@@ -184,12 +191,12 @@ class BoundedSocket(AssociationSocket):
 
     def _check(self, header: bytes) -> None:
         pdu_type, _, length = _HEADER.unpack(header)
-        if pdu_type == A_ASSOCIATE_RQ:
-            self.gate.associating(self.connection)
         bound = P_DATA_MAX if pdu_type == P_DATA_TF else OTHER_MAX
         if length > bound:
             self.gate.report("pdu_too_long", self.connection.peer)
             raise PduTooLong(f"a PDU of type 0x{pdu_type:02X} announced {length} bytes; at most {bound} are read")
+        if pdu_type == A_ASSOCIATE_RQ:
+            self.gate.associating(self.connection)
         self._body_next = length > 0
 
 
@@ -206,6 +213,7 @@ class Handler(RequestHandler):
         try:
             if not self._first_bytes(connection, gate.associate_timeout_s):
                 return
+            gate.starting(connection)
             assoc = self._association(connection, gate)
             evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": self.client_address})
             assoc.start()

@@ -130,10 +130,12 @@ class Receiver:
         self.server = None
         self.incoming = Path(tempfile.gettempdir()) / f"biomed-cstore-{config.dicom_port}"
         workers = max(config.workers, 1)
-        self.gate = Gate(config.dicom_max_connections, config.dicom_associate_timeout_s, NETWORK_TIMEOUT_S, self._report)
+        self.gate = Gate(config.dicom_max_connections, config.dicom_max_associations, config.dicom_associate_timeout_s,
+                         NETWORK_TIMEOUT_S, self._report)
         self.temp = Temp(math.ceil(config.dicom_temp_bytes / workers))  # the folder is the port's: shared out
         self._reported: dict[str, int] = {}
         self._report_at = 0.0
+        self._report_lock = threading.Lock()
         self._sweeper: threading.Thread | None = None
         self._stop = threading.Event()
 
@@ -193,16 +195,18 @@ class Receiver:
     def _report(self, outcome: str, peer: str) -> None:
         """A connection refused or closed by the gate: counted, and logged at most every 10 s with the count."""
         self.metrics.dicom_received.labels(door="dimse", outcome=outcome).inc()
-        self._reported[outcome] = self._reported.get(outcome, 0) + 1
-        now = time.monotonic()
-        if now - self._report_at >= _REPORT_EVERY_S:
+        with self._report_lock:
+            self._reported[outcome] = self._reported.get(outcome, 0) + 1
+            now = time.monotonic()
+            if now - self._report_at < _REPORT_EVERY_S:
+                return
             self._report_at = now
             counts, self._reported = self._reported, {}
-            log.warning(f"C-STORE connections refused or closed since the last report: %s (at most %d connections "
-                        f"per worker, {env('dicom_max_connections')}; the A-ASSOCIATE-RQ within %g s, "
-                        f"{env('dicom_associate_timeout_s')}); the latest from %s",
-                        ", ".join(f"{k} {v}" for k, v in sorted(counts.items())), self.gate.max_connections,
-                        self.gate.associate_timeout_s, peer)
+        log.warning(f"C-STORE connections refused or closed since the last report: %s (at most %d connections per "
+                    f"worker, {env('dicom_max_connections')}; the A-ASSOCIATE-RQ within %g s, "
+                    f"{env('dicom_associate_timeout_s')}); the latest from %s",
+                    ", ".join(f"{k} {v}" for k, v in sorted(counts.items())), self.gate.max_connections,
+                    self.gate.associate_timeout_s, peer)
 
     def _count(self, event: Any) -> None:
         """Abort an association whose dataset grows past ``BIOMED_MAX_UPLOAD_MB`` while it arrives, or would take the

@@ -214,7 +214,7 @@ class Forwarder(threading.Thread):
         self.stopping = threading.Event()
         self.wake = spool.added
         self._lock_fd: int | None = None
-        self._pruned = 0.0
+        self._pruned: float | None = None  # when old records were last pruned (None: not yet)
         self._skipped: set[str] = set()  # delivered SRs the spool could not record nor remove: never sent again here
         self._doing = "starting"  # the step in progress, for the log
 
@@ -250,10 +250,8 @@ class Forwarder(threading.Thread):
                 if not self._hold_lock():
                     self._wait(LOCK_POLL_S)
                     continue
-                if time.monotonic() - self._pruned > 3600:
-                    self._doing = "pruning old delivery records"
-                    self.spool.prune()
-                    self._pruned = time.monotonic()
+                if self._pruned is None or time.monotonic() - self._pruned > 3600:
+                    self._prune()
                 self._doing = "listing the spool"
                 pending = [p for p in self.spool.pending() if p.name not in self._skipped]
                 self.metrics.dicom_spool_depth.set(len(pending))
@@ -276,6 +274,15 @@ class Forwarder(threading.Thread):
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+
+    def _prune(self) -> None:
+        """Forget old records, hourly; a failure is logged and never stops deliveries."""
+        self._pruned = time.monotonic()
+        try:
+            self.spool.prune()
+        except OSError as err:
+            log.error("the SR forwarder could not prune old delivery records (%s); deliveries go on, the next "
+                      "try is in an hour", _why(err))
 
     def _deliver(self, pending: list[Path]) -> bool:
         """Send ``pending`` in order over one connection; False at the first failure that may pass."""

@@ -322,14 +322,15 @@ def _status(sock: socket.socket, timeout: float) -> int:
 
 
 def test_trickling_bodies_hold_only_what_they_sent_and_stop_in_time(doors: Doors) -> None:
-    """Four STOW-RS bodies declaring 60 MB (within BIOMED_MAX_STOW_MB) and four /predict_image bodies declaring 8 MB, each trickling at ~20 KB/s:
-    the probe is never refused (the declared lengths reserve nothing), and each trickle ends with 408 within the
-    body time (6 s for its first 8 MB), not when its declared length would arrive."""
+    """Four /predict_image bodies declaring 8 MB (32 MB: all of BIOMED_MAX_BODIES_MB) and four STOW-RS bodies declaring
+    60 MB (within BIOMED_MAX_STOW_MB), each trickling at ~20 KB/s from four addresses: the probe is never refused
+    (the declared lengths reserve nothing), and each trickle ends with 408 within the body time (6 s for its first
+    8 MB), not when its declared length would arrive."""
     t0 = time.monotonic()
-    heads = [f"POST /dicomweb/studies HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: "
-             f"multipart/related; boundary=b\r\nContent-Length: 60000000\r\n\r\n--b\r\n\r\n"] * 4
-    heads += [f"POST /predict_image HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: "
-              f"application/dicom\r\nContent-Length: {8 * 2**20}\r\n\r\n"] * 4
+    heads = [f"POST /predict_image HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: "
+             f"application/dicom\r\nContent-Length: {8 * 2**20}\r\n\r\n"] * 4  # 32 MB declared: the whole budget
+    heads += [f"POST /dicomweb/studies HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: "
+              f"multipart/related; boundary=b\r\nContent-Length: 60000000\r\n\r\n--b\r\n\r\n"] * 4
     socks = [_raw_request(doors.url, head, f"127.0.0.{2 + i % 4}") for i, head in enumerate(heads)]
     statuses: dict[int, int] = {}
     ended: dict[int, float] = {}

@@ -331,7 +331,7 @@ class Settings:
     dicom_temp_bytes: int = setting(
         "BIOMED_DICOM_TEMP_MB", "1024", "the most MiB of incoming datasets in the receiver's temporary folder (shared out "
         "among the workers); an association whose dataset would pass it is aborted. A dataset cut by an abort or a "
-        "reset is removed when its association ends", as_mb)
+        "reset is removed when its association ends. `0`: no cap", as_mb)
     dicom_destination: str = setting(
         "BIOMED_DICOM_DESTINATION", "", "where result SRs go: a DICOMweb base URL (`http(s)://host/dicom-web`, STOW-RS "
         "to `{url}/studies`) or a DICOM peer `AET@host:port` (C-STORE). Anything else stops start-up", as_destination,

@@ -29,6 +29,17 @@ from biomed.settings import env
 from service.config import ServiceConfig
 
 
+PEER_SHARE = 0.5  # the share of BIOMED_MAX_BODIES_MB one peer address may hold
+UPLOAD_SLACK = 64 * 1024  # what wraps an upload of BIOMED_MAX_UPLOAD_MB: a DICOM file meta, multipart headers
+
+
+def peer_cap(config: ServiceConfig) -> int:
+    """The most body bytes one peer address may hold in a worker: half of ``BIOMED_MAX_BODIES_MB``, or one whole
+    upload (``BIOMED_MAX_UPLOAD_MB`` and a DICOM file meta's slack) when that is more, within the budget."""
+    cap = config.max_body_bytes
+    return min(cap, max(int(cap * PEER_SHARE), config.max_upload_bytes + UPLOAD_SLACK)) if cap else 0
+
+
 class Unauthorized(InputError):
     status = 401
     code = "unauthorized"
@@ -121,20 +132,3 @@ class Admission:
         finally:
             self.release(nbytes, peer)
 
-    def held_by(self, peer: str) -> int:
-        """Bytes of bodies ``peer`` holds now (for tests and logs)."""
-        with self._lock:
-            return self._peers.get(peer, 0)
-
-
-PEER_SHARE = 0.5  # the share of BIOMED_MAX_BODIES_MB one peer address may hold
-
-
-def peer_cap(config: ServiceConfig) -> int:
-    """The most body bytes one peer address may hold in a worker: half of ``BIOMED_MAX_BODIES_MB``, or one whole
-    upload (``BIOMED_MAX_UPLOAD_MB`` and a DICOM file meta's slack) when that is more, within the budget."""
-    cap = config.max_body_bytes
-    return min(cap, max(int(cap * PEER_SHARE), config.max_upload_bytes + UPLOAD_SLACK)) if cap else 0
-
-
-UPLOAD_SLACK = 64 * 1024  # what wraps an upload of BIOMED_MAX_UPLOAD_MB: a DICOM file meta, multipart headers

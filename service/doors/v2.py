@@ -87,7 +87,7 @@ async def infer(request: Request, engine: Engine) -> Response:
     req = await _parse(request, body, inference.signature(handler))
     del body
     answer, header_length = encode_rest(await inference.infer(handler, req, door="v2"))
-    held = getattr(request.state, "held", None)  # the guard's count of this request's bytes (absent in-process)
+    held = getattr(request.state, "held", None)  # the guard's count of this request's bytes (None without the guard)
     if held is not None:
         held.grow(len(answer))  # the answer counts in the body budget while it is sent (429 past it)
     if header_length is None:

@@ -84,6 +84,16 @@ class Held:
             self.nbytes = 0
 
 
+def _content_length(headers: dict[bytes, bytes]) -> int | None:
+    """The declared ``Content-Length`` (None when absent); 400 for anything but a byte count, however long."""
+    declared = headers.get(b"content-length", b"").decode("latin-1").strip()
+    if not declared:
+        return None
+    if not declared.isascii() or not declared.isdigit() or len(declared) > 19:
+        raise MalformedInput("Content-Length is not a number (a byte count of at most 19 digits)")
+    return int(declared)
+
+
 def peer_of(scope: Scope) -> str | None:
     """The client's address as the server sees it (a proxy in front makes every client that proxy)."""
     client = scope.get("client")
@@ -235,11 +245,9 @@ class Guard:
         c = self._config
         cap = int(getattr(c, route.body_cap or "max_upload_bytes"))
         setting = env(route.body_cap or "max_upload_bytes")
-        declared = headers.get(b"content-length", b"").decode("latin-1").strip()
-        if declared and not declared.isdigit():
-            raise MalformedInput("Content-Length is not a number")
-        if declared and int(declared) > cap:
-            raise TooLarge(f"request body of {int(declared)} bytes is over the {cap / 2**20:g} MB limit ({setting})")
+        declared = _content_length(headers)
+        if declared is not None and declared > cap:
+            raise TooLarge(f"request body of {declared} bytes is over the {cap / 2**20:g} MB limit ({setting})")
         loop = asyncio.get_running_loop()
         size, waited, done = 0, 0.0, False
 
@@ -279,11 +287,9 @@ class Guard:
         """The whole body, its bytes held in this worker's body budget as they arrive (module docstring)."""
         c = self._config
         cap = c.max_upload_bytes
-        declared = headers.get(b"content-length", b"").decode("latin-1").strip()
-        if declared and not declared.isdigit():
-            raise MalformedInput("Content-Length is not a number")
-        if declared and int(declared) > cap:
-            raise TooLarge(f"request body of {int(declared)} bytes is over the {cap / 2**20:g} MB limit "
+        declared = _content_length(headers)
+        if declared is not None and declared > cap:
+            raise TooLarge(f"request body of {declared} bytes is over the {cap / 2**20:g} MB limit "
                            f"({env('max_upload_bytes')})")
         loop = asyncio.get_running_loop()
         start = loop.time()

@@ -489,6 +489,12 @@ def test_minor_items(doors: Doors) -> None:
     r = httpx.post(f"{doors.url}/v2/models/demo-dna/infer", headers={**AUTH, "content-type": "application/json"},
                    content=json.dumps(header).encode())
     assert r.status_code == 422 and "'\\\\ud800' at position 2" in r.text, r.text
+    for length in (b"9" * 5000, b"\xb2", b"1e3"):  # a sibling of the v2 header's length: never a 500
+        sock = _raw_request(doors.url, "")
+        sock.sendall(b"POST /predict_dna HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + TOKEN.encode()
+                     + b"\r\nContent-Type: application/json\r\nContent-Length: " + length + b"\r\n\r\n{}")
+        assert _status(sock, 10) == 400, length[:10]
+        sock.close()
     page = httpx.get(f"{doors.url}/")
     csp = page.headers["content-security-policy"]
     for directive in ("frame-ancestors 'none'", "base-uri 'none'", "object-src 'none'", "form-action 'self'"):

@@ -16,6 +16,7 @@ import re
 import socket
 import struct
 import subprocess
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -104,7 +105,7 @@ class Doors:
         self.url = server.url
         self.probe = Probe(server.url)
         self.bound = ServiceConfig.from_env(server.env).memory_bound() + SUPERVISOR_BYTES
-        self.incoming = Path("/tmp") / f"biomed-cstore-{dicom_port}"
+        self.incoming = Path(tempfile.gettempdir()) / f"biomed-cstore-{dicom_port}"  # the receiver's folder
 
     def within_memory_model(self, what: str) -> int:
         rss = self.server.rss()

@@ -20,6 +20,7 @@ import os
 import random
 import re
 import socket
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -384,7 +385,7 @@ def test_soak(tmp_path: Path, demo_models: dict[str, str]) -> None:
         while not doors.expected <= set(sink.uids()) and time.monotonic() < deadline:
             time.sleep(0.5)
         delivered = sink.uids()
-        leftovers = list(Path("/tmp", f"biomed-cstore-{port}").glob("cstore-*"))
+        leftovers = list(Path(tempfile.gettempdir(), f"biomed-cstore-{port}").glob("cstore-*"))
         metrics = httpx.get(f"{server.url}/metrics").text
         alive = server.proc.poll() is None
         log = [line for line in server.output().splitlines()

@@ -57,6 +57,16 @@ STATUS = {400: C.INVALID_ARGUMENT, 401: C.UNAUTHENTICATED, 403: C.PERMISSION_DEN
           504: C.DEADLINE_EXCEEDED}  # any other 4xx (415, 422): INVALID_ARGUMENT
 
 
+def peer_address(peer: str | None) -> str | None:
+    """The client's address of a gRPC peer string (``ipv4:10.0.0.7:51234``, ``ipv6:[::1]:51234``), without its port:
+    what the body budget's share per address counts (as the HTTP guard does with the client's address)."""
+    if not peer or ":" not in peer:
+        return None
+    _, _, rest = peer.partition(":")
+    host = rest.rsplit(":", 1)[0] if rest.count(":") == 1 or rest.startswith("[") else rest
+    return host.strip("[]") or None
+
+
 class Timeout(InputError):
     status = 504
     code = "timeout"
@@ -207,12 +217,12 @@ class GrpcDoor:
             if admission.token_required and not (scheme.lower() == "bearer" and admission.authorised(token)):
                 raise Unauthorized(f"send authorization metadata 'Bearer <token>' ({env('api_token')})")
             admission.enter()
-        held = 0
+        held, peer = 0, peer_address(context.peer())
         try:
             async with asyncio.timeout(self.config.request_timeout_s) as clock:
                 async with self.reading:
                     raw = await self._read(context)
-                    admission.hold(len(raw))
+                    admission.hold(len(raw), peer)
                     held = len(raw)
                 msg = _parse(method, raw)
                 del raw
@@ -225,7 +235,7 @@ class GrpcDoor:
             raise
         finally:
             if held:
-                admission.release(held)
+                admission.release(held, peer)
             if not method.open:
                 admission.leave()
 

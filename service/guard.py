@@ -34,7 +34,7 @@ from typing import Any, Awaitable, Callable
 
 from biomed.errors import InputError, MalformedInput, Overloaded, TooLarge
 from biomed.settings import env
-from service import routes
+from service import audit, routes
 from service.admission import Admission
 from service.config import ServiceConfig
 from service.engine import current
@@ -111,7 +111,11 @@ class Guard:
                 or routes.is_open(scope.get("path", "")):
             return True
         scheme, _, given = headers.get(b"authorization", b"").partition(b" ")
-        return scheme.lower() == b"bearer" and admission.authorised(given)
+        # Whose the token is, for the audit trail (service/audit: a refusal is recorded by the admission).
+        who = admission.authorised(given if scheme.lower() == b"bearer" else None, (scope.get("client") or ("",))[0],
+                                   "http")
+        scope[audit.CLIENT] = who
+        return who is not None
 
     def _refuse(self, scope: Scope, reason: str) -> None:
         route = routes.match(scope.get("path", ""))

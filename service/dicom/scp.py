@@ -41,6 +41,7 @@ from pydicom.dataset import Dataset
 
 from biomed.errors import Overloaded
 from biomed.settings import env
+from service import audit
 from service.admission import Admission
 from service.dicom import pipeline
 
@@ -121,6 +122,7 @@ class Receiver:
         ae.add_supported_context(Verification)
         handlers = [(evt.EVT_C_STORE, self._store), (evt.EVT_PDU_RECV, self._count),
                     (evt.EVT_REJECTED, self._rejected)]
+        handlers += audit.current().dimse_handlers()  # the audit trail: refused AE titles, associations' ends
         self.server = ae.make_server((c.dicom_host, c.dicom_port), evt_handlers=handlers,
                                      server_class=_server_class())
         thread = threading.Thread(target=self.server.serve_forever, name="dicom-scp", daemon=True)
@@ -176,6 +178,7 @@ class Receiver:
             log.error("a C-STORE failed with %s", type(err).__name__)
             outcome = pipeline.Outcome("internal")
         status.Status = outcome.status
+        audit.current().dimse_stored(event, outcome)  # written per study when the association ends (service/audit)
         if not outcome.ok:
             status.ErrorComment = outcome.code[:64]
         return status

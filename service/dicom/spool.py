@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from biomed.preprocess.dicom_read import is_uid
+from service import audit
 
 log = logging.getLogger("biomed.dicom")
 SENT_KEEP_S = 7 * 24 * 3600
@@ -140,8 +141,10 @@ class Spool:
 class Forwarder(threading.Thread):
     """Delivers the spool to the destination while this process holds the spool's lock (module docstring)."""
 
-    def __init__(self, spool: Spool, connect: Callable[[], Delivery], metrics: Any, retry_max_s: float) -> None:
+    def __init__(self, spool: Spool, connect: Callable[[], Delivery], metrics: Any, retry_max_s: float,
+                 destination: str = "") -> None:
         super().__init__(name="dicom-forwarder", daemon=True)
+        self.destination = destination  # BIOMED_DICOM_DESTINATION, for the audit trail
         self.spool = spool
         self.connect = connect
         self.metrics = metrics
@@ -209,6 +212,7 @@ class Forwarder(threading.Thread):
     def _deliver(self, pending: list[Path]) -> bool:
         """Send ``pending`` in order over one connection; False at the first failure that may pass."""
         delivery = None
+        sent: list = []  # what the destination confirmed, for the audit trail (service/audit)
         try:
             for done, path in enumerate(pending, start=1):
                 if self.stopping.is_set():
@@ -222,6 +226,7 @@ class Forwarder(threading.Thread):
                 self.metrics.dicom_forwarded.labels(outcome=outcome if outcome != "retry" else "retried").inc()
                 if outcome == "delivered":
                     self.spool.delivered(path)
+                    sent.append(audit.current().subject_of(data))
                 elif outcome == "rejected":
                     log.error("the destination refused an SR; it was moved to %s", self.spool.rejected)
                     self.spool.reject(path)
@@ -233,3 +238,4 @@ class Forwarder(threading.Thread):
             if delivery is not None:
                 with contextlib.suppress(Exception):
                     delivery.close()
+            audit.current().results_sent(self.destination, [s for s in sent if s is not None])

@@ -32,6 +32,7 @@ import logging
 import traceback
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
+from urllib.parse import unquote
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -42,7 +43,7 @@ import biomed
 from biomed.errors import InputError, MalformedInput
 from biomed.runtime import StartupError
 from biomed.settings import env
-from service import inference
+from service import audit, inference
 from service.admission import Unauthorized
 from service.config import ServiceConfig
 from service.engine import Engine, current
@@ -76,6 +77,7 @@ class Method:
     request: Any  # the protobuf message class
     run: Callable[[Any, Engine, "GrpcDoor"], Awaitable[Any]]
     open: bool = False
+    audited: bool = False  # a prediction: recorded in the audit trail (service/audit)
 
     @property
     def label(self) -> str:
@@ -132,12 +134,21 @@ METHODS = (
     Method(SERVICE, "ServerMetadata", pb.ServerMetadataRequest, server_metadata),
     Method(SERVICE, "ModelReady", pb.ModelReadyRequest, model_ready),
     Method(SERVICE, "ModelMetadata", pb.ModelMetadataRequest, model_metadata),
-    Method(SERVICE, "ModelInfer", pb.ModelInferRequest, model_infer),
+    Method(SERVICE, "ModelInfer", pb.ModelInferRequest, model_infer, audited=True),
     Method(HEALTH, "Check", health_pb2.HealthCheckRequest, health_check, open=True),
 )
 
 
 # ---------------------------------------------------------------- the door
+
+
+def _peer(context: grpc.aio.ServicerContext) -> str:
+    """The client's address (gRPC's peer ``ipv4:10.0.0.7:51234`` / ``ipv6:%5B::1%5D:51234``: the host part)."""
+    peer = unquote(context.peer() or "")
+    kind, _, rest = peer.partition(":")
+    if kind not in ("ipv4", "ipv6"):
+        return peer
+    return rest.rsplit(":", 1)[0].strip("[]")
 
 
 def _address(host: str, port: int) -> str:
@@ -202,10 +213,13 @@ class GrpcDoor:
         """Admission, the message, the work (see the module docstring); InputError for what the client gets wrong."""
         metadata = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
         admission = engine.admission
+        who = None
         if not method.open:
             scheme, _, token = metadata.get("authorization", "").partition(" ")
-            if admission.token_required and not (scheme.lower() == "bearer" and admission.authorised(token)):
-                raise Unauthorized(f"send authorization metadata 'Bearer <token>' ({env('api_token')})")
+            who = admission.authorised(token if scheme.lower() == "bearer" else None, _peer(context), "grpc")
+            if who is None:  # the admission recorded the refusal in the audit trail
+                raise Unauthorized(f"send authorization metadata 'Bearer <token>' ({env('api_token')} or one of "
+                                   f"{env('api_tokens_file')})")
             admission.enter()
         held = 0
         try:
@@ -217,7 +231,10 @@ class GrpcDoor:
                 msg = _parse(method, raw)
                 del raw
                 with engine.scope(metadata.get("x-request-id")):
-                    return await method.run(msg, engine, self)
+                    if not method.audited:
+                        return await method.run(msg, engine, self)
+                    async with audit.current().predicting("grpc", method.label, who, _peer(context)):
+                        return await method.run(msg, engine, self)
         except TimeoutError:
             if clock.expired():
                 raise Timeout(f"the request did not finish within {self.config.request_timeout_s:g} s "

@@ -5,8 +5,9 @@ The gates themselves (token, concurrency slots, body bytes) are the worker's ``A
 
 1. Framing: a request with both ``Content-Length`` and ``Transfer-Encoding`` is refused (400):
    two framings of one body are how requests are smuggled past a proxy.
-2. Auth: every route not marked open in the route table needs ``Authorization: Bearer
-   <BIOMED_API_TOKEN>`` when a token is set (compared in constant time), before any body is read.
+2. Auth: every route not marked open in the route table needs ``Authorization: Bearer <token>``
+   when a token is set (``Admission.authorised``: constant time), before any body is read; the
+   token's name is left in the scope for the audit trail (``service/audit``).
 3. The body, read whole into memory before the request counts as in flight: capped
    (``BIOMED_MAX_UPLOAD_MB``, 413), on time (within ``BIOMED_BODY_TIMEOUT_S`` and at
    ``BIOMED_BODY_MIN_KBPS`` or faster after its first 2 s, else 408), and within what all bodies

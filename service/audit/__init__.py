@@ -56,7 +56,7 @@ class Audit:
     def __init__(self, config: Any = None) -> None:
         self.sender: syslog.Sender | None = None
         self.config = config
-        self._transfers: dict[int, list] = {}  # an association's: [calling AE, address, {ok: Instances}, codes]
+        self._transfers: dict[int, list] = {}  # an association's: [calling AE title, address, _Held]
         self._lock = threading.Lock()
         if config is None or not config.audit:
             return

@@ -11,7 +11,8 @@ door around them does what the HTTP guard and ``endpoint.wrapper`` do for REST, 
 ``Admission``, data plane (``service/inference.py``), batchers and metrics (``door="grpc"``):
 
 1. the token: every call but ServerLive, ServerReady and the health check needs ``authorization:
-   Bearer <BIOMED_API_TOKEN>`` metadata when a token is set (UNAUTHENTICATED);
+   Bearer <token>`` metadata when a token is set (``BIOMED_API_TOKEN``, ``BIOMED_API_TOKENS_FILE``;
+   UNAUTHENTICATED, recorded in the audit trail); ModelInfer calls are audited as predictions;
 2. a concurrency slot of the worker's share of ``BIOMED_MAX_CONCURRENCY`` (UNAVAILABLE at once past it);
 3. its turn to read the request message: every method is registered as client-streaming so that the
    door, not gRPC, reads the one message, and at most ``BIOMED_GRPC_MAX_STREAMS`` calls per worker read

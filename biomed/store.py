@@ -4,12 +4,16 @@ A store is BentoML's (``$BENTOML_HOME/models``, or a bento's own) unless a folde
 (``store``: a folder of ``<name>/<version>/`` entries, e.g. a volume several servers share).
 Beside a model's versions, ``<name>/biomed-rollout.json`` says which version servers make the
 default and which get a canary share (``promote``, ``set_canary``); servers that watch the store
-pick it up (docs/deployment.md, "Rolling out a new model version").
+pick it up (docs/deployment.md, "Rolling out a new model version"). Every change of a rollout
+file happens under ``rollout_lock`` (an exclusive ``flock`` on ``.biomed-rollout.lock`` beside it),
+so promotes and canary changes of one model, from any thread or process, happen one at a time:
+none is written over by another's stale read.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import math
 import os
@@ -17,13 +21,14 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import bentoml
 
 from biomed.settings import DEMO_MODELS  # the default of BIOMED_MODELS
 
 ROLLOUT_FILE = "biomed-rollout.json"  # beside the versions of a model: {"default": version, "canary": {version: %}}
+ROLLOUT_LOCK = ".biomed-rollout.lock"  # held (flock) while the rollout file is read, changed and written
 LATEST = "latest"
 
 
@@ -187,6 +192,35 @@ def write_rollout(name_dir: Path, rollout: dict[str, Any]) -> None:
         raise
 
 
+def lock_rollout(name_dir: Path) -> int:
+    """Take the model's rollout lock, waiting for whoever holds it; returns the descriptor ``unlock_rollout`` takes.
+
+    Raises:
+        OSError: the lock file cannot be created (a read-only store).
+    """
+    fd = os.open(name_dir / ROLLOUT_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # per open file: two threads of one process exclude each other too
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def unlock_rollout(fd: int) -> None:
+    os.close(fd)  # releases the lock
+
+
+@contextlib.contextmanager
+def rollout_lock(name_dir: Path) -> Iterator[None]:
+    """The model's rollout lock for the duration of a block (``lock_rollout``)."""
+    fd = lock_rollout(name_dir)
+    try:
+        yield
+    finally:
+        unlock_rollout(fd)
+
+
 def _name_dir(name: str, version: str, store: str | Path | None) -> tuple[Path, str]:
     """The model's folder in the store and the exact version ``version`` names (``latest``: the newest export)."""
     if not name or ":" in version:
@@ -202,11 +236,19 @@ def promote(ref: str, store: str | Path | None = None) -> dict[str, Any]:
     Returns the rollout written. Raises ModelNotFound when the version is not in the store, and OSError when
     the store cannot be written (a bento's own store is read-only).
     """
+    name_dir, rollout = promotion(ref, store)
+    with rollout_lock(name_dir):
+        write_rollout(name_dir, rollout)
+    return {"model": split_ref(ref)[0], **rollout}
+
+
+def promotion(ref: str, store: str | Path | None = None) -> tuple[Path, dict[str, Any]]:
+    """The model's folder and the rollout a promote of ``ref`` writes there (``promote``), nothing written yet.
+
+    Raises ModelNotFound when the version is not in the store."""
     name, version = split_ref(ref)
     name_dir, exact = _name_dir(name, version, store)
-    rollout = {"default": LATEST if version in ("", LATEST) else exact, "canary": {}}
-    write_rollout(name_dir, rollout)
-    return {"model": name, **rollout}
+    return name_dir, {"default": LATEST if version in ("", LATEST) else exact, "canary": {}}
 
 
 def set_canary(ref: str, percent: float, store: str | Path | None = None) -> dict[str, Any]:
@@ -218,15 +260,16 @@ def set_canary(ref: str, percent: float, store: str | Path | None = None) -> dic
     if not (math.isfinite(percent) and 0 <= percent <= 100):
         raise ValueError(f"the canary share must be a percentage from 0 to 100, not {percent:g}")
     name_dir, exact = _name_dir(name, version, store)
-    rollout = read_rollout(name_dir)
-    canary = dict(rollout.get("canary") or {})
-    canary.pop(exact, None)
-    if percent > 0:
-        canary[exact] = float(percent)
-    if sum(canary.values()) > 100:
-        raise ValueError(f"the canary shares of {name} would add up to {sum(canary.values()):g}%, over 100")
-    rollout["canary"] = canary
-    write_rollout(name_dir, rollout)
+    with rollout_lock(name_dir):  # read, change, write: one at a time
+        rollout = read_rollout(name_dir)
+        canary = dict(rollout.get("canary") or {})
+        canary.pop(exact, None)
+        if percent > 0:
+            canary[exact] = float(percent)
+        if sum(canary.values()) > 100:
+            raise ValueError(f"the canary shares of {name} would add up to {sum(canary.values()):g}%, over 100")
+        rollout["canary"] = canary
+        write_rollout(name_dir, rollout)
     return {"model": name, **rollout}
 
 

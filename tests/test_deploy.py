@@ -67,7 +67,7 @@ HISTOGRAMS = {
 SAMPLES = {
     "biomed_predictions_total", "biomed_rejected_requests_total", "biomed_model_info",
     "biomed_gpu_required", "biomed_queue_rows", "biomed_model_memory_bytes", "biomed_model_reloads_total",
-    "biomed_audit_dropped_total",
+    "biomed_dicom_forwarded_total", "biomed_audit_dropped_total",
     "bentoml_service_request_total",
     "bentoml_service_request_in_progress", "bentoml_service_last_request_timestamp_seconds",
     "kube_deployment_status_replicas_available", "up",

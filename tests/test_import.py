@@ -327,7 +327,7 @@ def test_sr_of_an_imported_model_and_a_regression_measurement(client) -> None:  
     header = pydicom.dcmread(io.BytesIO(data))
     values = Producer("imp-volume", "v1", "ab" * 32, ("volume", "density"),
                       output=Semantics("values", "none", ("mL", "[hnsf'U]")))
-    text = str(sr.build_sr(header, np.array([[12.5, 40.0]]), values))
+    text = str(sr.build_sr(header, np.array([[12.5, 40.0]]), values, "0" * 64))
     assert "volume" in text and "mL" in text and "[hnsf'U]" in text and "Predicted label" not in text
 
 

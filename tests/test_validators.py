@@ -2,7 +2,8 @@
 PixelMed's SR and instance validators (Debian ``dicom3tools``, ``libpixelmed-java``; docs/conformance.md).
 
 The objects: the demo generator's files (CT, CR and DX, both polarities), the SR of a classified instance (a CT
-with its image library, a multi-frame source, a DX without pixel spacing, a regression model's), the Parametric
+with its image library, one replacing an earlier SR, a multi-frame source, a DX without pixel spacing, a regression
+model's), the Parametric
 Map over a CT and the Secondary Capture over a CR and a DX. ``dciodvfy`` must find no error and only the warnings
 docs/conformance.md lists, each with the part of the standard that allows it. PixelMed's SR validator (the IOD and
 TID 1500) must find neither an error nor a warning. PixelMed's instance validator must find no error or warning;
@@ -61,19 +62,22 @@ def objects(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     probs = np.array([[0.2, 0.3, 0.5]])
     multi = pydicom.dcmread(_first(demo, Modality="CT"), stop_before_pixels=True)
     multi.SOPClassUID, multi.NumberOfFrames = pydicom.uid.EnhancedCTImageStorage, 2  # the header is all an SR reads
+    earlier = sr.Previous(str(ct.StudyInstanceUID), sr.series_uid(str(ct.StudyInstanceUID), PRODUCER),
+                          sr.sr_uid("ct, as first sent", PRODUCER))
     built = {
-        "sr ct": sr.sr_bytes(sr.build_sr((ct), probs, PRODUCER)),
-        "sr multi-frame": sr.sr_bytes(sr.build_sr((multi), np.array([[0.2, 0.3, 0.5], [0.6, 0.3, 0.1]]),
-                                                  PRODUCER)),
-        "sr dx regression": sr.sr_bytes(sr.build_sr((dx), np.array([[12.5, 40.0, -3.0]]), REGRESSION)),
+        "sr ct": sr.sr_bytes(sr.build_sr(ct, probs, PRODUCER, "ct")),
+        "sr ct corrected": sr.sr_bytes(sr.build_sr(ct, probs, PRODUCER, "ct, corrected", previous=earlier)),
+        "sr multi-frame": sr.sr_bytes(sr.build_sr(multi, np.array([[0.2, 0.3, 0.5], [0.6, 0.3, 0.1]]),
+                                                  PRODUCER, "multi")),
+        "sr dx regression": sr.sr_bytes(sr.build_sr(dx, np.array([[12.5, 40.0, -3.0]]), REGRESSION, "dx")),
     }
     values = rng.normal(0, 0.1, (ct.Rows, ct.Columns)).astype(np.float32)
     built["parametric map ct"], kind = dicom_maps.explanation_dicom(
-        (ct), values, np.zeros((ct.Rows, ct.Columns, 3), np.uint8), "nodule", "demo-image", "1", 0, 1)
+        ct, values, np.zeros((ct.Rows, ct.Columns, 3), np.uint8), "nodule", "demo-image", "1", 0, 1)
     assert kind == "parametric_map"
     for name, source in (("secondary capture cr", cr), ("secondary capture dx", dx)):
         rgb = rng.integers(0, 255, (source.Rows, source.Columns, 3), dtype=np.uint8)
-        built[name], kind = dicom_maps.explanation_dicom((source), np.zeros((1, 1), np.float32), rgb, "nodule",
+        built[name], kind = dicom_maps.explanation_dicom(source, np.zeros((1, 1), np.float32), rgb, "nodule",
                                                          "demo-image", "1", 0, 1)
         assert kind == "secondary_capture"
     for name, data in built.items():

@@ -18,15 +18,20 @@ The patient and study modules are copied from the source, so that a PACS files t
 the study: the one place where the service hands patient data back (to the PACS it came from).
 Nothing here logs.
 
-UIDs are deterministic: the SR's SOP Instance UID derives from (source SOP Instance UID, model
-name, model version), its series from (study, model name, version), so re-sending an image
-yields the same SR, which a PACS keeps once.
+UIDs are deterministic: the SR's SOP Instance UID derives from (the source's content identity,
+model name, model version), its series from (study, model name, version). The content identity
+(``biomed.preprocess.identity``) is the SHA-256 of the decoded pixels with the Patient ID and
+the Study, Series and SOP Instance UIDs: re-sending an image, in any transfer syntax, yields the
+same SR, which a PACS keeps once; a corrected instance under the same SOP Instance UID (other
+pixels or Patient ID) yields a new SR, which names the one made before it, when known, in its
+Predecessor Documents Sequence (``Previous``).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import uuid
+from dataclasses import dataclass
 from io import BytesIO
 
 import numpy as np
@@ -57,9 +62,37 @@ def uid(*parts: str) -> str:
     return f"2.25.{uuid.uuid5(_NAMESPACE, chr(31).join(parts)).int}"
 
 
-def sr_uid(source_sop_instance_uid: str, algorithm: Producer) -> str:
-    """The SR's SOP Instance UID for this source instance and model version."""
-    return uid("sr", source_sop_instance_uid, algorithm.name, algorithm.version)
+SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR Storage
+
+
+def sr_uid(identity: str, algorithm: Producer) -> str:
+    """The SR's SOP Instance UID for the source of this content identity (module docstring) and model version."""
+    return uid("sr", identity, algorithm.name, algorithm.version)
+
+
+def series_uid(study: str, algorithm: Producer) -> str:
+    """The Series Instance UID of this model version's SRs in ``study``."""
+    return uid("series", study, algorithm.name, algorithm.version)
+
+
+def source_key(source_sop_instance_uid: str, algorithm: Producer) -> str:
+    """What one source instance's SRs by one model version share, whatever its content (a UID-shaped key)."""
+    return uid("source", source_sop_instance_uid, algorithm.name, algorithm.version)
+
+
+@dataclass(frozen=True)
+class Previous:
+    """An SR made before for the same source instance (same SOP Instance UID, other content): the new one names it."""
+
+    study: str
+    series: str
+    sop_instance: str
+
+    def as_dataset(self) -> Dataset:
+        ds = Dataset()
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = self.study, self.series
+        ds.SOPClassUID, ds.SOPInstanceUID = SR_CLASS, self.sop_instance
+        return ds
 
 
 def _code(value: str, meaning: str):  # type: ignore[no-untyped-def]
@@ -127,7 +160,8 @@ def _image_library(source: Dataset):  # type: ignore[no-untyped-def]
         return [library]
 
 
-def build_sr(source: Dataset, probs: np.ndarray, algorithm: Producer, now: dt.datetime | None = None) -> Dataset:
+def build_sr(source: Dataset, probs: np.ndarray, algorithm: Producer, identity: str, now: dt.datetime | None = None,
+             previous: Previous | None = None) -> Dataset:
     """The SR of one classified instance.
 
     Args:
@@ -135,7 +169,9 @@ def build_sr(source: Dataset, probs: np.ndarray, algorithm: Producer, now: dt.da
             Study Instance UIDs.
         probs: (frames, labels) probabilities (or regression values, as ``algorithm.output`` says), frame order.
         algorithm: the model version that produced ``probs``.
+        identity: the source's content identity (``biomed.preprocess.identity``; ``Upload.identity``).
         now: content date/time (default: now).
+        previous: the SR this one replaces (a corrected source under the same SOP Instance UID).
     """
     import highdicom as hd
     from highdicom.coding_schemes import CodingSchemeIdentificationItem
@@ -182,8 +218,9 @@ def build_sr(source: Dataset, probs: np.ndarray, algorithm: Producer, now: dt.da
     now = now or dt.datetime.now()
     sr = hd.sr.Comprehensive3DSR(
         evidence=[header], content=root,
-        series_instance_uid=uid("series", str(header.StudyInstanceUID), algorithm.name, algorithm.version),
-        series_number=SERIES_NUMBER, sop_instance_uid=sr_uid(str(header.SOPInstanceUID), algorithm),
+        series_instance_uid=series_uid(str(header.StudyInstanceUID), algorithm),
+        series_number=SERIES_NUMBER, sop_instance_uid=sr_uid(identity, algorithm),
+        previous_versions=[previous.as_dataset()] if previous is not None else None,
         instance_number=1, manufacturer=MANUFACTURER, is_complete=True, is_final=False, is_verified=False,
         content_qualification="RESEARCH",
         series_description=f"{NOTICE.capitalize()}: {algorithm.name}"[:64],

@@ -182,12 +182,20 @@ class Audit:
             self._transferred(sender, held, "C-STORE")
 
     def _rejected(self, event: Any) -> None:
+        """A refused association: a Security Alert when its calling AE title may not send or its called AE title is
+        not the service's (a refusal at the association limit is not a security matter)."""
+        requestor = event.assoc.requestor
+        request = getattr(requestor, "primitive", None)  # the A-ASSOCIATE-RQ as received
+        calling = str(getattr(request, "calling_ae_title", "") or getattr(requestor, "ae_title", "") or "").strip()
+        called = str(getattr(request, "called_ae_title", "") or "").strip()
         allowed = self.config.dicom_allowed_aets
-        calling = str(event.assoc.requestor.ae_title).strip()
-        if "*" in allowed or calling in allowed:
-            return  # refused for another reason (the association limit): not a security matter
-        why = f"calling AE title not in {env('dicom_allowed_aets')}"
-        address = str(event.assoc.requestor.address)
+        if "*" not in allowed and calling not in allowed:
+            why = f"calling AE title not in {env('dicom_allowed_aets')}"
+        elif called and called != self.config.dicom_aet:
+            why = f"called AE title {called!r} is not {env('dicom_aet')}"
+        else:
+            return
+        address = str(requestor.address)
         self._emit(lambda when: events.node_refused(self.source, calling, address, why, when))
 
     def dimse_handlers(self) -> list[tuple[Any, Callable[[Any], None]]]:

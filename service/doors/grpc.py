@@ -59,6 +59,16 @@ STATUS = {400: C.INVALID_ARGUMENT, 401: C.UNAUTHENTICATED, 403: C.PERMISSION_DEN
           504: C.DEADLINE_EXCEEDED}  # any other 4xx (415, 422): INVALID_ARGUMENT
 
 
+def peer_address(peer: str | None) -> str | None:
+    """The client's address of a gRPC peer string (``ipv4:10.0.0.7:51234``, ``ipv6:[::1]:51234``), without its port:
+    what the body budget's share per address counts (as the HTTP guard does with the client's address)."""
+    if not peer or ":" not in peer:
+        return None
+    _, _, rest = peer.partition(":")
+    host = rest.rsplit(":", 1)[0] if rest.count(":") == 1 or rest.startswith("[") else rest
+    return host.strip("[]") or None
+
+
 class Timeout(InputError):
     status = 504
     code = "timeout"
@@ -143,15 +153,6 @@ METHODS = (
 # ---------------------------------------------------------------- the door
 
 
-def _peer(context: grpc.aio.ServicerContext) -> str:
-    """The client's address (gRPC's peer ``ipv4:10.0.0.7:51234`` / ``ipv6:%5B::1%5D:51234``: the host part)."""
-    peer = unquote(context.peer() or "")
-    kind, _, rest = peer.partition(":")
-    if kind not in ("ipv4", "ipv6"):
-        return peer
-    return rest.rsplit(":", 1)[0].strip("[]")
-
-
 def _address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
 
@@ -214,10 +215,11 @@ class GrpcDoor:
         """Admission, the message, the work (see the module docstring); InputError for what the client gets wrong."""
         metadata = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
         admission = engine.admission
+        peer = peer_address(unquote(context.peer() or ""))  # the body budget's key and the audit trail's "from where"
         who = None
         if not method.open:
             scheme, _, token = metadata.get("authorization", "").partition(" ")
-            who = admission.authorised(token if scheme.lower() == "bearer" else None, _peer(context), "grpc")
+            who = admission.authorised(token if scheme.lower() == "bearer" else None, peer or "", "grpc")
             if who is None:  # the admission recorded the refusal in the audit trail
                 raise Unauthorized(f"send authorization metadata 'Bearer <token>' ({env('api_token')} or one of "
                                    f"{env('api_tokens_file')})")
@@ -227,14 +229,14 @@ class GrpcDoor:
             async with asyncio.timeout(self.config.request_timeout_s) as clock:
                 async with self.reading:
                     raw = await self._read(context)
-                    admission.hold(len(raw))
+                    admission.hold(len(raw), peer)
                     held = len(raw)
                 msg = _parse(method, raw)
                 del raw
                 with engine.scope(metadata.get("x-request-id")):
                     if not method.audited:
                         return await method.run(msg, engine, self)
-                    async with audit.current().predicting("grpc", method.label, who, _peer(context)):
+                    async with audit.current().predicting("grpc", method.label, who, peer or ""):
                         return await method.run(msg, engine, self)
         except TimeoutError:
             if clock.expired():
@@ -243,7 +245,7 @@ class GrpcDoor:
             raise
         finally:
             if held:
-                admission.release(held)
+                admission.release(held, peer)
             if not method.open:
                 admission.leave()
 

@@ -133,8 +133,8 @@ def _number(fields: dict[str, str], name: str, kind: type, low: float, high: flo
         what = "an integer" if kind is int else "a number"
         raise MalformedInput(f"{name} must be {what}; got {value[:32]!r}") from None
     if not (low <= number and (high is None or number <= high)):  # NaN fails both
-        top = "any" if high is None else f"{high:g}"
-        raise MalformedInput(f"{name} {number} is out of range; accepted: {low:g} to {top}")
+        accepted = f"{low:g} or more" if high is None else f"{low:g} to {high:g}"
+        raise MalformedInput(f"{name} {number} is out of range; accepted: {accepted}")
     return number
 
 

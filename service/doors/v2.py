@@ -4,7 +4,8 @@ Routes (``service/routes.py``): ``GET /v2``, ``GET /v2/health/live``, ``GET /v2/
 metadata and readiness, and ``POST /v2/models/{name}[/versions/{version}]/infer``. The protocol's
 types and codecs (JSON and the binary tensor extension) are ``service/protocol/v2.py``; what a
 model takes and how it runs, ``service/inference.py``. This door only reads the body, picks the
-model the path names, and writes the answer. Errors are ``{"error": "<code>: <message>"}``.
+model the path names, and writes the answer, whose bytes count in the worker's body budget
+(``BIOMED_MAX_BODIES_MB``, with the request's) while it is sent. Errors are ``{"error": "<code>: <message>"}``.
 """
 
 from __future__ import annotations
@@ -82,6 +83,9 @@ async def infer(request: Request, engine: Engine) -> Response:
     req = await _parse(request, body, inference.signature(handler))
     del body
     answer, header_length = encode_rest(await inference.infer(handler, req, door="v2"))
+    held = getattr(request.state, "held", None)  # the guard's count of this request's bytes (None without the guard)
+    if held is not None:
+        held.grow(len(answer))  # the answer counts in the body budget while it is sent (429 past it)
     if header_length is None:
         return Response(answer, media_type="application/json")
     return Response(answer, media_type="application/octet-stream",

@@ -95,7 +95,7 @@ class DnaHandler(Handler):
     async def predict_items(self, items: list[bytes], parameters: dict[str, Any],
                             door: str = "native") -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """v2's ``sequence`` input: one row per sequence, exactly ``/predict_dna``'s probabilities."""
-        sequences = [(str(i), s.decode("latin-1")) for i, s in enumerate(items)]
+        sequences = [(str(i), _text(str(i), s)) for i, s in enumerate(items)]
         predictions = await self._predictions(sequences, parameters.get("reverse_complement"), time.perf_counter(),
                                               door)
         return self.table(predictions), {}
@@ -129,3 +129,13 @@ class DnaHandler(Handler):
 
 def _positive(probabilities: dict[str, float]) -> list[str]:
     return [t for t, p in probabilities.items() if p >= 0.5] or ["none"]
+
+
+def _text(name: str, item: bytes) -> str:
+    """A BYTES element as text: UTF-8 (a lone surrogate kept as itself, so the error names it as sent); 422 naming
+    the byte when it is not UTF-8 at all."""
+    try:
+        return item.decode("utf-8", "surrogatepass")
+    except UnicodeDecodeError as err:
+        raise InputError(f"sequence {name!r} is not UTF-8 text (byte 0x{item[err.start]:02x} at byte {err.start}); "
+                         "accepted: A, C, G, T, N (any case)", code="invalid_sequence") from None

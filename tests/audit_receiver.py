@@ -116,14 +116,3 @@ class Rsyslog:
         if not self.out.is_file():
             return []
         return [parse_line(line) for line in self.out.read_text(encoding="utf-8").splitlines() if line]
-
-    def wait(self, count: int, timeout: float = 30.0) -> list[Received]:
-        """The messages once there are at least ``count`` (rsyslogd writes them a moment after they arrive)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            found = self.messages()
-            if len(found) >= count:
-                time.sleep(0.5)  # any message that should not be there has had time to come
-                return self.messages()
-            time.sleep(0.2)
-        return self.messages()

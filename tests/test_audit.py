@@ -128,6 +128,24 @@ def _grpc_dna(port: int, token: str) -> None:
         triton.close()
 
 
+def _sent(msg: Received) -> int:
+    return sum(n for o in msg.objects() for n in o["classes"].values())
+
+
+def _settled(receiver: Rsyslog, others: int, sent: int, timeout: float = 30.0) -> list[Received]:
+    """The messages once ``others`` messages and the sending of ``sent`` results have arrived (and a moment more, for
+    any that should not be there)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = receiver.messages()
+        results = [m for m in found if (m.event, m.action) == ("110104", "R")]
+        if len(found) - len(results) >= others and sum(map(_sent, results)) >= sent:
+            break
+        time.sleep(0.2)
+    time.sleep(1.0)
+    return receiver.messages()
+
+
 def _by_event(messages: list[Received]) -> dict[tuple[str, str], list[Received]]:
     found: dict[tuple[str, str], list[Received]] = {}
     for msg in messages:
@@ -199,10 +217,8 @@ def test_every_event_reaches_rsyslog_with_its_participants_and_objects(
     assert len(pacs.received) == 5
 
     # 1 start, 2 received (C-STORE, STOW-RS), 1 refused AE, 2 failed logins, 1 DICOM read, 4 other predictions, and
-    # the results sent in one or more delivery rounds
-    messages = receiver.wait(11 + 1)
-    time.sleep(2)
-    messages = receiver.messages()
+    # the five results sent, in one or more delivery rounds
+    messages = _settled(receiver, 11, 5)
     events = _by_event(messages)
     assert all(m.input == "imtcp" and m.version == "1" and m.app == "biomed-serve" and m.msgid == "DICOM+RFC3881"
                and m.pri // 8 == 10 for m in messages)

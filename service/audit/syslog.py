@@ -178,10 +178,15 @@ class Sender(threading.Thread):
         """Write what is queued for up to ``timeout`` seconds; what is left is dropped (and counted)."""
         self.stopping.set()
         self.join(timeout)
-        if self.is_alive():
-            left = self.queue.qsize()
-            for _ in range(left):
-                self.dropped("unreachable")
+        left = 0
+        while self.is_alive():  # what is still queued is taken out here (the thread may finish the one it holds)
+            try:
+                self.queue.get_nowait()
+            except queue.Empty:
+                break
+            left += 1
+            self.dropped("unreachable")
+        if left:
             log.warning("%d audit messages were not written before the worker stopped", left)
 
 

@@ -103,6 +103,15 @@ def test_contig_names_of_the_other_convention(given: str, other: str | None) -> 
     assert alias(given) == other
 
 
+def test_a_reference_of_ensembl_names_answers_ucsc_ones(tmp_path: Path) -> None:
+    """The other direction: a FASTA of ``1``, ``MT`` read through ``chr1``, ``chrM``; a contig it lacks is None."""
+    (tmp_path / "e.fa").write_text(">1\nACGTACGT\n>MT\nGGCC\n")
+    genome = Reference(tmp_path / "e.fa")
+    assert genome.name("chr1") == "1" and genome.name("chrM") == "MT" and genome.fetch("chrM", 0, 4) == "GGCC"
+    assert genome.name("chr2") is None and genome.renamed == {"chr1": "1", "chrM": "MT"}
+    assert genome.lengths_as_given() == {"chr1": 8, "chrM": 4} and genome.mapping() == "chr1=1, chrM=MT"
+
+
 def test_reference_fetch_and_names(reference: Path) -> None:
     genome = Reference(reference)
     assert genome.lengths == {"chr1": 30, "chr2": 10}

@@ -148,6 +148,28 @@ def as_destination(value: str) -> str:
     return value
 
 
+def as_audit(value: str) -> str:
+    """``""`` (off), ``file:PATH``, ``udp://HOST:PORT`` or ``tcp://HOST:PORT``."""
+    value = value.strip()
+    if not value:
+        return value
+    if value.startswith("file:"):
+        if not value[5:].strip():
+            raise ValueError("names no file (file:PATH)")
+        return value
+    found = re.match(r"^(udp|tcp)://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):([0-9]{1,5})$", value)
+    if found is None or not 0 < int(found[3]) <= 65535:
+        raise ValueError("is not file:PATH, udp://HOST:PORT (RFC 5426) or tcp://HOST:PORT (RFC 6587)")
+    return value
+
+
+def as_positive(value: str) -> int:
+    x = as_int(value)
+    if x < 1:
+        raise ValueError("must be at least 1")
+    return x
+
+
 def as_canary(value: str) -> tuple[tuple[str, str, float], ...]:
     """A comma list of ``name:version=percent`` (the share of the requests for ``name``)."""
     out, shares = [], {}
@@ -213,6 +235,19 @@ class Settings:
                                  "when `tensorrt` is requested)", as_text)
     api_token: str = setting("BIOMED_API_TOKEN", "", "when set, every non-open path needs `Authorization: Bearer "
                              "<token>`", as_secret, shown="empty (auth off)")
+    api_tokens_file: str = setting(
+        "BIOMED_API_TOKENS_FILE", "", "a file of named API tokens, one `name:token` a line (`#` comments; e.g. a mounted "
+        "Kubernetes Secret), read again when it changes: each opens the non-open paths like `BIOMED_API_TOKEN` (beside "
+        "it), and the [audit trail](#the-audit-trail) names the client by its token's name. Set, it turns auth on even "
+        "when it holds no token", as_text, shown="empty (none)")
+    audit: str = setting(
+        "BIOMED_AUDIT", "", "where the [audit trail](#the-audit-trail) goes: `file:PATH` (created with mode 0600), "
+        "`udp://HOST:PORT` (syslog, RFC 5426) or `tcp://HOST:PORT` (syslog, RFC 6587 octet counting); RFC 5424 "
+        "messages holding DICOM audit messages (PS3.15 A.5). The only place patient and study identifiers are written",
+        as_audit, shown="empty (off)")
+    audit_buffer: int = setting(
+        "BIOMED_AUDIT_BUFFER", "10000", "audit messages one worker holds while its target is slow or down; past it "
+        "they are dropped and counted (`biomed_audit_dropped_total`), never making a request wait", as_positive)
     cors_origins: tuple[str, ...] = setting(
         "BIOMED_CORS_ORIGINS", "", "comma list of allowed origins. When set, CORS allows methods `GET`, `POST` and "
         "headers `Authorization`, `Content-Type`, `X-Request-ID`", as_list, shown="empty (CORS off)")

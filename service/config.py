@@ -16,6 +16,7 @@ __all__ = ["DICOM_PEER", "ServiceConfig"]
 
 BASELINE_BYTES = 400 * 2**20  # a worker at rest: Python, BentoML, onnxruntime, two demo-sized models (measured ~340 MB)
 SLACK_BYTES = 128 * 2**20  # responses being written, parsed JSON within its value cap, allocator overhead
+AUDIT_MESSAGE_BYTES = 4 * 2**10  # an audit event waiting in the buffer: its values, studies counted (~0.9 KB measured)
 # One connection to the C-STORE receiver: a P-DATA-TF PDU (at most 256 KiB + 6) as read, joined and decoded, a dataset
 # fragment on its way to the temporary file, and the stacks its three threads touch.
 DICOM_CONNECTION_BYTES = 2**20
@@ -42,7 +43,8 @@ class ServiceConfig(Settings):
         (``BIOMED_DICOM_MAX_CONNECTIONS``, each at most one PDU in memory; the incoming datasets,
         ``BIOMED_DICOM_TEMP_MB``, are on disk, not in memory); with the gRPC door on, the request
         messages it has read but not yet admitted into the bodies' budget (``BIOMED_GRPC_MAX_STREAMS`` of at most
-        ``BIOMED_MAX_UPLOAD_MB`` each; once admitted they count among the bodies).
+        ``BIOMED_MAX_UPLOAD_MB`` each; once admitted they count among the bodies); with the audit trail on, the events
+        waiting for its target (``BIOMED_AUDIT_BUFFER`` of them).
         """
         # Models loaded at once: each entry of BIOMED_MODELS and canary version not among them, and while the store
         # is watched one more (a reload warms the new version up beside the old one, which drains before it goes).
@@ -51,5 +53,6 @@ class ServiceConfig(Settings):
         received = 3 * self.max_body_bytes + self.dicom_max_connections * DICOM_CONNECTION_BYTES \
             if self.dicom_port else 0  # instances the C-STORE receiver holds, and its connections
         messages = self.grpc_max_streams * self.max_upload_bytes if self.grpc_port else 0  # gRPC messages being read
+        audit = self.audit_buffer * AUDIT_MESSAGE_BYTES if self.audit else 0  # audit events waiting for the target
         return BASELINE_BYTES + 3 * self.max_body_bytes + self.max_decoding_bytes + n * 3 * self.max_queued_bytes \
-            + SLACK_BYTES + received + messages
+            + SLACK_BYTES + received + messages + audit

@@ -33,6 +33,7 @@ class Metrics:
     model_memory: Any
     model_requests: Any
     model_reloads: Any
+    audit_dropped: Any
 
 
 @functools.lru_cache(maxsize=1)
@@ -72,6 +73,9 @@ def metrics() -> Metrics:
                                  ["model", "version", "route"], buckets=LATENCY_BUCKETS),
         model_reloads=Counter("biomed_model_reloads_total", "model versions loaded, unloaded or failing to load while "
                               "serving (outcome: loaded, unloaded, failed)", ["model", "outcome"]),
+        audit_dropped=Counter("biomed_audit_dropped_total", f"audit messages lost ({env('audit')}): reason full (the "
+                              "buffer was full: the target slow or down), unreachable (not written before the worker "
+                              "stopped), error (a message that could not be made)", ["reason"]),
     )
 
 

@@ -18,11 +18,11 @@ def read_results(sr: Dataset) -> list[dict]:
     for group in document.content.get_image_measurement_groups():
         [image] = group.source_images
         frames = image.referenced_frame_numbers
-        [evaluation] = group.get_qualitative_evaluations()
+        assert not group.get_qualitative_evaluations()  # the predicted label is the group's Finding (TID 1501 row 3b)
         results.append({
             "sop_instance_uid": image.referenced_sop_instance_uid,
             "frame": (int(frames[0]) - 1) if frames else 0,
-            "label": evaluation.value.meaning,
+            "label": group.finding_type.meaning,
             "probabilities": {m.name.meaning.removeprefix("Probability of "): float(m.value)
                               for m in group.get_measurements()},
         })

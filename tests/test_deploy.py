@@ -67,7 +67,7 @@ HISTOGRAMS = {
 SAMPLES = {
     "biomed_predictions_total", "biomed_rejected_requests_total", "biomed_model_info",
     "biomed_gpu_required", "biomed_queue_rows", "biomed_model_memory_bytes", "biomed_model_reloads_total",
-    "biomed_dicom_forwarded_total",
+    "biomed_dicom_forwarded_total", "biomed_audit_dropped_total",
     "bentoml_service_request_total",
     "bentoml_service_request_in_progress", "bentoml_service_last_request_timestamp_seconds",
     "kube_deployment_status_replicas_available", "up",
@@ -545,7 +545,7 @@ def test_rules_cover_the_required_alerts() -> None:
     assert {
         "BiomedHigh5xxRate", "BiomedHigh4xxRate", "BiomedHighP99Latency", "BiomedBatchSaturated",
         "BiomedInferenceSlowdown", "BiomedGPUFallbackToCPU", "BiomedNoReadyPods", "BiomedHighQueueTime",
-        "BiomedModelLoadFailing",
+        "BiomedModelLoadFailing", "BiomedAuditMessagesDropped",
     } <= set(alerts)
     for name, rule in alerts.items():
         assert rule["labels"]["severity"] in {"critical", "warning", "info"}, name

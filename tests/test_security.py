@@ -68,8 +68,9 @@ def test_right_token_and_open_probes(client: TestClient) -> None:
 
 
 def test_guard_compares_in_constant_time() -> None:
-    source = (REPO / "service" / "admission.py").read_text()
-    assert "hmac.compare_digest(" in source and "== self._token" not in source
+    source = (REPO / "service" / "tokens.py").read_text()  # the admission's token check (service/admission.py)
+    assert "hmac.compare_digest(" in source and "== known" not in source and "== self.shared" not in source
+    assert "self.tokens.name_of(" in (REPO / "service" / "admission.py").read_text()
 
 
 def test_caps_are_413(client: TestClient) -> None:

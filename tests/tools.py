@@ -49,6 +49,14 @@ def require_tool(name: str, install: str, path: str | Path | None = None) -> str
     return str(found)
 
 
+def require_file(path: str | Path, install: str) -> Path:
+    """Return ``path`` (a data file a tool needs, e.g. a jar) or skip (fail under CI)."""
+    candidate = Path(path)
+    if not candidate.is_file():
+        _missing(str(candidate), install)
+    return candidate
+
+
 def require_module(name: str, install: str) -> ModuleType:
     """Import and return Python module ``name`` or skip (fail under CI)."""
     try:

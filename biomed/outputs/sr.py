@@ -1,13 +1,18 @@
 """Classification results as a DICOM Comprehensive 3D SR (TID 1500 Measurement Report), with highdicom.
 
-One SR per classified instance: one TID 1501 image-level measurement group per frame, holding
-the predicted label as a qualitative evaluation and every label's probability as a measurement
-(``1`` UCUM, no units), each concept coded in our private coding scheme ``99BIOMED`` (declared
-in the SR's Coding Scheme Identification Sequence). Each group references its source image
-(and frame, for multi-frame images) and identifies the algorithm (TID 4019: model name, version,
-the ONNX file's sha256). A regression model's group holds each value as a measurement in its
-UCUM unit (``Producer.output``), with no predicted label. The document is UNVERIFIED, its Content Qualification RESEARCH, and its
-series description says "research use only, not for diagnostic use".
+One SR per classified instance: one TID 1501 image-level measurement group per frame, whose
+Finding (DCM 121071, TID 1501 row 3b) is the predicted label and which holds every label's
+probability as a measurement (``1`` UCUM, no units), each concept coded in our private coding
+scheme ``99BIOMED`` (declared in the SR's Coding Scheme Identification Sequence). Each group
+references its source image (and frame, for multi-frame images) and identifies the algorithm
+(TID 4019: model name, version, parameters with the ONNX file's sha256; the manufacturer is the
+observer device's and the equipment's, not TID 4019's). A regression model's group holds each
+value as a measurement in its UCUM unit (``Producer.output``), its Finding "Image measurement".
+Every content item is one the 2022 templates name, so PixelMed's TID 1500 validator finds none
+"not in template" (docs/conformance.md: the change from SRs written before, which carried a
+"Predicted label" CODE and an "Algorithm Manufacturer" TEXT in each group). The document is
+UNVERIFIED, its Content Qualification RESEARCH, and its series description says "research use
+only, not for diagnostic use".
 
 The patient and study modules are copied from the source, so that a PACS files the SR with
 the study: the one place where the service hands patient data back (to the PACS it came from).
@@ -118,9 +123,7 @@ def _unit(ucum: str):  # type: ignore[no-untyped-def]
     return codes.UCUM.NoUnits if ucum == "1" else CodedConcept(value=ucum, meaning=ucum, scheme_designator="UCUM")
 
 
-PREDICTED_LABEL = ("PRED", "Predicted label")
-FINDING_TYPE = ("CLS", "Image classification")
-MEASURED_TYPE = ("REG", "Image measurement")
+MEASURED_TYPE = ("REG", "Image measurement")  # a regression model's Finding
 
 
 def _evidence(source: Dataset) -> Dataset:
@@ -178,8 +181,7 @@ def build_sr(source: Dataset, probs: np.ndarray, algorithm: Producer, identity: 
     frames = int(probs.shape[0])
     multi_frame = frames > 1 or int(source.get("NumberOfFrames", 1) or 1) > 1
     algo = hd.sr.AlgorithmIdentification(name=algorithm.name, version=algorithm.version,
-                                         parameters=[f"sha256 of the ONNX file: {algorithm.sha256}", NOTICE],
-                                         manufacturer=MANUFACTURER)
+                                         parameters=[f"sha256 of the ONNX file: {algorithm.sha256}", NOTICE])
     groups = []
     regression = algorithm.output.regression
     for frame, row in enumerate(np.asarray(probs, dtype=np.float64)):
@@ -187,12 +189,11 @@ def build_sr(source: Dataset, probs: np.ndarray, algorithm: Producer, identity: 
         if regression:
             measurements = [hd.sr.Measurement(name=value_code(label, i), value=float(v), unit=_unit(unit))
                             for i, (label, v, unit) in enumerate(zip(algorithm.labels, row, algorithm.output.units))]
-            evaluations = []
+            finding = _code(*MEASURED_TYPE)
         else:
             measurements = [hd.sr.Measurement(name=probability_code(label, i), value=float(p), unit=codes.UCUM.NoUnits)
                             for i, (label, p) in enumerate(zip(algorithm.labels, row))]
-            evaluations = [hd.sr.QualitativeEvaluation(name=_code(*PREDICTED_LABEL),
-                                                       value=label_code(algorithm.labels[best], best))]
+            finding = label_code(algorithm.labels[best], best)  # the predicted label
         image = hd.sr.SourceImageForMeasurementGroup(
             referenced_sop_class_uid=header.SOPClassUID, referenced_sop_instance_uid=header.SOPInstanceUID,
             referenced_frame_numbers=[frame + 1] if multi_frame else None)
@@ -200,8 +201,7 @@ def build_sr(source: Dataset, probs: np.ndarray, algorithm: Producer, identity: 
             tracking_identifier=hd.sr.TrackingIdentifier(
                 uid=uid("tracking", header.SOPInstanceUID, algorithm.name, algorithm.version, str(frame)),
                 identifier=f"{algorithm.name} frame {frame + 1}"),
-            finding_type=_code(*(MEASURED_TYPE if regression else FINDING_TYPE)), algorithm_id=algo,
-            measurements=measurements, qualitative_evaluations=evaluations or None, source_images=[image]))
+            finding_type=finding, algorithm_id=algo, measurements=measurements, source_images=[image]))
     device = hd.sr.DeviceObserverIdentifyingAttributes(
         uid=uid("device", algorithm.name, algorithm.version, algorithm.sha256), name=algorithm.name,
         manufacturer_name=MANUFACTURER, model_name=f"{algorithm.name} {algorithm.version}"[:64])

@@ -58,7 +58,7 @@ class Dicom:
                 raise StartupError(f"the SR spool {env('dicom_spool')} cannot be created ({type(err).__name__}: "
                                    f"{err.strerror})") from None
             self.forwarder = Forwarder(self.spool, destination.connector(config.dicom_destination, config.dicom_aet),
-                                       engine.metrics, config.dicom_retry_max_s)
+                                       engine.metrics, config.dicom_retry_max_s, config.dicom_destination)
             self.forwarder.start()
             log.info("result SRs go to the %s through the spool (%d waiting)",
                      destination.describe(config.dicom_destination), self.spool.depth())

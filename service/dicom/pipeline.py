@@ -61,6 +61,8 @@ from biomed.errors import InputError
 from biomed.outputs import Producer, sr
 from biomed.preprocess.dicom_read import is_uid
 from biomed.preprocess.upload import Upload
+from service import audit
+from service.audit.events import Subject
 
 if TYPE_CHECKING:
     from service.dicom.spool import Spool
@@ -110,13 +112,15 @@ def status_of(code: str) -> int:
 
 @dataclass
 class Outcome:
-    """What became of one instance: ``code`` is ``ok`` or the reason (module docstring); no patient data."""
+    """What became of one instance: ``code`` is ``ok`` or the reason (module docstring); no patient data but the
+    ``subject`` the audit trail writes."""
 
     code: str
     sop_class: str | None = None
     sop_instance: str | None = None
     detail: str = ""
     spooled: bool = False
+    subject: Subject | None = None  # the instance's study and patient, for the audit trail only (never logged)
 
     @property
     def status(self) -> int:
@@ -217,6 +221,7 @@ async def receive(handler: "ImageHandler", data: bytes, door: str, study: str | 
         header = await handler.in_thread(upload.dataset, handler.limits,
                                          small=len(upload.data) <= handler.config.small_upload_bytes)
         outcome.sop_class, outcome.sop_instance = (_uid_of(header, "SOPClassUID"), _uid_of(header, "SOPInstanceUID"))
+        outcome.subject = Subject.of(header) if audit.current().enabled else None
         check_header(header, study)
         probs, _ = await handler.classify(upload, door)  # decoded from the dataset parsed above
         header, identity = upload.header, upload.identity  # now without pixel data

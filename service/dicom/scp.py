@@ -50,6 +50,7 @@ from pydicom.dataset import Dataset
 
 from biomed.errors import Overloaded
 from biomed.settings import env
+from service import audit
 from service.admission import Admission
 from service.dicom import pipeline
 from service.dicom.gate import MAXIMUM_LENGTH, Gate, Handler, Temp
@@ -170,6 +171,7 @@ class Receiver:
         ae.add_supported_context(Verification)
         handlers = [(evt.EVT_C_STORE, self._store), (evt.EVT_PDU_RECV, self._count),
                     (evt.EVT_REJECTED, self._rejected)]
+        handlers += audit.current().dimse_handlers()  # the audit trail: refused AE titles, associations' ends
         self.server = ae.make_server((c.dicom_host, c.dicom_port), evt_handlers=handlers,
                                      server_class=_server_class(self.gate, self.temp), request_handler=Handler)
         thread = threading.Thread(target=self.server.serve_forever, name="dicom-scp", daemon=True)
@@ -256,6 +258,7 @@ class Receiver:
         finally:
             self.temp.done(str(event.dataset_path))  # pynetdicom removes the file once this returns
         status.Status = outcome.status
+        audit.current().dimse_stored(event, outcome)  # written per study when the association ends (service/audit)
         if not outcome.ok:
             status.ErrorComment = outcome.code[:64]
         return status

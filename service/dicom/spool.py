@@ -49,6 +49,7 @@ from typing import Any, Callable, Protocol
 
 from biomed.outputs.sr import Previous
 from biomed.preprocess.dicom_read import is_uid
+from service import audit
 
 log = logging.getLogger("biomed.dicom")
 SENT_KEEP_S = 7 * 24 * 3600
@@ -205,8 +206,10 @@ def _why(err: OSError) -> str:
 class Forwarder(threading.Thread):
     """Delivers the spool to the destination while this process holds the spool's lock (module docstring)."""
 
-    def __init__(self, spool: Spool, connect: Callable[[], Delivery], metrics: Any, retry_max_s: float) -> None:
+    def __init__(self, spool: Spool, connect: Callable[[], Delivery], metrics: Any, retry_max_s: float,
+                 destination: str = "") -> None:
         super().__init__(name="dicom-forwarder", daemon=True)
+        self.destination = destination  # BIOMED_DICOM_DESTINATION, for the audit trail
         self.spool = spool
         self.connect = connect
         self.metrics = metrics
@@ -287,6 +290,7 @@ class Forwarder(threading.Thread):
     def _deliver(self, pending: list[Path]) -> bool:
         """Send ``pending`` in order over one connection; False at the first failure that may pass."""
         delivery = None
+        sent: list = []  # what the destination confirmed, for the audit trail (service/audit)
         try:
             for done, path in enumerate(pending, start=1):
                 if self.stopping.is_set():
@@ -304,6 +308,7 @@ class Forwarder(threading.Thread):
                 if outcome == "delivered":
                     self._doing = "recording a delivery"
                     self._record(path)
+                    sent.append(audit.current().subject_of(data))
                 elif outcome == "rejected":
                     self._doing = "moving a refused SR to rejected/"
                     log.error("the destination refused an SR; it was moved to %s", self.spool.rejected)
@@ -316,6 +321,7 @@ class Forwarder(threading.Thread):
             if delivery is not None:
                 with contextlib.suppress(Exception):
                     delivery.close()
+            audit.current().results_sent(self.destination, sent)
 
     def _record(self, path: Path) -> None:
         """Record a confirmed delivery; when the spool cannot, never send that SR again from here (module docstring)."""

@@ -21,6 +21,7 @@ from biomed.preprocess.image import ImageSpec, Limits, load_image, load_presente
 from biomed.preprocess.upload import Upload
 from biomed.runtime import LoadedModel
 from biomed.settings import env
+from service import audit
 from service.handlers.base import Handler, Shared
 
 T = TypeVar("T")
@@ -89,6 +90,7 @@ class ImageHandler(Handler):
                 small = len(upload.data) <= self.config.small_upload_bytes
                 x, info = await self.in_thread(load_image, upload, self.spec, self.limits, small=small)
         self.metrics.preprocess_seconds.labels(kind=info.get("format", "image")).observe(time.perf_counter() - started)
+        audit.noted(upload.header)  # the request's audit event names the DICOM instance it read
         return np.ascontiguousarray(x, dtype=np.float32), info
 
     def results(self, probs: np.ndarray) -> list[dict]:
@@ -199,6 +201,7 @@ class ImageHandler(Handler):
             x, info, presented = await self.in_thread(load_presented, upload, self.spec, self.limits, frame,
                                                       small=small)
         self.metrics.preprocess_seconds.labels(kind=info.get("format", "image")).observe(time.perf_counter() - started)
+        audit.noted(upload.header)
         header = None
         if dicom_header:
             if info.get("format") != "dicom" or upload.header is None:

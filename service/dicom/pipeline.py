@@ -1,4 +1,5 @@
-"""One received DICOM instance, whichever door it came through: checked, classified, its SR spooled.
+"""One received DICOM instance, whichever door it came through: checked, classified, its SR spooled (or the
+instance stored in its group, whose one SR is made when the group closes: ``groups.py``).
 
 ``receive`` is shared by the C-STORE receiver (``scp.py``, called from its threads through the
 event loop) and STOW-RS (``service/doors/dicomweb.py``): the instance is parsed once, with the
@@ -13,12 +14,14 @@ transfer syntax, is a duplicate; a corrected one under the same SOP Instance UID
 naming the one before it (recorded in the spool). It never raises for bad input: it answers an ``Outcome`` with the DIMSE
 status / STOW-RS failure reason (the same codes for both doors):
 
-- ``ok``, 0x0000: classified (and its SR spooled, or already spooled or delivered);
+- ``ok``, 0x0000: classified (and its SR spooled, or already spooled or delivered; or, grouped, the
+  instance durably in its group, or already there);
 - ``too_large``, ``too_many_requests``, ``timeout``, ``spool_unavailable``, 0xA700 (out of
   resources): over a size cap, a shared budget full, the spool not writable;
 - ``not_an_image``, 0x0122: a SOP class that is not an image storage class (an SR, an RT Plan);
 - ``no_pixel_data``, ``missing_uids``, ``study_mismatch``, 0xA900: the dataset does not match its
-  SOP class, lacks its UIDs, or is not of the study named in the STOW-RS path;
+  SOP class, lacks its UIDs (grouped: its Series Instance UID too), or is not of the study named in
+  the STOW-RS path;
 - ``unsupported_transfer_syntax``, 0xC122: no decoder for its transfer syntax;
 - any other input error (``malformed_dicom``, ``bad_pixel_data``, ``unsupported_media_type``...),
   0xC000: cannot be understood;
@@ -61,8 +64,10 @@ from biomed.errors import InputError
 from biomed.outputs import Producer, sr
 from biomed.preprocess.dicom_read import is_uid
 from biomed.preprocess.upload import Upload
+from biomed.series import aggregate_of
 
 if TYPE_CHECKING:
+    from service.dicom.groups import Groups
     from service.dicom.spool import Spool
     from service.handlers.image import ImageHandler
 
@@ -151,11 +156,15 @@ def _uid_of(ds: Dataset, keyword: str) -> str | None:
     return value if is_uid(value) else None
 
 
-def check_header(ds: Dataset, study: str | None = None) -> tuple[str, str]:
-    """(SOP Class UID, SOP Instance UID) of an image instance of ``study`` (any when None); else ``Refused``."""
+def check_header(ds: Dataset, study: str | None = None, series: bool = False) -> tuple[str, str]:
+    """(SOP Class UID, SOP Instance UID) of an image instance of ``study`` (any when None), with a Series Instance
+    UID when ``series``; else ``Refused``."""
     sop_class, sop_instance = _uid_of(ds, "SOPClassUID"), _uid_of(ds, "SOPInstanceUID")
     if sop_class is None or sop_instance is None or _uid_of(ds, "StudyInstanceUID") is None:
         raise Refused("the instance lacks a valid SOP Class, SOP Instance or Study Instance UID", code="missing_uids")
+    if series and _uid_of(ds, "SeriesInstanceUID") is None:
+        raise Refused("the instance lacks a valid Series Instance UID (instances are grouped by series)",
+                      code="missing_uids")
     if sop_class not in _IMAGE_STORAGE:
         raise Refused("the instance is not of an image storage SOP class (an SR, RT or other non-image object)",
                       code="not_an_image")
@@ -207,9 +216,25 @@ def _build_and_spool(header: Dataset, probs: np.ndarray, algo: Producer, identit
     return True
 
 
+async def _durably(handler: "ImageHandler", header: Dataset, probs: np.ndarray, identity: str, data: bytes,
+                   spool: "Spool | None", groups: "Groups | None") -> bool:
+    """The instance's SR in the spool, or the instance in its group; False for a duplicate (``spool_unavailable``
+    when the spool cannot be written)."""
+    algo = producer(handler)
+    try:
+        if groups is not None:
+            how = aggregate_of(handler.config.series_aggregate, handler.semantics)
+            return bool(await _off_loop(groups.add, data, header, identity, probs, algo, how))
+        return bool(await _off_loop(_build_and_spool, header, probs, algo, identity, spool))
+    except OSError as err:
+        log.error("the spool could not be written (%s); the instance was refused with 0xA700", type(err).__name__)
+        raise InputError("the spool cannot be written", code="spool_unavailable") from None
+
+
 async def receive(handler: "ImageHandler", data: bytes, door: str, study: str | None = None,
-                  spool: "Spool | None" = None) -> Outcome:
-    """Check, classify and (with a spool) spool the SR of one instance; never raises for bad input."""
+                  spool: "Spool | None" = None, groups: "Groups | None" = None) -> Outcome:
+    """Check, classify and (with a spool) spool the SR of one instance, or with ``groups`` store it in its group
+    (``groups.py``: its SR is the group's); never raises for bad input."""
     outcome = Outcome("ok")
     try:
         upload = Upload(data, identify=True)
@@ -217,17 +242,12 @@ async def receive(handler: "ImageHandler", data: bytes, door: str, study: str | 
         header = await handler.in_thread(upload.dataset, handler.limits,
                                          small=len(upload.data) <= handler.config.small_upload_bytes)
         outcome.sop_class, outcome.sop_instance = (_uid_of(header, "SOPClassUID"), _uid_of(header, "SOPInstanceUID"))
-        check_header(header, study)
+        check_header(header, study, series=groups is not None)
         probs, _ = await handler.classify(upload, door)  # decoded from the dataset parsed above
-        header, identity = upload.header, upload.identity  # now without pixel data
+        header, identity, raw = upload.header, upload.identity, upload.data  # the header now without pixel data
         del upload
-        if spool is not None and identity is not None:
-            try:
-                outcome.spooled = await _off_loop(_build_and_spool, header, probs, producer(handler), identity, spool)
-            except OSError as err:
-                log.error("the SR spool could not be written (%s); the instance was refused with 0xA700",
-                          type(err).__name__)
-                raise InputError("the SR spool cannot be written", code="spool_unavailable") from None
+        if identity is not None and (groups is not None or spool is not None):
+            outcome.spooled = await _durably(handler, header, probs, identity, raw, spool, groups)
             if not outcome.spooled:
                 handler.metrics.dicom_forwarded.labels(outcome="duplicate").inc()
     except InputError as err:

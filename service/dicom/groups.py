@@ -8,10 +8,11 @@ whichever association, STOW-RS request, worker or pod brought them: it lives in 
 
 - ``groups/<key>/group.json``: the model version and how its instances combine (written once).
 - ``groups/<key>/<identity>.dcm``: an instance, named by its content identity
-  (``biomed.preprocess.identity``): written, fsynced and hard-linked into place, the group's
-  folder fsynced, all before the sender is answered; the link is the instance's commit, and the
-  same content sent again finds it there and counts once (``Groups.add`` answers False). Emptied
-  (not removed: its name still counts) once a result covers it.
+  (``biomed.preprocess.identity``): written and fsynced while it is classified (``stage``), then
+  hard-linked into place and the group's folder fsynced (``commit``), all before the sender is
+  answered; the link is the instance's commit, and the same content sent again finds it there and
+  counts once (``commit`` answers False). Emptied (not removed: its name still counts) once a
+  result covers it.
 - ``groups/<key>/<identity>.json``: its member record (UIDs, image library descriptors, model
   outputs: ``biomed.series.Member``), put in place before the ``.dcm`` is linked, not fsynced:
   after a crash a missing or torn record is made again from the ``.dcm`` (``reclassify``).
@@ -39,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import json
 import logging
 import os
@@ -65,6 +67,7 @@ log = logging.getLogger("biomed.dicom")
 KEEP_S = 7 * 24 * 3600  # groups untouched this long are forgotten
 POLL_S = 0.25  # how often a closer looks at the open groups
 RETRY_S = 30.0  # a group whose closing failed is looked at again after this long
+_STAGED = itertools.count()  # staged files of this process (with its pid and thread in the name)
 Reclassify = Callable[[str, str, bytes], "np.ndarray | None"]  # (model, version, file) -> outputs, or None
 
 
@@ -131,30 +134,41 @@ class Groups:
         fsync_dir(self.root)
         return folder
 
-    def add(self, data: bytes, header: Dataset, identity: str, values: np.ndarray, algo: Producer, how: str) -> bool:
-        """Store one classified instance durably in its group; False when the group has this content already."""
-        if not is_uid(str(header.get("SeriesInstanceUID", "") or "")):
-            raise ValueError("an instance without a Series Instance UID joins no series")
-        member = Member.of(header, identity, values)
-        key = group_key(member, self.policy.by, algo.name, algo.version)
-        folder = self._group(key, algo, how)
-        final = folder / f"{identity}.dcm"
-        if final.exists():
-            return False
-        record = self._tmp(f"{identity}.json")
-        _write(record, json.dumps(member.to_dict()).encode(), sync=False)  # a cache of the .dcm: made again if lost
-        os.replace(record, folder / f"{identity}.json")
-        tmp = self._tmp(f"{identity}.dcm")
+    def stage(self, data: bytes) -> Path:
+        """An instance's file written and fsynced under a temporary name, while it is classified (``commit``)."""
+        tmp = self._tmp(f"staged.{next(_STAGED)}.dcm")
         _write(tmp, data, sync=True)
+        return tmp
+
+    def commit(self, staged: Path, header: Dataset, identity: str, values: np.ndarray, algo: Producer,
+               how: str) -> bool:
+        """Put a ``stage``d instance in its group durably (the staged file is gone after); False when the group has
+        this content already."""
         try:
-            os.link(tmp, final)  # the commit; refuses a second copy of the same content
-        except FileExistsError:
-            return False
+            if not is_uid(str(header.get("SeriesInstanceUID", "") or "")):
+                raise ValueError("an instance without a Series Instance UID joins no series")
+            member = Member.of(header, identity, values)
+            key = group_key(member, self.policy.by, algo.name, algo.version)
+            folder = self._group(key, algo, how)
+            final = folder / f"{identity}.dcm"
+            if final.exists():
+                return False
+            record = self._tmp(f"{identity}.json")
+            _write(record, json.dumps(member.to_dict()).encode(), sync=False)  # a cache of the .dcm: made again if lost
+            os.replace(record, folder / f"{identity}.json")
+            try:
+                os.link(staged, final)  # the commit; refuses a second copy of the same content
+            except FileExistsError:
+                return False
         finally:
-            tmp.unlink(missing_ok=True)
+            staged.unlink(missing_ok=True)
         (self.open / key).touch()  # the last arrival (recreated from the instances' times after a crash)
         fsync_dir(folder)
         return True
+
+    def add(self, data: bytes, header: Dataset, identity: str, values: np.ndarray, algo: Producer, how: str) -> bool:
+        """Store one classified instance durably in its group (``stage`` then ``commit``); False for a duplicate."""
+        return self.commit(self.stage(data), header, identity, values, algo, how)
 
     # --- the closer's side ---------------------------------------------------------------------------------------
 

@@ -281,6 +281,10 @@ def test_max_instances_closes_a_group_at_once(tmp_path: Path) -> None:
     store.add(STUDY, series, 3)
     store.sweep()
     assert [len(library(d)) for d in store.srs()] == [4]
+    store.add(STUDY, series, 4)  # past the cap: a part of its own, naming none (a result covers at most the cap)
+    store.sweep(later=3)
+    [part] = [d for d in store.srs() if d.InstanceNumber == 2]
+    assert len(library(part)) == 1 and "PredecessorDocumentsSequence" not in part
 
 
 def test_a_restart_resumes_the_quiet_period_and_remakes_lost_records(tmp_path: Path) -> None:

@@ -17,8 +17,9 @@ whichever association, STOW-RS request, worker or pod brought them: it lives in 
   outputs: ``biomed.series.Member``), put in place before the ``.dcm`` is linked, not fsynced:
   after a crash a missing or torn record is made again from the ``.dcm`` (``reclassify``).
 - ``groups/<key>/result-<n>.json``: the group's n-th result: every member it covers (those of
-  result n-1 and the instances since), the header its SR copies the patient and study from, its
-  SR's UID and the previous one's. Written and fsynced, then hard-linked into place: the link is
+  result n-1 and the instances since, at most ``BIOMED_DICOM_GROUP_MAX_INSTANCES``), the header
+  its SR copies the patient and study from, its SR's UID and the previous one's, and the content
+  identities of every instance a result of the group has covered so far. Written and fsynced, then hard-linked into place: the link is
   the claim, so one process makes each result, however many closers look.
 - ``open/<key>``: present while the group has instances that no result covers; its mtime is the
   last arrival. A restart recreates missing ones from the instances' own times.
@@ -31,7 +32,8 @@ restart resumes it), or at once when ``BIOMED_DICOM_GROUP_MAX_INSTANCES`` instan
 closer claims the next result, builds its SR (``biomed.outputs.series_sr``), spools it for the
 forwarder, and empties the instances' files. An instance that arrives after a result makes the
 next one, whose SR covers the whole group and names the previous SR (Predecessor Documents
-Sequence). A result claimed but never spooled (a crash between the two) is spooled by the next
+Sequence); in a series larger than the cap, the next result is a part of its own (the instances
+since, naming none), so a result never covers more than the cap: what bounds a closer's memory. A result claimed but never spooled (a crash between the two) is spooled by the next
 closer that looks. Groups untouched for 7 days are forgotten. Nothing here logs a UID or any
 content of an instance: counts, steps and outcomes only.
 """
@@ -251,7 +253,7 @@ class Groups:
                 continue
             with contextlib.suppress(OSError, ValueError):
                 _, latest = self.latest(folder.name)
-                covered = {m["identity"] for m in latest["members"]} if latest else set()
+                covered = set(latest["covered"]) if latest else set()
                 waiting = [t for i, t in self.instances(folder.name).items() if i not in covered]
                 if waiting:
                     marker = self.open / folder.name
@@ -335,7 +337,7 @@ class Closer(threading.Thread):
         seen = self._seen.get(key)
         if seen is None or seen[0] != last:
             _, latest = self.groups.latest(key)
-            covered = {m["identity"] for m in latest["members"]} if latest else set()
+            covered = set(latest["covered"]) if latest else set()
             seen = (last, sum(1 for i in self.groups.instances(key) if i not in covered))
             self._seen[key] = seen
         return seen[1] >= self.policy.max_instances
@@ -357,28 +359,31 @@ class Closer(threading.Thread):
         n, latest = self.groups.latest(key)
         if latest is not None and not self.spool.is_known(latest["sr"]):
             self._spool(key, latest)  # claimed, then a crash before its SR reached the spool
-        covered = {m["identity"] for m in latest["members"]} if latest else set()
-        waiting = {i for i in self.groups.instances(key) if i not in covered}
-        if not waiting:
+        covered = set(latest["covered"]) if latest else set()
+        arrived = {i: t for i, t in self.groups.instances(key).items() if i not in covered}
+        if not arrived:
             self.groups.settle(key, covered)
             return None
         group = self.groups.read_group(key)
         algo = _producer_of(group)
-        new = self._members(key, sorted(waiting), algo)
+        limit = self.policy.max_instances
+        new = self._members(key, sorted(arrived, key=lambda i: (arrived[i], i))[:limit], algo)
         if not new:
             raise RuntimeError("no instance of the group could be read")
         header = self.groups.header(key, new[0].identity)
         if header is None:
             raise RuntimeError("the group's newest instance cannot be read")
-        members = [Member.from_dict(m) for m in latest["members"]] + new if latest else new
-        ids = [m.identity for m in members]
+        prior = [Member.from_dict(m) for m in latest["members"]] if latest else []
+        whole = len(prior) + len(new) <= limit  # else a new part of a series larger than the cap: its own SR
+        members = prior + new if whole else new
+        done = {m.identity for m in new}
         record = {"n": n + 1, "members": [m.to_dict() for m in members], "header": header.to_json_dict(),
-                  "sr": series_sr_uid(key, ids, algo), "previous": latest["sr"] if latest else None, "last": last,
-                  "group": group}
+                  "sr": series_sr_uid(key, [m.identity for m in members], algo),
+                  "previous": latest["sr"] if latest and whole else None, "last": last, "group": group,
+                  "covered": sorted(covered | done)}
         if not self.groups.claim(key, n + 1, record):
             return None
         self._spool(key, record)
-        done = {m.identity for m in new}
         self.groups.empty(key, done)
         self.groups.settle(key, covered | done)
         return len(members), n + 1

@@ -2,8 +2,9 @@
 
 The body is ``multipart/form-data``, read part by part from the connection like STOW-RS (the guard
 does not buffer this route: its cap is ``BIOMED_MAX_SERIES_MB``); each ``file`` part is held in
-memory up to ``BIOMED_MAX_UPLOAD_MB`` and classified as it arrives (up to ``WINDOW`` at once, so the
-batcher sees several), then dropped: what stays is its model outputs and UIDs. A ``model`` field,
+memory up to ``BIOMED_MAX_UPLOAD_MB``, classified, and dropped before the next is read (one part at a
+time, as STOW-RS: what the guard counts in the body budget is what is held): what stays is its model
+outputs and UIDs. A ``model`` field,
 before the first file, or the ``model`` query parameter picks the model. The series is combined as
 the DICOM doors' groups are (``biomed.series``, through ``ImageHandler.series_result``), so the same
 instances give the same result ≤ 1e-6 whichever way they came.
@@ -17,7 +18,6 @@ patient (``series_mismatch``), or any error of ``/predict_image`` (named with th
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from starlette.requests import Request
@@ -30,7 +30,6 @@ from service.doors.http_io import media_type
 from service.engine import Engine
 from service.handlers import Handler
 
-WINDOW = 4  # files classified at once while the next ones arrive
 MAX_FIELD_BYTES = 1024  # a text field (model)
 
 
@@ -40,13 +39,6 @@ def _field(part: multipart.Part) -> str:
     if disposition.split(";")[0].strip().lower() != "form-data":
         raise MalformedInput("a part of the multipart/form-data body has no 'Content-Disposition: form-data' header")
     return multipart.parameters(disposition).get("name", "")
-
-
-async def _collect(pending: list[tuple[int, asyncio.Task]], collected: Collected, down_to: int) -> None:
-    """Wait for the oldest files until at most ``down_to`` are in flight; their members into ``collected``."""
-    while len(pending) > down_to:
-        element, task = pending.pop(0)
-        collected.add(await task, element)
 
 
 async def predict_series(request: Request, engine: Engine) -> dict:
@@ -59,37 +51,28 @@ async def predict_series(request: Request, engine: Engine) -> dict:
     model: Any = request.query_params.get("model")
     handler: Handler | None = None
     collected = Collected()
-    pending: list[tuple[int, asyncio.Task]] = []
     files = 0
-    try:
-        async for part in multipart.parts(request.stream(), boundary, c.max_upload_bytes):
-            name = _field(part)
-            if name == "model":
-                if handler is not None or part.too_large or part.size > MAX_FIELD_BYTES:
-                    raise MalformedInput("the 'model' field goes before the first file, and holds a model's name")
-                model = part.data.decode("utf-8", "replace").strip() or None
-                continue
-            if name != "file":
-                raise MalformedInput(f"field {name[:40]!r} is not taken here; send 'file' fields (one DICOM instance "
-                                     "each) and, before them, an optional 'model'")
-            if part.too_large:
-                raise TooLarge(f"file element {files} is over the {c.max_upload_bytes / 2**20:g} MB limit of one file "
-                               f"({env('max_upload_bytes')})")
-            if files >= c.dicom_group_max_instances:
-                raise TooLarge(f"the body holds more than {c.dicom_group_max_instances} files; a series is at most "
-                               f"that many instances ({env('dicom_group_max_instances')})")
-            handler = handler or engine.pick(model, "predict_series")
-            data, part.data = part.data, b""
-            pending.append((files, asyncio.ensure_future(handler.series_member(data, files))))
-            del data
-            files += 1
-            await _collect(pending, collected, WINDOW - 1)
-        await _collect(pending, collected, 0)
-    finally:
-        for _, task in pending:  # an error ends the request: the files still in flight are not needed
-            task.cancel()
-            if task.done() and not task.cancelled():
-                task.exception()  # retrieved: not logged as never retrieved
+    async for part in multipart.parts(request.stream(), boundary, c.max_upload_bytes):
+        name = _field(part)
+        if name == "model":
+            if handler is not None or part.too_large or part.size > MAX_FIELD_BYTES:
+                raise MalformedInput("the 'model' field goes before the first file, and holds a model's name")
+            model = part.data.decode("utf-8", "replace").strip() or None
+            continue
+        if name != "file":
+            raise MalformedInput(f"field {name[:40]!r} is not taken here; send 'file' fields (one DICOM instance "
+                                 "each) and, before them, an optional 'model'")
+        if part.too_large:
+            raise TooLarge(f"file element {files} is over the {c.max_upload_bytes / 2**20:g} MB limit of one file "
+                           f"({env('max_upload_bytes')})")
+        if files >= c.dicom_group_max_instances:
+            raise TooLarge(f"the body holds more than {c.dicom_group_max_instances} files; a series is at most "
+                           f"that many instances ({env('dicom_group_max_instances')})")
+        handler = handler or engine.pick(model, "predict_series")
+        data, part.data = part.data, b""
+        collected.add(await handler.series_member(data, files), files)
+        del data
+        files += 1
     if handler is None:
         raise MalformedInput("the request holds no 'file' field: send the instances of one series", code="missing_file")
     return handler.series_answer(handler.series_result(collected))

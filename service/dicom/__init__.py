@@ -5,7 +5,8 @@
 - ``pipeline.py``: what both do with an instance: parse once, check, classify (the image handler), spool its SR
   (``biomed/outputs/sr.py``: the TID 1500 Comprehensive 3D SR of one classified instance).
 - ``groups.py``: with ``BIOMED_DICOM_GROUP_BY`` = ``series`` or ``study`` (not ``instance``), the
-  instances in their groups in the spool, and the closer that makes one SR per group.
+  instances in their groups in the spool; ``closer.py``: each worker's thread that makes one SR per
+  group once it is quiet.
 - ``spool.py``: the durable spool and its forwarder; ``destination.py``: STOW-RS or C-STORE to the PACS, for any
   DICOM object the spool holds.
 
@@ -26,7 +27,8 @@ from biomed.settings import env
 if TYPE_CHECKING:
     import numpy as np
 
-    from service.dicom.groups import Closer, Groups
+    from service.dicom.closer import Closer
+    from service.dicom.groups import Groups
     from service.dicom.scp import Receiver
     from service.dicom.spool import Forwarder, Spool
     from service.engine import Engine
@@ -88,8 +90,9 @@ class Dicom:
                 log.warning(f"{env('dicom_destination')} is not set: instances are classified but no SR goes out")
 
     def _group(self, engine: "Engine") -> None:
-        """Instances into their groups in the spool, and this worker's closer (``groups.py``)."""
-        from service.dicom.groups import Closer, Groups, Policy
+        """Instances into their groups in the spool, and this worker's closer (``groups.py``, ``closer.py``)."""
+        from service.dicom.closer import Closer
+        from service.dicom.groups import Groups, Policy
 
         c = self.config
         policy = Policy(c.dicom_group_by, c.dicom_group_timeout_s, c.dicom_group_max_instances, c.sr_per_instance)

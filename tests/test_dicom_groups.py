@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -327,9 +328,15 @@ def test_a_result_claimed_but_never_spooled_is_spooled_by_the_next_closer(tmp_pa
     monkeypatch.setattr(store.spool, "put", crash)
     with pytest.raises(OSError):
         store.closer.close(key, time.time() - 5)
-    assert (tmp_path / "groups" / key / "result-000001.json").exists() and store.spool.pending() == []
+    claim = tmp_path / "groups" / key / "result-000001.json"
+    assert claim.exists() and store.spool.pending() == []
     monkeypatch.undo()
+    (store.groups.open / key).unlink()  # and the crash lost the group's marker too
     other = Store(tmp_path)
+    assert other.groups.recover() == 1  # reopened: its result is not in the spool
+    other.sweep(later=3)
+    assert store.spool.pending() == []  # a fresh claim is its closer's, still at work
+    os.utime(claim, (time.time() - 120, time.time() - 120))  # a claim a minute old lost its closer
     other.sweep(later=3)
     [doc] = other.srs()
     assert len(library(doc)) == 2 and other.groups.keys() == []

@@ -10,7 +10,7 @@ Sequence); in a series larger than the cap, the next result is a part of its own
 since, naming none), so a result never covers more than the cap: what bounds a closer's memory.
 Each result is claimed by a hard link (``Groups.claim``), so however many closers look, in however
 many workers and pods, one makes it. A result claimed but never spooled (a crash between the two)
-is spooled by the next closer that looks; an instance whose record a crash lost is classified
+is spooled by the next closer that looks once the claim is a minute old; an instance whose record a crash lost is classified
 again from its file (``reclassify``). Nothing here logs a UID or any content of an instance:
 counts, steps and outcomes only.
 """
@@ -37,6 +37,7 @@ from service.dicom.groups import Groups, producer_of
 log = logging.getLogger("biomed.dicom")
 POLL_S = 0.25  # how often a closer looks at the open groups
 RETRY_S = 30.0  # a group whose closing failed is looked at again after this long
+ORPHAN_S = 60.0  # a result claimed this long ago whose SR is not in the spool lost its closer (a crash)
 Reclassify = Callable[[str, str, bytes], "np.ndarray | None"]  # (model, version, file) -> outputs, or None
 
 
@@ -126,6 +127,8 @@ class Closer(threading.Thread):
         nothing to do or another process did it."""
         n, latest = self.groups.latest(key)
         if latest is not None and not self.spool.is_known(latest["sr"]):
+            if self.groups.claimed_s(key, n) <= ORPHAN_S:
+                return None  # its closer is at work (it settles the group)
             self._spool(key, latest)  # claimed, then a crash before its SR reached the spool
         covered = set(latest["covered"]) if latest else set()
         arrived = {i: t for i, t in self.groups.instances(key).items() if i not in covered}

@@ -186,6 +186,13 @@ class Groups:
         n = self.results(key)
         return (n, json.loads((self.root / key / f"result-{n:06d}.json").read_text())) if n else (0, None)
 
+    def claimed_s(self, key: str, n: int) -> float:
+        """How long ago result ``n`` of the group was claimed (0 when it cannot be told)."""
+        try:
+            return time.time() - (self.root / key / f"result-{n:06d}.json").stat().st_mtime
+        except OSError:
+            return 0.0
+
     def member(self, key: str, identity: str) -> Member | None:
         """The instance's member record, None when missing or torn (a crash before it reached the disk)."""
         try:
@@ -234,7 +241,8 @@ class Groups:
                 os.truncate(self.root / key / f"{identity}.dcm", 0)
 
     def recover(self) -> int:
-        """At start-up: reopen each group with instances no result covers whose marker a crash lost; returns how many."""
+        """At start-up: reopen each group whose marker a crash lost, with instances no result covers or a result not
+        yet in the spool; returns how many."""
         reopened = 0
         for folder in self.root.iterdir():
             if not is_uid(folder.name) or (self.open / folder.name).exists():
@@ -243,6 +251,8 @@ class Groups:
                 _, latest = self.latest(folder.name)
                 covered = set(latest["covered"]) if latest else set()
                 waiting = [t for i, t in self.instances(folder.name).items() if i not in covered]
+                if latest is not None and not self.spool.is_known(latest["sr"]):
+                    waiting.append(float(latest["last"]))
                 if waiting:
                     marker = self.open / folder.name
                     marker.touch()

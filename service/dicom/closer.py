@@ -10,9 +10,9 @@ Sequence); in a series larger than the cap, the next result is a part of its own
 since, naming none), so a result never covers more than the cap: what bounds a closer's memory.
 Each result is claimed by a hard link (``Groups.claim``), so however many closers look, in however
 many workers and pods, one makes it. A result claimed but never spooled (a crash between the two)
-is spooled by the next closer that looks once the claim is a minute old; an instance whose record a crash lost is classified
-again from its file (``reclassify``). Nothing here logs a UID or any content of an instance:
-counts, steps and outcomes only.
+is spooled by the next closer that looks once the claim is a minute old; an instance whose record
+a crash lost is classified again from its file (``reclassify``). Nothing here logs a UID or any
+content of an instance: counts, steps and outcomes only.
 """
 
 from __future__ import annotations
@@ -126,7 +126,7 @@ class Closer(threading.Thread):
         """Make the group's next result and spool its SR; (instances, result number), or None when there was
         nothing to do or another process did it."""
         n, latest = self.groups.latest(key)
-        if latest is not None and not self.spool.is_known(latest["sr"]):
+        if latest is not None and not self.groups.spooled(key, n) and not self.spool.is_known(latest["sr"]):
             if self.groups.claimed_s(key, n) <= ORPHAN_S:
                 return None  # its closer is at work (it settles the group)
             self._spool(key, latest)  # claimed, then a crash before its SR reached the spool
@@ -143,7 +143,7 @@ class Closer(threading.Thread):
             raise RuntimeError("no instance of the group could be read")
         header = self.groups.header(key, new[0].identity)
         if header is None:
-            raise RuntimeError("the group's newest instance cannot be read")
+            raise RuntimeError("the file of an instance waiting in the group cannot be read")
         prior = [Member.from_dict(m) for m in latest["members"]] if latest else []
         whole = len(prior) + len(new) <= limit  # else a new part of a series larger than the cap: its own SR
         members = prior + new if whole else new
@@ -198,6 +198,7 @@ class Closer(threading.Thread):
         sr = build_series_sr(header, result, algo, key, previous,
                              self.policy.per_instance, note, instance_number=int(record["n"]))
         self.spool.put(record["sr"], sr_bytes(sr), arrived=float(record["last"]))
+        self.groups.mark_spooled(key, int(record["n"]))
         self.metrics.dicom_group_instances.observe(len(members))
 
 

@@ -16,10 +16,11 @@ whichever association, STOW-RS request, worker or pod brought them: it lives in 
 - ``groups/<key>/<identity>.json``: its member record (UIDs, image library descriptors, model
   outputs: ``biomed.series.Member``), put in place before the ``.dcm`` is linked, not fsynced:
   after a crash a missing or torn record is made again from the ``.dcm`` (``reclassify``).
-- ``groups/<key>/result-<n>.json``: the group's n-th result: every member it covers (those of
-  result n-1 and the instances since, at most ``BIOMED_DICOM_GROUP_MAX_INSTANCES``), the header
-  its SR copies the patient and study from, its SR's UID and the previous one's, and the content
-  identities of every instance a result of the group has covered so far. Written and fsynced, then hard-linked into place: the link is
+- ``groups/<key>/result-<n>.json``: the group's n-th result (``result-<n>.spooled`` once its SR
+  is in the spool): every member it covers (those of result n-1 and the instances since, at most
+  ``BIOMED_DICOM_GROUP_MAX_INSTANCES``), the header its SR copies the patient and study from, its
+  SR's UID and the previous one's, and the content identities of every instance a result of the
+  group has covered so far. Written and fsynced, then hard-linked into place: the link is
   the claim, so one process makes each result, however many closers look.
 - ``open/<key>``: present while the group has instances that no result covers; its mtime is the
   last arrival. A restart recreates missing ones from the instances' own times.
@@ -186,6 +187,15 @@ class Groups:
         n = self.results(key)
         return (n, json.loads((self.root / key / f"result-{n:06d}.json").read_text())) if n else (0, None)
 
+    def spooled(self, key: str, n: int) -> bool:
+        """Whether result ``n``'s SR is known to have reached the spool (``mark_spooled``)."""
+        return (self.root / key / f"result-{n:06d}.spooled").exists()
+
+    def mark_spooled(self, key: str, n: int) -> None:
+        """Result ``n``'s SR is in the spool (not fsynced: lost, the spool itself is asked)."""
+        with contextlib.suppress(OSError):
+            (self.root / key / f"result-{n:06d}.spooled").touch()
+
     def claimed_s(self, key: str, n: int) -> float:
         """How long ago result ``n`` of the group was claimed (0 when it cannot be told)."""
         try:
@@ -248,10 +258,10 @@ class Groups:
             if not is_uid(folder.name) or (self.open / folder.name).exists():
                 continue
             with contextlib.suppress(OSError, ValueError):
-                _, latest = self.latest(folder.name)
+                n, latest = self.latest(folder.name)
                 covered = set(latest["covered"]) if latest else set()
                 waiting = [t for i, t in self.instances(folder.name).items() if i not in covered]
-                if latest is not None and not self.spool.is_known(latest["sr"]):
+                if latest is not None and not self.spooled(folder.name, n) and not self.spool.is_known(latest["sr"]):
                     waiting.append(float(latest["last"]))
                 if waiting:
                     marker = self.open / folder.name

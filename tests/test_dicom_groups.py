@@ -11,7 +11,6 @@ import hashlib
 import io
 import logging
 import os
-import subprocess
 import time
 from pathlib import Path
 from typing import Iterator
@@ -32,9 +31,9 @@ from service.dicom.spool import Spool
 from service.metrics import metrics
 
 try:
-    from tests.tools import require_tool
+    from tests.sr_reader import comments, dciodvfy_errors, library, series_groups
 except ImportError:  # tests/ is not a package: pytest puts it on sys.path
-    from tools import require_tool
+    from sr_reader import comments, dciodvfy_errors, library, series_groups
 
 ALGO = Producer("demo-image", "20250101-000000-abcdef01", "ab" * 32, ("cavity", "nodule", "normal"))
 REGRESSION = Producer("demo-age", "1", "cd" * 32, ("age", "volume"), output=Semantics("values", "none", ("a", "mL"),
@@ -95,52 +94,6 @@ def test_group_keys_follow_series_study_patient_and_model_version() -> None:
 
 
 # ---------------------------------------------------------------------------------------------- the series SR
-
-
-def dciodvfy_errors(data: bytes, tmp_path: Path) -> list[str]:
-    """dicom3tools' dciodvfy over an SR: its error lines (warnings are not errors)."""
-    tool = require_tool("dciodvfy", "apt-get install dicom3tools")
-    path = tmp_path / f"{hashlib.sha1(data).hexdigest()}.dcm"
-    path.write_bytes(data)
-    out = subprocess.run([tool, str(path)], capture_output=True, text=True, timeout=60)
-    return [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("Error")]
-
-
-def library(ds: Dataset) -> list[tuple[str, str, dict[str, object]]]:
-    """The image library's entries: (SOP Class UID, SOP Instance UID, {descriptor meaning: value})."""
-    [lib] = [i for i in ds.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "111028"]
-    entries = []
-    for group in lib.ContentSequence:
-        for item in group.ContentSequence:
-            if item.ValueType != "IMAGE":
-                continue
-            ref = item.ReferencedSOPSequence[0]
-            descriptors = {d.ConceptNameCodeSequence[0].CodeMeaning: (d.ConceptCodeSequence[0].CodeValue
-                           if d.ValueType == "CODE" else int(d.MeasuredValueSequence[0].NumericValue))
-                           for d in item.ContentSequence}
-            entries.append((str(ref.ReferencedSOPClassUID), str(ref.ReferencedSOPInstanceUID), descriptors))
-    return entries
-
-
-def series_groups(ds: Dataset) -> list[dict]:
-    """Each measurement group of an SR: its source instance (and frame), predicted label and values."""
-    import highdicom as hd
-
-    out = []
-    for group in hd.sr.Comprehensive3DSR.from_dataset(ds).content.get_image_measurement_groups():
-        [image] = group.source_images
-        evaluations = group.get_qualitative_evaluations()
-        out.append({"sop_instance_uid": image.referenced_sop_instance_uid,
-                    "frames": list(image.referenced_frame_numbers or []),
-                    "label": evaluations[0].value.meaning if evaluations else None,
-                    "values": {m.name.meaning.removeprefix("Probability of "): float(m.value)
-                               for m in group.get_measurements()}})
-    return out
-
-
-def comments(ds: Dataset) -> list[str]:
-    return [str(i.TextValue) for i in ds.ContentSequence if i.ValueType == "TEXT"
-            and i.ConceptNameCodeSequence[0].CodeValue == "121106"]
 
 
 @pytest.mark.parametrize("per_instance", [False, True])

@@ -27,12 +27,12 @@ from pydicom.uid import generate_uid
 try:
     from tests import live_server
     from tests.orthanc import Orthanc
-    from tests.test_dicom_groups import comments, dciodvfy_errors, library, series_groups
+    from tests.sr_reader import comments, dciodvfy_errors, library, series_groups
     from tests.tools import require_tool
 except ImportError:  # tests/ is not a package: pytest puts it on sys.path
     import live_server
     from orthanc import Orthanc
-    from test_dicom_groups import comments, dciodvfy_errors, library, series_groups
+    from sr_reader import comments, dciodvfy_errors, library, series_groups
     from tools import require_tool
 
 pytestmark = pytest.mark.slow

@@ -190,6 +190,32 @@ def as_canary(value: str) -> tuple[tuple[str, str, float], ...]:
     return tuple(out)
 
 
+def as_choice(*choices: str) -> Callable[[str], str]:
+    """One of ``choices``, compared in lower case; an empty text is the first."""
+
+    def read(value: str) -> str:
+        value = value.strip().lower()
+        if value not in choices:
+            raise ValueError(f"is not one of: {', '.join(c or 'empty' for c in choices)}")
+        return value
+
+    return read
+
+
+def as_positive(value: str) -> float:
+    x = as_float(value)
+    if not x > 0:
+        raise ValueError("must be a positive number")
+    return x
+
+
+def as_count(value: str) -> int:
+    x = as_int(value)
+    if x < 1:
+        raise ValueError("must be at least 1")
+    return x
+
+
 def _spool_default(env: Mapping[str, str]) -> str:
     return os.path.join(env.get("BENTOML_HOME") or os.path.expanduser("~/bentoml"), "dicom-spool")
 
@@ -374,6 +400,28 @@ class Settings:
     dicom_spool: str = setting(
         "BIOMED_DICOM_SPOOL", "", "the durable spool of SRs on their way to the destination (created if missing; keep it "
         "on persistent storage)", as_text, shown="`$BENTOML_HOME/dicom-spool`", computed=_spool_default)
+    dicom_group_by: str = setting(
+        "BIOMED_DICOM_GROUP_BY", "series", "how instances received over C-STORE and STOW-RS are [grouped into one "
+        "result](#one-result-per-series): `series` (one SR per series), `study` (one per study) or `instance` (one SR per "
+        "instance, as they arrive). Groups live in the spool, shared by the workers and the pods that share it",
+        as_choice("series", "study", "instance"))
+    dicom_group_timeout_s: float = setting(
+        "BIOMED_DICOM_GROUP_TIMEOUT_S", "10", "seconds without a new instance after which a group is closed and its SR "
+        "made (the quiet period; it resumes after a restart)", as_positive)
+    dicom_group_max_instances: int = setting(
+        "BIOMED_DICOM_GROUP_MAX_INSTANCES", "2000", "a group holding this many instances not yet in a result is closed at "
+        "once; the next instances of the series make a new SR naming that one", as_count)
+    series_aggregate: str = setting(
+        "BIOMED_SERIES_AGGREGATE", "", "how the instances' results make the series' one: `max` (any slice shows it) or "
+        "`mean`, for probabilities and regression values alike. Empty: the model's `output.aggregate` metadata (`max` "
+        "for probabilities, `mean` for values when it has none)", as_choice("", "max", "mean"),
+        shown="empty (the model's)")
+    sr_per_instance: bool = setting(
+        "BIOMED_SR_PER_INSTANCE", "0", "on: a series SR also holds one measurement group per instance and frame (the "
+        "instance SR's groups) after the series' own", as_flag, shown="off")
+    max_series_bytes: int = setting(
+        "BIOMED_MAX_SERIES_MB", "1024", "the cap on one [`/predict_series`](#post-predict_series) body (a series, read part "
+        "by part; each part within `BIOMED_MAX_UPLOAD_MB`); past it, 413", as_mb)
     dicom_retry_max_s: float = setting(
         "BIOMED_DICOM_RETRY_MAX_S", "300", "the longest wait between delivery attempts; waits double from 1 s up to it "
         "while the destination fails", as_float)

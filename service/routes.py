@@ -17,7 +17,7 @@ from pydantic import BaseModel
 
 from biomed.settings import env
 from service import schemas
-from service.doors import admin, dicomweb, native, page, v2
+from service.doors import admin, dicomweb, native, page, series, v2
 from service.protocol import errors
 
 ERRORS_JSON = (400, 401, 404, 413, 415, 422)
@@ -34,7 +34,7 @@ class Route:
     endpoint: Callable[..., Any] | None = None  # the door's function; None: served by BentoML
     wrap: Callable[[str, Callable[..., Any]], Callable[..., Any]] | None = None  # the door's error handling
     open: bool = False  # served without the bearer token
-    body: str | None = None  # "json" | "upload" | "dicom" (multipart/related DICOM instances) | None
+    body: str | None = None  # "json" | "upload" | "dicom" (multipart/related DICOM instances) | "series" | None
     request: type[BaseModel] | None = None
     response: type[BaseModel] | None = None
     response_media: str = "application/json"
@@ -70,6 +70,10 @@ ROUTES: tuple[Route, ...] = (
             "Classify a DICOM, PNG or JPEG image; one prediction per frame (output=sr: a DICOM SR)", body="upload",
             response=schemas.ImageResponse, errors=ERRORS_JSON, response_alt_media=("application/dicom",), audited=True,
             form_fields={"output": {"type": "string", "enum": ["json", "sr"]}}),
+    _native("/predict_series", "predict_series", series.predict_series,
+            "Classify the DICOM instances of one series (repeated 'file' fields, streamed): one result for the series "
+            "and each instance's", body="series", response=schemas.SeriesResponse, errors=ERRORS_JSON,
+            streams_body=True, body_cap="max_series_bytes"),
     _native("/predict_dna", "predict_dna", native.predict_dna,
             "Predict tasks for DNA sequences (tiled, reverse-complement averaged)", body="json",
             request=schemas.DnaRequest, response=schemas.DnaResponse, errors=ERRORS_JSON, audited=True),

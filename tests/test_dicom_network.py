@@ -72,7 +72,8 @@ class Service:
                     "BIOMED_DICOM_HOST": "127.0.0.1", "BIOMED_DICOM_AET": CALLED,
                     "BIOMED_DICOM_ALLOWED_AETS": f"{CALLING},BENCH", "BIOMED_DICOM_DESTINATION": orthanc.dicomweb,
                     "BIOMED_DICOM_SPOOL": str(self.spool), "BIOMED_DICOM_RETRY_MAX_S": "1",
-                    "BIOMED_MAX_UPLOAD_MB": "2", "BIOMED_MAX_BODIES_MB": "4", "BIOMED_MAX_STOW_MB": "12"}
+                    "BIOMED_MAX_UPLOAD_MB": "2", "BIOMED_MAX_BODIES_MB": "4", "BIOMED_MAX_STOW_MB": "12",
+                    "BIOMED_DICOM_GROUP_BY": "instance"}  # an SR per instance (results per series: test_dicom_series)
         self.server: live_server.Server | None = None
         self.runs = 0
 

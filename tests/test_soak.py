@@ -355,7 +355,8 @@ def test_soak(tmp_path: Path, demo_models: dict[str, str]) -> None:
     with live_server.running(tmp_path / "server.log", CUDA_VISIBLE_DEVICES="", BIOMED_REQUEST_TIMEOUT_S=REQUEST_TIMEOUT,
                              BIOMED_DICOM_PORT=str(port), BIOMED_DICOM_HOST="127.0.0.1", BIOMED_DICOM_AET=CALLED,
                              BIOMED_DICOM_ALLOWED_AETS=CALLING, BIOMED_DICOM_DESTINATION=sink.peer,
-                             BIOMED_DICOM_SPOOL=str(tmp_path / "spool"), BIOMED_DICOM_RETRY_MAX_S="1") as server:
+                             BIOMED_DICOM_SPOOL=str(tmp_path / "spool"), BIOMED_DICOM_RETRY_MAX_S="1",
+                             BIOMED_DICOM_GROUP_BY="instance") as server:
         doors = Doors(server.url, port, sink, tmp_path / "studies")
         warm: Counter = Counter()
         failures: list = []

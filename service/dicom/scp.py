@@ -122,12 +122,13 @@ class Receiver:
     """The SCP of one worker; ``start`` binds the port (``OSError`` when it cannot)."""
 
     def __init__(self, config: Any, handler: Any, admission: Admission, loop: asyncio.AbstractEventLoop,
-                 spool: Any = None) -> None:
+                 spool: Any = None, groups: Any = None) -> None:
         self.config = config
         self.metrics = handler.metrics  # not the handler: each instance goes to the default image model of the moment
         self.admission = admission  # the gates HTTP requests pass: a concurrency slot and the body budget
         self.loop = loop
         self.spool = spool
+        self.groups = groups  # instances into their series (or study) in the spool, when grouped
         self.server = None
         self.incoming = Path(tempfile.gettempdir()) / f"biomed-cstore-{config.dicom_port}"
         workers = max(config.workers, 1)
@@ -308,7 +309,8 @@ class Receiver:
 
         engine = current()
         with engine.scope():
-            return await pipeline.receive(engine.pick(None, "classify"), data, "dimse", spool=self.spool)
+            return await pipeline.receive(engine.pick(None, "classify"), data, "dimse", spool=self.spool,
+                                          groups=self.groups)
 
     def _sweep(self) -> None:
         """Remove what a process that ended (a crash) left in the folder: ours are removed as their associations end."""

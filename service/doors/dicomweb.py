@@ -63,6 +63,7 @@ async def store(request: Request, engine: Engine) -> StowResponse:
     handler = engine.pick(None, "classify")
     side = dicom_current()
     spool = side.spool if side is not None else None
+    groups = side.groups if side is not None else None  # grouped: each instance joins its series in the spool
     referenced, failed, outcomes = [], [], []
     cap = engine.config.max_upload_bytes
     try:
@@ -77,7 +78,8 @@ async def store(request: Request, engine: Engine) -> StowResponse:
                 handler.metrics.dicom_received.labels(door="stow", outcome="unsupported_media_type").inc()
             else:
                 data, part.data = part.data, b""
-                outcome = await pipeline.receive(handler, data, "stow", study=study, spool=spool)
+                outcome = await pipeline.receive(handler, data, "stow", study=study, spool=spool,
+                                                 groups=groups)
                 del data
             (referenced if outcome.ok else failed).append(_item(outcome))
             outcomes.append(outcome)

@@ -75,10 +75,10 @@ def series_groups(ds: Dataset) -> list[dict]:
     out = []
     for group in hd.sr.Comprehensive3DSR.from_dataset(ds).content.get_image_measurement_groups():
         [image] = group.source_images
-        evaluations = group.get_qualitative_evaluations()
+        finding = group.finding_type  # the predicted label (TID 1501 row 3b); a regression model's "Image measurement"
         out.append({"sop_instance_uid": image.referenced_sop_instance_uid,
                     "frames": list(image.referenced_frame_numbers or []),
-                    "label": evaluations[0].value.meaning if evaluations else None,
+                    "label": None if finding.value == "REG" else finding.meaning,
                     "values": {m.name.meaning.removeprefix("Probability of "): float(m.value)
                                for m in group.get_measurements()}})
     return out

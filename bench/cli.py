@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-from bench import cases, large, load, machine, report
+from bench import cases, large, load, machine, report, timings
 from bench import v2 as v2_bench
 from bench import dicom as dicom_bench
 from bench.explain import explain_image
@@ -144,6 +144,7 @@ def run(models: dict[str, Model], plan: Plan, out: Path, tensorrt: bool = False)
                 models["dna"], plan.genome_variants, plan.genome_rounds, work / "genome-scale")) or []
         results["efficiency"] = _efficiency(results)
         results["v2"] = v2_bench.ratios(results)
+    results["timings"] = runner.case("timings", lambda: timings.measure(1 if plan.quick else 5)) or []
     results["runtime"] = [row for m in models.values() for row in runner.case(
         f"runtime {m.kind}", lambda m=m: cases.runtime(m, plan.runtime_batches, plan.min_time_s, tensorrt)) or []]
     results["duration_s"] = round(time.perf_counter() - started, 1)

@@ -19,9 +19,11 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -69,11 +71,22 @@ def _multipart(files: list[Path], boundary: str = "biomed-bench") -> bytes:
     return body.getvalue()
 
 
+def dcmtk_storescu() -> str:
+    """dcmtk's ``storescu`` on PATH, never the venv's: pynetdicom installs a script of that name (other flags) into
+    the venv's ``bin``, first on PATH once the venv is activated."""
+    venvs = {Path(sys.prefix) / "bin"} if sys.prefix != sys.base_prefix else set()
+    venvs |= {Path(os.environ["VIRTUAL_ENV"]) / "bin"} if os.environ.get("VIRTUAL_ENV") else set()
+    path = os.pathsep.join(d for d in os.environ.get("PATH", "").split(os.pathsep)
+                           if d and Path(d).resolve() not in {v.resolve() for v in venvs})
+    found = shutil.which("storescu", path=path)
+    if found is None:
+        raise RuntimeError("dcmtk's storescu is not installed (apt-get install dcmtk)")
+    return str(Path(found).resolve())
+
+
 def throughput(server: Server, port: int, ct: Path, n: int, rounds: int, work: Path) -> list[dict]:
     """Instances per second through each door (module docstring); medians over ``rounds``."""
-    storescu = shutil.which("storescu")
-    if storescu is None:
-        raise RuntimeError("storescu is not installed (apt-get install dcmtk)")
+    storescu = dcmtk_storescu()
     timings: dict[str, list[float]] = {"C-STORE": [], "STOW-RS": [], "/predict_image": []}
     for r in range(rounds + 1):  # the first round warms up
         files = _copies(ct, work / "dicom-bench" / f"c{r}", f"c{r}", n)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import itertools
 import json
 import subprocess
 import sys
@@ -9,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from cli import main as cli
 from training.config import TrainConfig
@@ -98,7 +101,30 @@ def test_split_is_disjoint_complete_and_seeded(y: np.ndarray) -> None:
         assert set(y[split["test"]]) == {0, 1, 2}
 
 
-def test_tiny_dna_run_writes_metrics_plots_and_checkpoints(dna_table: Path, tmp_path: Path) -> None:
+def _kmer_counts(sequence: str, k: int = 5) -> np.ndarray:
+    """Strand-symmetric k-mer counts of one sequence, written here from the definition (docs: the DNA baseline)."""
+    index = {"".join(p): i for i, p in enumerate(itertools.product("ACGT", repeat=k))}
+    rc = str.maketrans("ACGT", "TGCA")
+    counts = np.zeros(4**k)
+    for i in range(len(sequence) - k + 1):
+        word = sequence[i : i + k].upper()
+        if word in index:
+            counts[index[word]] += 1
+            counts[index[word.translate(rc)[::-1]]] += 1
+    return counts
+
+
+def test_tiny_dna_run_metrics_are_what_its_held_out_predictions_give(dna_table: Path, tmp_path: Path) -> None:
+    """metrics.json recomputed with sklearn: the network's AUROC/AUPRC from best.pt on heldout.npz, the baseline's from
+    a logistic regression on k-mer counts computed here, fitted on the run's own training split."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import average_precision_score, roc_auc_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from training.engine import predict
+    from training.export import load_run_model
+
     config = TrainConfig(kind="dna", data=str(dna_table), out=str(tmp_path / "run"), arch="deepbind", epochs=2, seed=1)
     summary = fit(config)
     run = Path(config.out)
@@ -106,9 +132,25 @@ def test_tiny_dna_run_writes_metrics_plots_and_checkpoints(dna_table: Path, tmp_
                  "curves.png", "roc.png"):
         assert (run / name).exists(), name
     saved = json.loads((run / "metrics.json").read_text())
-    assert saved["test"]["auroc"].keys() == {"CTCF", "REST", "TP53"}
-    assert 0.0 <= saved["baseline"]["auroc_macro"] <= 1.0
-    assert summary["split"]["test"] == len(np.load(run / "heldout.npz")["y"])
+    held = np.load(run / "heldout.npz")
+    labels = [str(label) for label in held["labels"]]
+    assert labels == ["CTCF", "REST", "TP53"] and saved["test"]["auroc"].keys() == set(labels)
+    probs = predict(load_run_model(run)[0], held["x"], True, torch.device("cpu"))
+    rows = list(csv.reader(dna_table.open()))[1:]
+    split = json.loads((run / "split.json").read_text())
+    y = np.array([[int(v) for v in row[1:]] for row in rows])
+    np.testing.assert_array_equal(held["y"], y[split["test"]])
+    features = np.array([_kmer_counts(row[0]) for row in rows])
+    for t, label in enumerate(labels):
+        assert saved["test"]["auroc"][label] == pytest.approx(roc_auc_score(held["y"][:, t], probs[:, t]), abs=1e-6)
+        assert saved["test"]["auprc"][label] == pytest.approx(average_precision_score(held["y"][:, t], probs[:, t]),
+                                                              abs=1e-6)
+        baseline = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=500, random_state=config.seed))
+        p = baseline.fit(features[split["train"]], y[split["train"], t]).predict_proba(features[split["test"]])[:, 1]
+        assert saved["baseline"]["auroc"][label] == pytest.approx(roc_auc_score(y[split["test"], t], p), abs=1e-3)
+    assert saved["test"]["auroc_macro"] == pytest.approx(np.mean(list(saved["test"]["auroc"].values())))
+    assert saved["baseline"]["auroc_macro"] > 0.6  # the planted motifs are visible to 5-mer counts: not chance
+    assert summary["split"]["test"] == len(held["y"])
     assert TrainConfig.load(run) == config
 
 

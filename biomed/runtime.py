@@ -50,11 +50,16 @@ class RuntimeOptions:
     intra_op_threads: int = 0  # 0: onnxruntime's default (all cores)
 
 
-def provider_options(options: RuntimeOptions) -> list[tuple[str, dict[str, Any]]]:
-    """The requested providers in preference order, with their options."""
-    unknown = [p for p in options.providers if p not in PROVIDER_NAMES]
+def check_providers(providers: tuple[str, ...]) -> None:
+    """Raises StartupError naming the provider names (``BIOMED_PROVIDERS``) that are not known, and the known ones."""
+    unknown = [p for p in providers if p not in PROVIDER_NAMES]
     if unknown:
         raise StartupError(f"{env('providers')} has unknown {unknown}; choose from: {', '.join(PROVIDER_NAMES)}")
+
+
+def provider_options(options: RuntimeOptions) -> list[tuple[str, dict[str, Any]]]:
+    """The requested providers in preference order, with their options."""
+    check_providers(options.providers)
     chosen = []
     for key in options.providers:
         opts: dict[str, Any] = {}

@@ -288,3 +288,18 @@ def test_admin_promote(client, models: Path, demo_models: dict[str, str]) -> Non
     assert _until(lambda: "demo-dna:v2" not in _loaded(client))
     info = [line for line in metrics_text(client).splitlines() if line.startswith("biomed_model_info{")]
     assert info and not [line for line in info if 'version="v2"' in line], info
+
+
+def test_admin_promote_is_409_where_the_store_cannot_be_written(client, models: Path) -> None:  # type: ignore[no-untyped-def]
+    """The rollout file cannot be replaced (here a folder stands where it goes; a bento's read-only store fails the
+    same way): 409 ``store_read_only``, pointing at ``biomed models promote``; nothing changes."""
+    blocker = models / "demo-dna" / store.ROLLOUT_FILE
+    blocker.unlink(missing_ok=True)
+    blocker.mkdir()
+    try:
+        r = client.post("/admin/models/promote", json={"model": "demo-dna:v2"}, headers=AUTH)
+        assert (r.status_code, r.json()["error"]) == (409, "store_read_only"), r.text
+        assert "biomed models promote" in r.json()["detail"]
+    finally:
+        blocker.rmdir()
+    assert [p.name for p in blocker.parent.iterdir() if p.name.startswith(".")] == []  # no temporary file left

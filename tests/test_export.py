@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -216,3 +217,33 @@ def test_preprocess_block_is_the_same_document_as_before(config: TrainConfig, sh
     expected = _legacy_preprocess(config, x)
     assert json.dumps(doc["preprocess"]) == json.dumps(expected)  # keys, order, values and types
     assert doc["input"]["shape"] == ["batch", *shape[1:]]
+
+
+def test_a_name_holds_one_kind_of_model(exported: dict, runs: dict[str, Path]) -> None:
+    """An image run under a DNA model's name is refused before the export (servers following the name would load it
+    as its newest version); the store is unchanged."""
+    from biomed.store import biomed_models, import_onnx
+
+    before = {str(m.tag) for m in biomed_models()}
+    with pytest.raises(ValueError, match="model 'test-deepbind' holds dna models in the store; this is an image model"):
+        export_run(runs["cnn"], "test-deepbind")
+    with pytest.raises(ValueError, match="holds image models in the store; this is a dna model"):
+        import_onnx(exported["deepbind"].path, "test-cnn")
+    assert {str(m.tag) for m in biomed_models()} == before
+
+
+def test_export_says_what_the_servers_following_the_name_will_do(runs: dict[str, Path],
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    from biomed import store
+    from cli.main import _export_note, main
+
+    assert main(["export", str(runs["deepbind"]), "--name", "test-live"]) == 0
+    out, err = capsys.readouterr()
+    tag = out.strip()  # stdout: the tag alone, for scripts
+    assert re.fullmatch(r"test-live:[\w.-]+", tag), out
+    assert f"biomed: {tag} is now the newest version of test-live: servers following test-live" in err
+    assert "within BIOMED_MODEL_POLL_S" in err
+    store.promote(tag)
+    later = "test-live:99990101-000000-later"
+    assert _export_note(later) == (f"biomed: {later} is in the store; servers following test-live keep serving {tag}, "
+                                   f"the promoted version, until `biomed models promote {later}`")

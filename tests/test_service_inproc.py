@@ -461,9 +461,20 @@ def test_422_broken_pixel_data(client) -> None:  # type: ignore[no-untyped-def]
 
 
 def test_422_wrong_model_kind(client) -> None:  # type: ignore[no-untyped-def]
-    assert_error(client.post("/predict_dna", json={"sequences": ["ACGT"], "model": "demo-image"}), 422, "wrong_model_kind")
+    body = assert_error(client.post("/predict_dna", json={"sequences": ["ACGT"], "model": "demo-image"}), 422,
+                        "wrong_model_kind")
+    assert "is an image model; this endpoint needs a dna model" in body["detail"]
     assert_error(client.post("/explain_dna", json={"sequence": "ACGT", "model": "demo-image"}), 422, "wrong_model_kind")
-    assert_error(upload(client, CT_SMALL.read_bytes(), model="demo-dna"), 422, "wrong_model_kind")
+    body = assert_error(upload(client, CT_SMALL.read_bytes(), model="demo-dna"), 422, "wrong_model_kind")
+    assert "is a dna model; this endpoint needs an image model" in body["detail"]
+
+
+def test_a_dicom_sent_as_fasta_is_told_it_is_not_fasta(client) -> None:  # type: ignore[no-untyped-def]
+    r = client.post("/predict_fasta", files={"file": ("ct.dcm", CT_SMALL.read_bytes(), "application/dicom")})
+    body = assert_error(r, 400, "malformed")
+    assert body["detail"].startswith("the upload is a DICOM file, not FASTA; send images to /predict_image")
+    r = client.post("/predict_fasta", files={"file": ("x.fa", b">s\nAC\xffGT\n", "text/plain")})
+    assert assert_error(r, 400, "malformed")["detail"].startswith("the upload is not FASTA: it is not UTF-8 text")
 
 
 def test_no_5xx_for_odd_requests_and_service_still_serves(client) -> None:  # type: ignore[no-untyped-def]

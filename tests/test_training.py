@@ -173,3 +173,43 @@ def test_cli_help_for_every_command() -> None:
         with pytest.raises(SystemExit) as exit_info:
             cli([command, "--help"])
         assert exit_info.value.code == 0
+
+
+@pytest.mark.parametrize(("make", "says"), [
+    (lambda out: __import__("training.demo.dicom_demo", fromlist=["x"]).generate_images(out, n=3, seed=1),
+     "has too few images per class ('cavity': 1, 'nodule': 1, 'normal': 1; 3 in all); training needs at least 3 per"),
+    (lambda out: __import__("training.demo.dna_demo", fromlist=["x"]).generate_dna(out, n=6, seed=1, length=60),
+     "has too few examples (6): task"),
+])
+def test_data_too_small_to_train_on_is_refused_before_training(make, says: str, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    data = make(tmp_path / "data")
+    kind = "image" if data.is_dir() else "dna"
+    assert cli(["train", kind, "--data", str(data), "--out", str(tmp_path / "run")]) == 1
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("biomed: error: data ") and says in line, line
+    assert not (tmp_path / "run").exists()  # nothing trained, nothing written
+
+
+def test_a_run_records_absolute_paths_and_says_where_a_missing_one_came_from(  # type: ignore[no-untyped-def]
+        dna_table: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Trained with relative paths, the run works from another directory (``motifs``, ``--resume``); once its data
+    moves, both say which config.json named the path, and ``--data`` points them at it."""
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    work.mkdir(), elsewhere.mkdir()
+    (work / "seqs.csv").write_bytes(dna_table.read_bytes())
+    monkeypatch.chdir(work)
+    assert cli(["train", "dna", "--data", "seqs.csv", "--out", "run", "--epochs", "1"]) == 0
+    run = work / "run"
+    assert json.loads((run / "config.json").read_text())["data"] == str(work / "seqs.csv")
+    monkeypatch.chdir(elsewhere)
+    assert cli(["motifs", str(run), "--top", "2"]) == 0 and (run / "motifs.tsv").is_file()
+    moved = tmp_path / "moved.csv"
+    (work / "seqs.csv").rename(moved)
+    capsys.readouterr()
+    for args in (["motifs", str(run)], ["train", "--resume", str(run)]):
+        assert cli(args) == 1
+        error = capsys.readouterr().err
+        assert f"recorded in {run / 'config.json'} is not there" in error and "--data PATH" in error, error
+    assert cli(["motifs", str(run), "--top", "2", "--data", str(moved)]) == 0
+    assert cli(["train", "--resume", str(run), "--data", str(moved)]) == 0

@@ -157,7 +157,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_train)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(train: bool = True) -> argparse.ArgumentParser:
+    """The whole command line. ``train=False`` leaves out the arguments of ``biomed train`` (they need torch to list
+    the architectures), for every other command: they then start without importing torch."""
     from training.demo import DATASETS
 
     parser = _Parser(prog="biomed", description="Train, export and serve biomedical image and DNA models.")
@@ -175,7 +177,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variants", type=int, help="genome: neutral SNVs besides the motif-breaking ones (1 per 100 bases)")
     p.set_defaults(func=cmd_demo_data)
 
-    _add_train(sub)
+    if train:
+        _add_train(sub)
+    else:
+        sub.add_parser("train", help="train an image or DNA model")
 
     p = sub.add_parser("export", help="export a run to verified ONNX in the model store",
                        description="Export a run's best model as one verified ONNX file into the model store and print "
@@ -233,7 +238,8 @@ def _extra_commands() -> list[Callable[[argparse._SubParsersAction], None]]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(train=command == "train").parse_args(argv)
     args.argv = argv
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:

@@ -93,3 +93,14 @@ def test_every_serve_flag_says_what_it_does() -> None:
     assert {"--port", "--host", "--workers", "--models", "--dicom-port"} <= set(flags)
     assert all(flags.values()), [f for f, h in flags.items() if not h]
     assert "0.0.0.0" in flags["--host"] and "127.0.0.1" in flags["--host"]  # who can reach it
+
+
+def test_commands_other_than_train_start_without_torch() -> None:
+    """cli/main.py's promise: ``biomed --help`` and every command but ``train`` parse their arguments without torch."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom cli.main import main\ntry:\n    main(['models', '--help'])\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in ('torch', 'models', 'training.kinds') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout[-500:] + done.stderr[-500:]

@@ -378,3 +378,20 @@ def test_a_real_server_answers_nothing_before_it_is_ready(corners: Corners) -> N
     *before, (last, warmed) = corners.readiness
     assert last == 200 and warmed, corners.readiness[-5:]
     assert {status for status, _ in before} <= {"ConnectError", "ReadTimeout", 503}, before
+
+
+@pytest.mark.slow
+def test_gpu_required_is_1_on_a_gpu_server(tmp_path: Path, demo_models: dict[str, str]) -> None:
+    """BIOMED_REQUIRE_GPU=1 where onnxruntime has CUDA: the server starts on it and says 1 (on the CPU the same setting
+    stops start-up: tests/test_faults.py)."""
+    from biomed.runtime import RuntimeOptions, StartupError, make_session
+    from biomed.store import onnx_path, resolve
+
+    try:
+        make_session(onnx_path(resolve(demo_models["dna"])), RuntimeOptions(providers=("cuda",), require_gpu=True))
+    except StartupError as err:
+        pytest.skip(f"needs a GPU: onnxruntime cannot run on CUDA here ({str(err).splitlines()[0][:120]})")
+    with live_server.running(tmp_path / "server.log", through_cli=True, BIOMED_REQUIRE_GPU="1") as server:
+        text = httpx.get(f"{server.url}/metrics", timeout=10).text
+    assert re.search(r"^biomed_gpu_required 1\.0$", text, re.M)
+    assert 'provider="CPUExecutionProvider"' not in "".join(l for l in text.splitlines() if "biomed_model_info" in l)

@@ -80,7 +80,7 @@ class Service:
     def start(self, **env: str) -> live_server.Server:
         self.env.update(env)
         self.runs += 1
-        self.server = live_server.start(self.root / f"server-{self.runs}.log", workers=2, **self.env)
+        self.server = live_server.start(self.root / f"server-{self.runs}.log", workers=2, through_cli=True, **self.env)
         self.server.wait_ready()
         return self.server
 

@@ -1,4 +1,4 @@
-"""Hostile images against load_image: every trick refused with its 4xx, fast, without the memory.
+"""Hostile images against load_image: every trick refused with its 4xx, without the memory (how fast: bench/timings.py).
 
 The reproductions are built here, small: compressed frames whose codestream lies about its
 size (JPEG 2000 raw and JP2, HTJ2K, JPEG baseline and lossless, JPEG-LS, RLE), headers whose

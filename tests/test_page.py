@@ -1,7 +1,8 @@
 """The page at ``/`` in a real headless Chromium (Debian's ``chromium`` + ``chromium-driver``, driven by Selenium),
-against a real ``bentoml serve`` with a token set: an uploaded DICOM gets its label, probabilities, header fields and a
-non-empty heat map; a pasted sequence gets its predictions and importance track; a bad file and a missing token show
-the API's ``detail`` text. Screenshots go to the test's temporary folder (``BIOMED_SCREENSHOTS`` names another).
+against a real server started as users start it (``biomed serve``) with a token set: an uploaded DICOM shows the API's
+label and probabilities, its header fields, and a heat map whose hottest canvas pixels are where the API's map peaks;
+a pasted sequence gets its predictions and importance track; a bad file and a missing token show the API's ``detail``
+text. Screenshots go to the test's temporary folder (``BIOMED_SCREENSHOTS`` names another).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ DEFAULT_OPACITY = 60  # service/ui/index.html's slider
 @pytest.fixture(scope="module")
 def server(demo_models: dict, tmp_path_factory: pytest.TempPathFactory) -> Iterator[live_server.Server]:
     log = tmp_path_factory.mktemp("page-server") / "server.log"
-    with live_server.running(log, BIOMED_API_TOKEN=TOKEN) as s:
+    with live_server.running(log, through_cli=True, BIOMED_API_TOKEN=TOKEN) as s:  # as users start it
         yield s
 
 

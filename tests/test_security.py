@@ -188,7 +188,7 @@ def _dicom_with_patient(broken: str | None) -> bytes:
 
 @pytest.mark.slow
 def test_real_server_auth_and_no_patient_data_in_logs(tmp_path: Path, demo_models: dict[str, str]) -> None:
-    with live_server.running(tmp_path / "server.log", BIOMED_API_TOKEN=TOKEN) as server:
+    with live_server.running(tmp_path / "server.log", through_cli=True, BIOMED_API_TOKEN=TOKEN) as server:
         with httpx.Client(base_url=server.url, timeout=60) as c:
             for probe in ("/livez", "/readyz", "/metrics"):
                 assert c.get(probe).status_code == 200, probe

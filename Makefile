@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PORT ?= 3000
 export BENTOML_DO_NOT_TRACK ?= True
 
-.PHONY: serve test test-fast demo-models install install-test tools bench clean help
+.PHONY: serve test test-fast demo-models install install-test tools vision bench clean help
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/; s/\$$(PORT)/$(PORT)/g'
@@ -34,7 +34,10 @@ demo-models: install  ## demo data, train and export demo-image and demo-dna (sk
 serve: demo-models  ## serve on http://127.0.0.1:$(PORT) (builds the demo models on first run); DICOM_PORT=11112 adds C-STORE
 	PORT=$(PORT) $(VENV)/bin/biomed serve --port $(PORT)$(if $(DICOM_PORT), --dicom-port $(DICOM_PORT))
 
-test: install-test tools  ## the whole suite, slow tests included (as CI runs it)
+vision:  ## torch + torchvision in their own venv (.venv-vision): the test's model made elsewhere (tests/test_import.py)
+	PYTHON=$(PYTHON) scripts/vision-venv.sh
+
+test: install-test tools vision  ## the whole suite, slow tests included (as CI runs it)
 	$(PY) -m pytest -q --durations=15
 
 test-fast: install-test  ## the suite without the slow tests
@@ -44,4 +47,4 @@ bench: demo-models  ## benchmarks into bench-results/ (see README)
 	$(VENV)/bin/biomed bench --out bench-results
 
 clean:  ## remove the venvs and generated demo data (the model store is left alone)
-	rm -rf $(VENV) .venv-tools demo runs bench-results
+	rm -rf $(VENV) .venv-tools .venv-vision demo runs bench-results

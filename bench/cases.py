@@ -1,6 +1,8 @@
 """The in-process cases: runtime (onnxruntime vs PyTorch eager), preprocessing, the plain-loop pipeline.
 
-torch is imported inside ``runtime`` only; everything else here is serving code.
+torch is imported inside ``runtime`` only; everything else here is serving code. What differs by kind
+(random rows, one request in-process, preprocessing rows) is a function here that ``bench.kinds`` names
+for its kind; the cases take it as an argument.
 """
 
 from __future__ import annotations
@@ -47,16 +49,29 @@ def _session(model: Model, providers: tuple[str, ...] | None = None) -> tuple[An
     return make_session(model.path, options)
 
 
-def _example(model: Model, batch: int, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    shape = [batch if isinstance(s, str) else int(s) for s in model.doc["input"]["shape"]]
-    if model.kind == "dna":
-        return rng.integers(0, 4, size=shape).astype(np.uint8)
+Rows = Callable[[np.random.Generator, list[int]], np.ndarray]  # random model input of a shape (a kind's, bench.kinds)
+OneRequest = Callable[[Model, bytes, Any, str], Callable[[], None]]  # (model, request, session, input) -> one request
+
+
+def pixel_rows(rng: np.random.Generator, shape: list[int]) -> np.ndarray:
+    """Random image rows: float32 in [0, 1)."""
     return rng.random(shape, dtype=np.float32)
 
 
-def runtime(model: Model, batches: tuple[int, ...], min_time_s: float, tensorrt: bool = False) -> list[dict]:
-    """Samples/s of onnxruntime and PyTorch eager on the same weights (rebuilt from the ONNX file)."""
+def base_rows(rng: np.random.Generator, shape: list[int]) -> np.ndarray:
+    """Random DNA rows: base codes 0-3 (ACGT), uint8."""
+    return rng.integers(0, 4, size=shape).astype(np.uint8)
+
+
+def _example(model: Model, batch: int, rows: Rows, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    shape = [batch if isinstance(s, str) else int(s) for s in model.doc["input"]["shape"]]
+    return rows(rng, shape)
+
+
+def runtime(model: Model, batches: tuple[int, ...], min_time_s: float, rows: Rows,
+            tensorrt: bool = False) -> list[dict]:
+    """Samples/s of onnxruntime and PyTorch eager on the same weights (rebuilt from the ONNX file), on ``rows``."""
     import torch
 
     from training.export import WithActivation, rebuild_from_onnx
@@ -83,9 +98,9 @@ def runtime(model: Model, batches: tuple[int, ...], min_time_s: float, tensorrt:
                 return m(torch.from_numpy(x).to(d)).cpu().numpy()
 
         engines[f"torch-eager-{device}"] = eager
-    rows = []
+    out = []
     for batch in batches:
-        x = _example(model, batch)
+        x = _example(model, batch, rows)
         reference = engines["torch-eager-cpu"](x)
         times: dict[str, list[float]] = {label: [] for label in engines}
         for _ in range(ROUNDS):  # engines take turns, so each sees the same background load
@@ -93,14 +108,14 @@ def runtime(model: Model, batches: tuple[int, ...], min_time_s: float, tensorrt:
                 times[label] += timed(lambda f=fn: f(x), min_time_s / ROUNDS, min_reps=2, warmup=1)
         for label, fn in engines.items():
             median = statistics.median(times[label])
-            rows.append({"model": model.name, "engine": label, "batch": batch, "ms_per_batch": median * 1e3,
-                         "samples_per_s": batch / median, "max_abs_diff": float(np.abs(fn(x) - reference).max())})
-    for row in rows:
-        base = next(r for r in rows if r["batch"] == row["batch"] and r["engine"] == "torch-eager-cpu")
+            out.append({"model": model.name, "engine": label, "batch": batch, "ms_per_batch": median * 1e3,
+                        "samples_per_s": batch / median, "max_abs_diff": float(np.abs(fn(x) - reference).max())})
+    for row in out:
+        base = next(r for r in out if r["batch"] == row["batch"] and r["engine"] == "torch-eager-cpu")
         row["vs_torch_cpu"] = row["samples_per_s"] / base["samples_per_s"]
         if row["engine"].startswith("torch"):
             row["threads"] = torch.get_num_threads()
-    return rows
+    return out
 
 
 def naive_dicom(data: bytes, size: tuple[int, int]) -> np.ndarray:
@@ -124,17 +139,23 @@ def python_encode(sequence: str) -> np.ndarray:
     return np.frombuffer(bytes([table[c] for c in sequence]), dtype=np.uint8)
 
 
-def preprocess(image: Model | None, dicom_bytes: bytes, encode_mb: tuple[float, ...], python_mb: float,
-               min_time_s: float) -> list[dict]:
-    """Per-image DICOM pipeline (ours vs pydicom's defaults) and DNA encoding throughput (numpy vs Python)."""
+def dicom_preprocess(image: Model, dicom_bytes: bytes, min_time_s: float) -> list[dict]:
+    """Per-image DICOM pipeline: ours against pydicom's defaults, on ``dicom_bytes``."""
+    spec = image.image_spec
+    ours = statistics.median(timed(lambda: load_image(dicom_bytes, spec, Limits()), min_time_s))
+    naive = statistics.median(timed(lambda: naive_dicom(dicom_bytes, spec.size), min_time_s))
+    return [{"case": "dicom", "impl": name, "ms": s * 1e3, "per_s": 1 / s, "unit": "images/s", "vs_naive": naive / s}
+            for name, s in (("biomed load_image", ours), ("naive pydicom", naive))]
+
+
+def no_preprocess(model: Model, request: bytes, min_time_s: float) -> list[dict]:
+    """No per-request preprocessing rows of its own (a kind whose encoding rows are ``encoding``)."""
+    return []
+
+
+def encoding(encode_mb: tuple[float, ...], python_mb: float, min_time_s: float) -> list[dict]:
+    """DNA encoding throughput: numpy's lookup table against pure Python (no model needed: every run has them)."""
     rows = []
-    if image is not None:
-        spec = image.image_spec
-        ours = statistics.median(timed(lambda: load_image(dicom_bytes, spec, Limits()), min_time_s))
-        naive = statistics.median(timed(lambda: naive_dicom(dicom_bytes, spec.size), min_time_s))
-        for name, s in (("biomed load_image", ours), ("naive pydicom", naive)):
-            rows.append({"case": "dicom", "impl": name, "ms": s * 1e3, "per_s": 1 / s, "unit": "images/s",
-                         "vs_naive": naive / s})
     longest = random_sequence(int(max(encode_mb) * 1e6), seed=3)
     short_seq = longest[: int(python_mb * 1e6)]
     slow = statistics.median(timed(lambda: python_encode(short_seq), min_time_s, min_reps=2, warmup=1))
@@ -149,27 +170,38 @@ def preprocess(image: Model | None, dicom_bytes: bytes, encode_mb: tuple[float, 
     return rows
 
 
-def pipeline_runner(model: Model, request: bytes) -> Callable[[float], dict]:
+def image_request(model: Model, request: bytes, session: Any, name: str) -> Callable[[], None]:
+    """One image request in-process: decode and preprocess the file, one onnxruntime call."""
+    spec, limits = model.image_spec, Limits()
+
+    def one() -> None:
+        x, _ = load_image(request, spec, limits)
+        session.run(None, {name: np.ascontiguousarray(x, dtype=np.float32)})
+
+    return one
+
+
+def dna_request(model: Model, request: bytes, session: Any, name: str) -> Callable[[], None]:
+    """One DNA request in-process: parse the JSON body, encode and tile, both strands in one call, averaged."""
+    length, stride = model.length, int(model.doc["preprocess"]["stride"])
+
+    def one() -> None:
+        body = json.loads(request)
+        windows = np.concatenate([dna.tile(dna.encode(s), length, stride).codes for s in body["sequences"]])
+        out = session.run(None, {name: np.concatenate([windows, dna.reverse_complement(windows)])})[0]
+        _ = (out[: len(windows)] + out[len(windows):]) / 2
+
+    return one
+
+
+def pipeline_runner(model: Model, request: bytes, one_request: OneRequest) -> Callable[[float], dict]:
     """Decode + preprocess + onnxruntime in a plain loop, one request at a time, one process: ``run(seconds)``.
 
-    The session is made once; each call measures anew (the bench calls it once per round).
+    ``one_request`` is the kind's (``bench.kinds``). The session is made once; each call measures
+    anew (the bench calls it once per round).
     """
     session, provider = _session(model)
-    name = session.get_inputs()[0].name
-    if model.kind == "image":
-        spec, limits = model.image_spec, Limits()
-
-        def one() -> None:
-            x, _ = load_image(request, spec, limits)
-            session.run(None, {name: np.ascontiguousarray(x, dtype=np.float32)})
-    else:
-        length, stride = model.length, int(model.doc["preprocess"]["stride"])
-
-        def one() -> None:
-            body = json.loads(request)
-            windows = np.concatenate([dna.tile(dna.encode(s), length, stride).codes for s in body["sequences"]])
-            out = session.run(None, {name: np.concatenate([windows, dna.reverse_complement(windows)])})[0]
-            _ = (out[: len(windows)] + out[len(windows):]) / 2
+    one = one_request(model, request, session, session.get_inputs()[0].name)
 
     def run(seconds: float) -> dict:
         times = timed(one, seconds, min_reps=10, warmup=3)
@@ -180,6 +212,6 @@ def pipeline_runner(model: Model, request: bytes) -> Callable[[float], dict]:
     return run
 
 
-def pipeline(model: Model, request: bytes, seconds: float) -> dict:
+def pipeline(model: Model, request: bytes, seconds: float, one_request: OneRequest) -> dict:
     """Requests/s of decode + preprocess + onnxruntime in a plain loop (``pipeline_runner``), measured once."""
-    return pipeline_runner(model, request)(seconds)
+    return pipeline_runner(model, request, one_request)(seconds)

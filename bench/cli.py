@@ -12,16 +12,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-from bench import cases, large, load, machine, report, timings
+from bench import cases, load, machine, report, timings
+from bench import grpc as grpc_bench
 from bench import v2 as v2_bench
-from bench import dicom as dicom_bench
-from bench.explain import explain_image
-from bench.genome import throughput as genome_throughput
-from bench.inputs import Model, ct_slice, ct_small, dna_body, load_model
+from bench.inputs import Model, load_model
+from bench.kinds import BENCH, REQUESTS, Case, Context
 from bench.server import Server, free_port
 
 log = logging.getLogger("bench")
-KINDS = ("image", "dna")
 
 
 @dataclass(frozen=True)
@@ -57,18 +55,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="benchmarks: runtime, service efficiency, batching, preprocessing, ISM, start-up")
     p.add_argument("--quick", action="store_true", help="a smoke run of seconds (CI): concurrency 1 and 4, short runs")
     p.add_argument("--out", default="bench-results", help="folder for results.md, results.json and the plots")
-    p.add_argument("--models", default="image,dna", help="which demo models to bench: image, dna or both")
-    p.add_argument("--image-model", default="demo-image", help="store reference of the image model")
-    p.add_argument("--dna-model", default="demo-dna", help="store reference of the DNA model")
+    p.add_argument("--models", default=",".join(BENCH),
+                   help=f"which demo models to bench, comma-separated: {', '.join(BENCH)} (default: all)")
+    for name, kind in BENCH.items():
+        p.add_argument(f"--{name}-model", dest=f"{name}_model", default=kind.default_ref,
+                       help=f"store reference of the {kind.title} model")
     p.add_argument("--tensorrt", action="store_true", help="add onnxruntime TensorRT fp16 to the runtime case")
     p.set_defaults(func=cmd_bench)
 
 
 def _kinds(text: str) -> tuple[str, ...]:
     kinds = tuple(k.strip() for k in text.split(",") if k.strip())
-    bad = [k for k in kinds if k not in KINDS]
+    bad = [k for k in kinds if k not in BENCH]
     if bad or not kinds:
-        raise ValueError(f"--models {text!r} is invalid; choose from: image, dna (comma-separated)")
+        raise ValueError(f"--models {text!r} is invalid; choose from: {', '.join(BENCH)} (comma-separated)")
     return kinds
 
 
@@ -77,7 +77,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     kinds = _kinds(args.models)
     wrk.wrk_path()  # fail early, with the install hint
-    models = {k: load_model(args.image_model if k == "image" else args.dna_model, k) for k in kinds}
+    grpc_bench.h2load_path()
+    models = {k: load_model(getattr(args, f"{k}_model"), k) for k in kinds}
     out = Path(args.out)
     results = run(models, Plan.of(args.quick), out, tensorrt=args.tensorrt)
     print(report.markdown(results))
@@ -116,45 +117,60 @@ def run(models: dict[str, Model], plan: Plan, out: Path, tensorrt: bool = False)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="biomed-bench-") as tmp:
         work = Path(tmp)
-        requests = {"image": ct_slice(work / "ct_512.dcm")} if "image" in models else {}
-        if "dna" in models:
-            requests["dna"] = dna_body(work / "dna.json", models["dna"].length)
-        targets = {k: load.target(m, requests[k]) for k, m in models.items()}
-        if "image" in models:  # beside the 512x512 slice, a small upload: pydicom's 128x128 CT_small
-            requests["image_small"] = ct_small(work / "ct_small.dcm")
-            targets["image_small"] = load.target(models["image"], requests["image_small"],
-                                                 f"{models['image'].name} (128x128)")
-        results["requests"] = {"image": "synthetic CT slice, 512x512 16-bit, explicit VR LE, "
-                               f"{requests['image'].stat().st_size // 1024} KiB, multipart field 'file'"
-                               if "image" in requests else None,
-                               "image_small": "pydicom's CT_small.dcm, 128x128 16-bit, 39 KiB, multipart field 'file'"
-                               if "image" in requests else None,
-                               "dna": f"one {models['dna'].length}-base sequence (2 rows with the reverse strand)"
-                               if "dna" in requests else None}
-        results["preprocess"] = runner.case("preprocessing", lambda: cases.preprocess(
-            models.get("image"), requests["image"].read_bytes() if "image" in requests else b"",
-            plan.encode_mb, plan.python_encode_mb, plan.min_time_s)) or []
+        files, results["requests"], targets = _requests(models, work)
+        main = {k: files[BENCH[k].main.key] for k in models}  # each model's main request
+        results["preprocess"] = runner.case("preprocessing", lambda: [
+            *(row for k, m in models.items() for row in BENCH[k].preprocess(m, main[k].read_bytes(), plan.min_time_s)),
+            *cases.encoding(plan.encode_mb, plan.python_encode_mb, plan.min_time_s)]) or []
         # A quiet-machine reference before any server starts (results.json); the ceiling uses the rounds' own.
-        reference = (runner.case(f"pipeline {m.kind}", lambda m=m: cases.pipeline(
-            m, requests[m.kind].read_bytes(), plan.pipeline_seconds)) for m in models.values())
+        reference = (runner.case(f"pipeline {m.kind}", lambda k=k, m=m: cases.pipeline(
+            m, main[k].read_bytes(), plan.pipeline_seconds, BENCH[k].one_request)) for k, m in models.items())
         results["pipeline"] = [p for p in reference if p]
-        _served(runner, results, models, targets, requests, plan, work)
-        if "dna" in models:  # genome scale, with no server up: the commands and onnxruntime alone taking turns
-            results["genome"] = runner.case("genome scale", lambda: genome_throughput(
-                models["dna"], plan.genome_variants, plan.genome_rounds, work / "genome-scale")) or []
+        _served(runner, results, models, targets, files, plan, work)
+        for k, m in models.items():  # with no server up (genome scale: the commands and onnxruntime alone)
+            _own(runner, results, BENCH[k].after, Context(m, plan, work, main[k]))
         results["efficiency"] = _efficiency(results)
         results["v2"] = v2_bench.ratios(results)
+        results["grpc_v2"] = grpc_bench.ratios(results)
     results["timings"] = runner.case("timings", lambda: timings.measure(1 if plan.quick else 5)) or []
-    results["runtime"] = [row for m in models.values() for row in runner.case(
-        f"runtime {m.kind}", lambda m=m: cases.runtime(m, plan.runtime_batches, plan.min_time_s, tensorrt)) or []]
+    results["runtime"] = [row for k, m in models.items() for row in runner.case(
+        f"runtime {m.kind}", lambda k=k, m=m: cases.runtime(m, plan.runtime_batches, plan.min_time_s, BENCH[k].rows,
+                                                             tensorrt)) or []]
     results["duration_s"] = round(time.perf_counter() - started, 1)
     results["loadavg_end"] = machine.loadavg()
     report.write(results, out)
     return results
 
 
+def _requests(models: dict[str, Model], work: Path) -> tuple[dict[str, Path], dict, dict[str, load.Target]]:
+    """Each model's request files, what they are (None for a kind not run) and wrk targets: main requests first."""
+    files: dict[str, Path] = {}
+    described: dict[str, str | None] = dict.fromkeys(REQUESTS)
+    mains: dict[str, load.Target] = {}
+    others: dict[str, load.Target] = {}
+    for k, m in models.items():
+        for r in BENCH[k].requests:
+            files[r.key] = r.make(m, work)
+            described[r.key] = r.describe(m, files[r.key])
+            target = load.target(m, files[r.key], BENCH[k].endpoints, r.label(m))
+            (mains if r is BENCH[k].main else others)[r.key] = target
+    return files, described, {**mains, **others}
+
+
+def _own(runner: Runner, results: dict, own: tuple[Case, ...], context: Context) -> None:
+    """A kind's own cases, each into its results key (``empty`` when it fails)."""
+    for case in own:
+        results[case.key] = runner.case(case.name, lambda case=case: case.run(context)) or case.empty()
+
+
+def _sweep(key: str, concurrency: tuple[int, ...]) -> tuple[int, ...]:
+    """The concurrencies request ``key`` is swept at: those of the run's it keeps, else the run's lowest."""
+    only = REQUESTS[key].concurrency
+    return (tuple(c for c in concurrency if c in only) or concurrency[:1]) if only else concurrency
+
+
 def _served(runner: Runner, results: dict, models: dict[str, Model], targets: dict[str, load.Target],
-            requests: dict[str, Path], plan: Plan, work: Path) -> None:
+            files: dict[str, Path], plan: Plan, work: Path) -> None:
     """Service, unbatched service and floor up together; every comparison interleaved in rounds.
 
     The service starts first on a quiet machine (its start-up is the first-start figure), the
@@ -162,8 +178,12 @@ def _served(runner: Runner, results: dict, models: dict[str, Model], targets: di
     """
     env = {"BIOMED_MODELS": ",".join(m.ref for m in models.values()), "BIOMED_API_TOKEN": "", "BIOMED_WORKERS": "1"}
     dicom_port = free_port()  # the service alone receives DICOM (the other servers would share the port)
-    dicom_env = dicom_bench.dicom_env(work, dicom_port) if "image" in models else {}
-    service = Server("service.service:Biomed", {**env, **dicom_env}, work / "service.log")
+    own_env: dict[str, str] = {}
+    for k in models:
+        own_env.update(BENCH[k].service_env(work, dicom_port))
+    grpc_port = free_port()  # the service alone serves v2 over gRPC
+    service = Server("service.service:Biomed", {**env, **own_env, "BIOMED_GRPC_PORT": str(grpc_port),
+                                                "BIOMED_GRPC_HOST": "127.0.0.1"}, work / "service.log")
     unbatched = Server("service.service:Biomed", {**env, **load.UNBATCHED_ENV}, work / "unbatched.log")
     floor = Server("bench.floor_service:Floor", {}, work / "floor.log")
     startup: dict = {}
@@ -177,33 +197,28 @@ def _served(runner: Runner, results: dict, models: dict[str, Model], targets: di
         floor_up = runner.case("floor start", floor.start) is not None
         if floor_up:
             startup["floor_rss_mb"] = floor.rss_mb()
-        for kind, t in targets.items():
-            loop = cases.pipeline_runner(t.model, requests[kind].read_bytes())
-            v2_body, v2_header = v2_bench.body(t.model, requests[kind], work / f"v2_{kind}.bin")
+        for key, t in targets.items():
+            loop = cases.pipeline_runner(t.model, files[key].read_bytes(), BENCH[t.model.kind].one_request)
+            v2_body, v2_header = v2_bench.body(t.model, files[key], work / f"v2_{key}.bin",
+                                               BENCH[t.model.kind].v2_element)
+            framed = grpc_bench.body(t.model, files[key], work / f"grpc_{key}.bin", BENCH[t.model.kind].v2_element)
+            v2_only = tuple(c for c in plan.concurrency if c in v2_bench.CONCURRENCY)
             arms = [load.Arm("service", service, t.path),
                     load.Arm("v2_binary", service, f"/v2/models/{t.model.name}/infer", script="v2.lua",
-                             env=v2_bench.env(v2_body, v2_header),
-                             only=tuple(c for c in plan.concurrency if c in v2_bench.CONCURRENCY)),
+                             env=v2_bench.env(v2_body, v2_header), only=v2_only),
+                    load.Arm("grpc", service, grpc_bench.PATH, only=v2_only, run=lambda c, secs, framed=framed:
+                             grpc_bench.run(service, grpc_port, framed, c, secs)),
                     load.Arm("pipeline_rounds", local=lambda secs, loop=loop: loop(secs)["rps"])]
             if floor_up:
                 arms += [load.Arm("floor_mounted", floor, t.mounted), load.Arm("floor_api", floor, t.api)]
-            # the small upload at 1 and 16 connections only (the issue's point): the sweep's length stays as it was
-            sweep = plan.concurrency if kind != "image_small" else tuple(c for c in plan.concurrency if c in (1, 16)) \
-                or plan.concurrency[:1]
+            sweep = _sweep(key, plan.concurrency)
             rows = runner.case(f"service and floor {t.name}", lambda t=t, arms=arms, sweep=sweep: load.interleaved(
-                arms, t, sweep, plan.wrk_seconds, plan.rounds)) or {}
-            for key, series in rows.items():
-                results.setdefault(key, []).extend(series)
-        if "dna" in models:
-            results["ism"] = runner.case("ism", lambda: load.ism(service, models["dna"], plan.ism_bases,
-                                                                 plan.ism_repeats)) or {}
-            results["large"] = runner.case("large requests", lambda: large.large_requests(
-                service, models["dna"], plan.quick, plan.rounds)) or []
-        if "image" in models:
-            results["dicom"] = runner.case("dicom network", lambda: dicom_bench.throughput(
-                service, dicom_port, requests["image"], plan.dicom_instances, plan.dicom_rounds, work)) or []
-            results["explain_image"] = runner.case("explain image", lambda: explain_image(
-                service, models["image"], requests["image"], plan.ism_repeats)) or {}
+                arms, t, sweep, plan.wrk_seconds, plan.rounds, lambda arm: grpc_bench.server_cpu(arm.server))) or {}
+            for series_key, series in rows.items():
+                results.setdefault(series_key, []).extend(series)
+        for k, m in models.items():  # each kind's own cases with the service up
+            context = Context(m, plan, work, files[BENCH[k].main.key], service, dicom_port)
+            _own(runner, results, BENCH[k].served, context)
         if unbatched_up:
             for t in targets.values():
                 results.setdefault("batching", []).extend(runner.case(

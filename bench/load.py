@@ -34,12 +34,21 @@ class Target:
         return self.label or self.model.name
 
 
-def target(model: Model, request_file: Path, label: str = "") -> Target:
-    if model.kind == "image":
-        return Target(model, "image.lua", {"BENCH_FILE": str(request_file)}, "/predict_image",
-                      "/mounted/predict_image", "/api_image", label)
-    return Target(model, "dna.lua", {"BENCH_BODY": str(request_file)}, "/predict_dna", "/mounted/predict_dna", "/api_dna",
-                  label)
+@dataclass(frozen=True)
+class Endpoints:
+    """Where wrk sends a kind's requests: the script, the env variable naming the file, each server's route."""
+
+    script: str
+    file_env: str  # BENCH_FILE (a file uploaded as multipart) or BENCH_BODY (a body sent as it is)
+    path: str  # our endpoint
+    mounted: str  # the floor's Starlette route
+    api: str  # the floor's @bentoml.api endpoint
+
+
+def target(model: Model, request_file: Path, endpoints: Endpoints, label: str = "") -> Target:
+    """What wrk sends for ``model``: ``request_file`` to ``endpoints`` (its kind's, ``bench.kinds``)."""
+    e = endpoints
+    return Target(model, e.script, {e.file_env: str(request_file)}, e.path, e.mounted, e.api, label)
 
 
 def ceiling(pipeline_rps: float, floor_rps: float) -> float:
@@ -65,6 +74,7 @@ class Arm:
     script: str = ""  # its own wrk script and BENCH_* env (default: the target's)
     env: dict[str, str] | None = None
     only: tuple[int, ...] = ()  # the concurrencies it runs at (default: every one)
+    run: Callable[[int, float], dict] | None = None  # another load generator: (concurrency, seconds) -> a wrk-like row
 
     def wrk_args(self, t: "Target") -> tuple[str, dict[str, str]]:
         return self.script or t.script, t.env if self.env is None else self.env
@@ -100,7 +110,9 @@ def interleaved(arms: list[Arm], t: Target, concurrencies: tuple[int, ...], seco
     after every run; its differences are summed into the row (``deltas``).
     """
     for arm in arms:
-        if arm.server is not None:
+        if arm.run is not None:
+            arm.run(max(concurrencies), min(seconds, 1.0))
+        elif arm.server is not None:
             script, env = arm.wrk_args(t)
             wrk.run(arm.server.url + arm.path, script, max(concurrencies), min(seconds, 1.0), env)
     rows: dict[str, list[dict]] = {arm.label: [] for arm in arms}
@@ -115,8 +127,11 @@ def interleaved(arms: list[Arm], t: Target, concurrencies: tuple[int, ...], seco
                     runs[arm.label].append({"rps": arm.local(seconds)})
                     continue
                 before = measure(arm) if measure else {}
-                script, env = arm.wrk_args(t)
-                runs[arm.label].append(wrk.run(arm.server.url + arm.path, script, c, seconds, env).to_dict())
+                if arm.run is not None:
+                    runs[arm.label].append(arm.run(c, seconds))
+                else:
+                    script, env = arm.wrk_args(t)
+                    runs[arm.label].append(wrk.run(arm.server.url + arm.path, script, c, seconds, env).to_dict())
                 after = measure(arm) if measure else {}
                 for key in after:
                     deltas[arm.label][key] = deltas[arm.label].get(key, 0.0) + after[key] - before[key]

@@ -7,6 +7,8 @@ import math
 from pathlib import Path
 from typing import Any, Iterable
 
+from bench.kinds import BENCH
+
 
 def _fmt(v: Any, digits: int = 1) -> str:
     if isinstance(v, bool) or v is None:
@@ -39,16 +41,9 @@ def targets(results: dict) -> list[dict]:
         rows = [r for r in results["runtime"] if r["model"] == model and r["engine"] == "onnxruntime-cpu"]
         at32 = next((r["vs_torch_cpu"] for r in rows if r["batch"] == 32), None)
         add(f"onnxruntime ÷ PyTorch eager, batch 32, {model}", "≥ 1.5", at32, lambda v: v >= 1.5)
-    for kind, model in results.get("models", {}).items():
-        if kind == "image":  # each upload size: the 512x512 slice and the 128x128 CT_small
-            for name in sorted({r["model"] for r in results.get("efficiency", []) if r["model"].startswith(model["name"])}):
-                at16 = next((r for r in results["efficiency"] if r["model"] == name and r["concurrency"] == 16), None)
-                size = name.removeprefix(model["name"]).strip(" ()") or "512x512"
-                add(f"service ÷ ceiling at concurrency 16, {model['name']}, {size} upload", "≥ 0.9",
-                    at16["of_ceiling"] if at16 else None, lambda v: v >= 0.9)
-        if kind == "dna":
-            ratio = results.get("batching_ratio", {}).get(model["name"])
-            add(f"batching on ÷ off, {model['name']}", "≥ 2", ratio, lambda v: v >= 2)
+    for kind, model in results.get("models", {}).items():  # each kind's own (bench.kinds)
+        for goal in BENCH[kind].goals(results, model):
+            add(*goal)
     enc = next((r for r in results.get("preprocess", []) if r["impl"].startswith("biomed dna")), None)
     add(f"DNA encoding, {enc['bases'] / 1e6:g} Mb sequence, MB/s" if enc else "DNA encoding, MB/s", "≥ 200",
         enc["per_s"] if enc else None, lambda v: v >= 200)
@@ -63,14 +58,21 @@ def targets(results: dict) -> list[dict]:
         worst = min(rows, key=lambda r: r["v2_of_native"])
         add(f"v2 binary ÷ native req/s, {model} (worst of conc. {', '.join(str(r['concurrency']) for r in rows)}: "
             f"{worst['concurrency']})", "≥ 0.9", worst["v2_of_native"], lambda v: v >= 0.9)
+    for model in sorted({r["model"] for r in results.get("grpc_v2", [])}):
+        rows = [r for r in results["grpc_v2"] if r["model"] == model]
+        worst = min(rows, key=lambda r: r["grpc_of_rest"])
+        add(f"v2 gRPC ÷ v2 REST binary req/s, {model} (worst of conc. "
+            f"{', '.join(str(r['concurrency']) for r in rows)}: {worst['concurrency']})", "≥ 0.9", worst["grpc_of_rest"],
+            lambda v: v >= 0.9)
     for r in results.get("genome", []):
         if r["case"] == "score-variants" and r["items"] >= 100_000:  # the goal's size (quick runs: start-up dominates)
             add(f"score-variants ÷ onnxruntime alone, windows/s, {r['items']:,} variants of a synthetic genome",
                 "≥ 0.7", r["ratio"], lambda v: v >= 0.7)
     for r in results.get("large", []):
         add(f"large request ÷ onnxruntime alone, rows/s: {r['case']}", "≥ 0.7", r["ratio"], lambda v: v >= 0.7)
-    runs = [r for k in ("service", "floor_mounted", "floor_api", "batching", "v2_binary") for r in results.get(k, [])]
-    add("non-2xx responses over every wrk run", "0", float(sum(r["non_2xx"] for r in runs)) if runs else None,
+    runs = [r for k in ("service", "floor_mounted", "floor_api", "batching", "v2_binary", "grpc")
+            for r in results.get(k, [])]
+    add("non-2xx responses (gRPC: refused calls) over every load run", "0", float(sum(r["non_2xx"] for r in runs)) if runs else None,
         lambda v: v == 0)
     return out
 
@@ -111,6 +113,13 @@ def markdown(results: dict) -> str:
           ("native_rps", "native req/s", 1), ("v2_rps", "v2 binary req/s", 1), ("v2_per_round", "v2 req/s per round", -1),
           ("v2_p50_ms", "v2 p50 ms", 1), ("v2_p99_ms", "v2 p99 ms", 1), ("native_p99_ms", "native p99 ms", 1),
           ("v2_of_native", "v2 ÷ native", 2), ("non_2xx", "non-2xx", 0)]),
+        ("2c. Open Inference Protocol v2 over gRPC beside v2 REST binary (h2load, one connection, conc. = streams; "
+         "same work, same rounds; cpu ms = the server's CPU time per request)", "grpc_v2",
+         [("model", "model", -1), ("concurrency", "conc.", 0), ("rest_rps", "REST req/s", 1),
+          ("grpc_rps", "gRPC req/s", 1), ("grpc_per_round", "gRPC req/s per round", -1),
+          ("rest_p50_ms", "REST p50 ms", 2), ("grpc_p50_ms", "gRPC p50 ms", 2), ("rest_p99_ms", "REST p99 ms", 1),
+          ("grpc_p99_ms", "gRPC p99 ms", 1), ("rest_cpu_ms", "REST cpu ms/req", 2), ("grpc_cpu_ms", "gRPC cpu ms/req", 2),
+          ("grpc_of_rest", "gRPC ÷ REST", 2), ("non_2xx", "non-2xx", 0)]),
         ("4. Preprocessing", "preprocess",
          [("case", "case", -1), ("impl", "implementation", -1), ("ms", "ms/image", 2), ("per_s", "per s", 1),
           ("unit", "unit", -1), ("vs_naive", "÷ naive", 1)]),

@@ -99,6 +99,18 @@ class Server:
         except psutil.Error:
             return []
 
+    def processes(self) -> list:
+        """The server's process tree: its main process and every descendant alive now (psutil processes)."""
+        import psutil
+
+        if self._proc is None:
+            return []
+        try:
+            root = psutil.Process(self._proc.pid)
+            return [root, *root.children(recursive=True)]
+        except psutil.Error:
+            return []
+
     def rss_mb(self) -> float:
         """Resident memory of the server's whole process tree (arbiter, API server, workers), MiB."""
         import psutil

@@ -10,20 +10,33 @@ from __future__ import annotations
 import json
 import struct
 from pathlib import Path
+from typing import Callable
 
 from bench.inputs import Model
+from biomed import kinds
 
 CONCURRENCY = (1, 16)  # the v2 rows' concurrencies (those of the run's own that are among these)
 
 
-def body(model: Model, request_file: Path, out: Path) -> tuple[Path, int]:
-    """Write the binary v2 request for ``model`` doing the native request's work; return it and its JSON length."""
-    if model.kind == "image":
-        name, element = "file", request_file.read_bytes()
-    else:
-        name, element = "sequence", json.loads(request_file.read_text())["sequences"][0].encode()
-    blob = struct.pack("<I", len(element)) + element
-    header = json.dumps({"inputs": [{"name": name, "shape": [1], "datatype": "BYTES",
+def file_element(request_file: Path) -> bytes:
+    """The element of an upload: the whole file, as ``/predict_image`` receives it."""
+    return request_file.read_bytes()
+
+
+def sequence_element(request_file: Path) -> bytes:
+    """The element of a DNA body: its one sequence, as ``/predict_dna`` receives it."""
+    return json.loads(request_file.read_text())["sequences"][0].encode()
+
+
+def body(model: Model, request_file: Path, out: Path, element: Callable[[Path], bytes]) -> tuple[Path, int]:
+    """Write the binary v2 request for ``model`` doing the native request's work; return it and its JSON length.
+
+    ``element`` turns the native request file into the one BYTES element of the kind's person input
+    (``biomed.kinds``: ``file``, ``sequence``); its kind's entry in ``bench.kinds`` says which.
+    """
+    data = element(request_file)
+    blob = struct.pack("<I", len(data)) + data
+    header = json.dumps({"inputs": [{"name": kinds.get(model.kind).person.name, "shape": [1], "datatype": "BYTES",
                                      "parameters": {"binary_data_size": len(blob)}}],
                          "parameters": {"binary_data_output": True}}).encode()
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -14,10 +14,11 @@ import numpy as np
 
 from biomed.errors import InputError
 from biomed.preprocess import dna
+from biomed.outputs.semantics import PROBABILITIES, Semantics, finite_or_none
+from biomed.outputs.semantics import logit as logit  # re-exported: the log-odds of the variant effects
 from biomed.preprocess.dna import DnaSpec
 
-Predict = Callable[[np.ndarray], Awaitable[np.ndarray]]  # (N, L) uint8 -> (N, T) probabilities
-EPS = 1e-7
+Predict = Callable[[np.ndarray], Awaitable[np.ndarray]]  # (N, L) uint8 -> (N, T) probabilities or values
 
 
 def sequence_rows(lengths: list[int], spec: DnaSpec, reverse_complement: bool) -> int:
@@ -47,8 +48,9 @@ async def score_windows(predict: Predict, windows: np.ndarray, reverse_complemen
 
 
 async def predict_sequences(predict: Predict, labels: list[str], params: DnaSpec, items: list[tuple[str, str]],
-                            reverse_complement: bool) -> list[dict]:
-    """One prediction per sequence: the per-task max over its windows, and the windows when there are several.
+                            reverse_complement: bool, semantics: Semantics = PROBABILITIES) -> list[dict]:
+    """One prediction per sequence: the per-task max over its windows (the mean, for regression values; see
+    ``Semantics.summarise``), and the windows when there are several; under ``semantics.name``.
 
     All sequences are encoded in one table lookup and those of one length tiled together, so ten thousand
     sequences cost a few array operations, not ten thousand.
@@ -60,23 +62,15 @@ async def predict_sequences(predict: Predict, labels: list[str], params: DnaSpec
         raise InputError(f"sequence {names[int(np.argmin(lengths))]!r} is empty", code="empty_sequence")
     rows, firsts, starts_of = dna.tile_many(codes, offsets, params.length, params.stride)
     probs = await score_windows(predict, rows, reverse_complement)
-    maxima = _segment_max(probs, np.asarray(firsts, dtype=np.int64)).tolist()
+    maxima = semantics.summarise(probs, np.asarray(firsts, dtype=np.int64)).tolist()
+    key = semantics.name
     out = []
     for name, n, first, starts, top in zip(names, lengths.tolist(), firsts, starts_of, maxima):
-        entry = {"id": name, "length": n, "probabilities": dict(zip(labels, top))}
+        entry = {"id": name, "length": n, key: dict(zip(labels, top))}
         if n > params.length:
-            entry["windows"] = [{"start": s, "end": s + params.length, "probabilities": dict(zip(labels, w))}
+            entry["windows"] = [{"start": s, "end": s + params.length, key: dict(zip(labels, w))}
                                 for s, w in zip(starts, probs[first : first + len(starts)].tolist())]
         out.append(entry)
-    return out
-
-
-def _segment_max(rows: np.ndarray, firsts: np.ndarray) -> np.ndarray:
-    """Per segment the column-wise max of ``rows``, segment i starting at row ``firsts[i]``; the segments, in any
-    order, cover every row once (as ``dna.tile_many`` lays windows out). One ``reduceat``, not one call per segment."""
-    order = np.argsort(firsts, kind="stable")
-    out = np.empty((len(firsts), rows.shape[1]), dtype=rows.dtype)
-    out[order] = np.maximum.reduceat(rows, firsts[order], axis=0)
     return out
 
 
@@ -98,14 +92,10 @@ def variant_window(codes: np.ndarray, position: int, length: int, offset: int | 
     return window, position - start
 
 
-def logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(p.astype(np.float64), EPS, 1 - EPS)
-    return np.log(p / (1 - p))
-
-
 async def score_variants(predict: Predict, labels: list[str], params: DnaSpec, variants: list[dict],
-                         reverse_complement: bool) -> list[dict]:
-    """Ref and alt probabilities of SNVs, their difference and log-odds difference, all in one batch.
+                         reverse_complement: bool, semantics: Semantics = PROBABILITIES) -> list[dict]:
+    """Ref and alt outputs of SNVs and their effects (``semantics.effect_names``: the difference, and the log-odds
+    difference of probabilities or the log2 fold change of values), all in one batch.
 
     Every variant is encoded, checked and windowed in a few array operations; when any check fails, the
     variants are checked again one by one so the error names the first bad one, as a loop would.
@@ -134,11 +124,13 @@ async def score_variants(predict: Predict, labels: list[str], params: DnaSpec, v
     valid = (local >= 0) & (local < lengths[:, None])
     contexts = np.where(valid, codes[offsets[:-1, None] + np.clip(local, 0, None) * valid], dna.N_CODE)
     ref_rows, alt_rows = context_windows(contexts.astype(np.uint8), alt, params.length)
-    p_ref, p_alt, _, lod = await variant_effects(predict, ref_rows, alt_rows, len(variant_offsets(params.length)),
-                                                 reverse_complement)
-    rows = zip(names, p_ref.tolist(), p_alt.tolist(), (p_alt - p_ref).tolist(), lod.tolist())
-    return [{"id": name, "ref": dict(zip(labels, r)), "alt": dict(zip(labels, a)), "diff": dict(zip(labels, d)),
-             "log_odds_diff": dict(zip(labels, o))} for name, r, a, d, o in rows]
+    p_ref, p_alt, diff, scaled = await variant_effects(predict, ref_rows, alt_rows,
+                                                       len(variant_offsets(params.length)), reverse_complement,
+                                                       semantics)
+    first, second = semantics.effect_names
+    rows = zip(names, p_ref.tolist(), p_alt.tolist(), diff.tolist(), scaled.tolist())
+    return [{"id": name, "ref": dict(zip(labels, r)), "alt": dict(zip(labels, a)), first: dict(zip(labels, d)),
+             second: dict(zip(labels, finite_or_none(o)))} for name, r, a, d, o in rows]
 
 
 def _first_bad_variant(variants: list[dict], names: list[str]) -> None:
@@ -162,9 +154,12 @@ def _first_bad_variant(variants: list[dict], names: list[str]) -> None:
 
 
 async def variant_effects(predict: Predict, ref_rows: np.ndarray, alt_rows: np.ndarray, placements: int,
-                          reverse_complement: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """``(p_ref, p_alt, diff, log_odds_diff)``, each (n, T), of n variants' ref and alt windows ((n * placements, L)
-    each, a variant's placements consecutive): all rows in one ``predict`` call, the placements averaged.
+                          reverse_complement: bool, semantics: Semantics = PROBABILITIES
+                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(ref, alt, *semantics.effects(ref, alt))``, each (n, T), of n variants' ref and alt windows
+    ((n * placements, L) each, a variant's placements consecutive): all rows in one ``predict`` call, the placements
+    averaged. For probabilities the effects are ``diff`` and ``log_odds_diff``; for values ``diff`` and
+    ``log2_fold_change`` (NaN where a value is <= 0).
 
     The one computation behind ``/score_variants`` and the streaming VCF scorer (``biomed/variant_stream.py``).
     """
@@ -172,7 +167,7 @@ async def variant_effects(predict: Predict, ref_rows: np.ndarray, alt_rows: np.n
     probs = await score_windows(predict, np.concatenate([ref_rows, alt_rows]), reverse_complement)
     p_ref = probs[: n * placements].reshape(n, placements, -1).mean(axis=1)  # mean over the placements
     p_alt = probs[n * placements :].reshape(n, placements, -1).mean(axis=1)
-    return p_ref, p_alt, p_alt - p_ref, logit(p_alt) - logit(p_ref)
+    return (p_ref, p_alt, *semantics.effects(p_ref, p_alt))
 
 
 def context_windows(contexts: np.ndarray, alts: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
@@ -203,8 +198,8 @@ def _mutants(window: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray, np.
 
 
 async def explain(predict: Predict, labels: list[str], params: DnaSpec, sequence: str, task: str | None,
-                  reverse_complement: bool) -> dict:
-    """In-silico mutagenesis: the change in one task's probability for every base substitution.
+                  reverse_complement: bool, semantics: Semantics = PROBABILITIES) -> dict:
+    """In-silico mutagenesis: the change in one task's probability (or value) for every base substitution.
 
     The sequence's score is the max over its windows; a substitution re-scores only
     the windows that contain it. ``importance`` is the mean absolute change over the
@@ -236,7 +231,7 @@ async def explain(predict: Predict, labels: list[str], params: DnaSpec, sequence
     reference = float(base.max())
     deltas = np.where(np.isfinite(scored), scored - reference, 0.0)
     importance = np.abs(deltas).sum(axis=1) / 3
-    return {"task": labels[t], "probability": reference, "scores": deltas.round(7).tolist(),
+    return {"task": labels[t], semantics.one: reference, "scores": deltas.round(7).tolist(),
             "importance": importance.round(7).tolist()}
 
 

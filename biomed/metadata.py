@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from biomed.kinds import all_kinds
 METADATA_KEY = "biomed"
 SCHEMA_VERSION = "biomed/1"
 INTENDED_USE = "research use only, not for diagnostic use"
+NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")  # a model name, as the schema's ``name`` pattern
 
 
 class MetadataError(ValueError):

@@ -183,6 +183,12 @@ class LoadedModel:
         self.input_name = self.session.get_inputs()[0].name
 
     @property
+    def fixed_batch(self) -> int | None:
+        """The batch size the graph was made for, when it has one (an imported model's; see ``run``)."""
+        first = self.doc["input"]["shape"][0]
+        return first if isinstance(first, int) else None
+
+    @property
     def kind(self) -> str:
         return self.doc["kind"]
 
@@ -199,8 +205,21 @@ class LoadedModel:
         return size
 
     def run(self, x: np.ndarray) -> np.ndarray:
-        """One synchronous inference call (the batcher's worker thread, or a tool's loop)."""
-        return self.session.run(None, {self.input_name: x})[0]
+        """One synchronous inference call (the batcher's worker thread, or a tool's loop).
+
+        A graph of a fixed batch size B runs in calls of exactly B rows, the last one padded with zeros (whose
+        outputs are dropped), so any number of rows can be asked of it.
+        """
+        fixed = self.fixed_batch
+        if fixed is None or len(x) == fixed:
+            return self.session.run(None, {self.input_name: x})[0]
+        outputs = []
+        for i in range(0, len(x), fixed):
+            part = x[i : i + fixed]
+            if len(part) < fixed:
+                part = np.concatenate([part, np.zeros((fixed - len(part), *x.shape[1:]), dtype=x.dtype)])
+            outputs.append(self.session.run(None, {self.input_name: part})[0])
+        return np.concatenate(outputs)[: len(x)]
 
 
 def sha256_of(path: Path) -> str:
@@ -235,7 +254,7 @@ def warm_up(model: LoadedModel, max_batch_size: int = 2) -> None:
     """Inference on zero inputs of the model's shape: batch 2 (catches shape or provider errors early), then the
     largest batch the server will run, so onnxruntime's memory arena reaches its serving size before ``/readyz``
     (a burst then leaves no growth behind, and the memory model's baseline includes it)."""
-    shape = [2 if isinstance(s, str) else int(s) for s in model.doc["input"]["shape"]]
+    shape = [2, *(int(s) for s in model.doc["input"]["shape"][1:])]
     x = np.zeros(shape, dtype=np.dtype(model.doc["input"]["dtype"]))
     out = model.run(x)
     if out.shape != (2, len(model.labels)):

@@ -226,8 +226,9 @@ class Settings:
         "BIOMED_BODY_MIN_KBPS", "16", "after its first 2 s, a body must keep arriving at this average rate in KiB/s or "
         "faster; else 408. `0` turns the rate check off", as_kb)
     max_body_bytes: int = setting(
-        "BIOMED_MAX_BODIES_MB", "256", "the most MiB of request bodies one worker holds at once (a declared "
-        "`Content-Length` counts at once); past it, 429 `too_many_requests`. `0`: no limit", as_mb)
+        "BIOMED_MAX_BODIES_MB", "256", "the most MiB of request bodies (and received DICOM instances, and v2 answers "
+        "being sent) one worker holds at once, counted as the bytes arrive; one peer address may hold at most half of "
+        "it, or one whole upload when that is more. Past either, 429 `too_many_requests`. `0`: no limit", as_mb)
     max_pixels: int = setting(
         "BIOMED_MAX_PIXELS", "100000000", "the most pixels per image file, rows × columns × frames, checked from the "
         "header (and from each compressed frame's codestream)", as_int)
@@ -321,7 +322,18 @@ class Settings:
         "any (logged as a warning at start-up). Must be set when `BIOMED_DICOM_PORT` is", as_aets)
     dicom_max_associations: int = setting(
         "BIOMED_DICOM_MAX_ASSOCIATIONS", "10", "associations one worker's receiver serves at once (more are rejected, "
-        "\"local limit exceeded\")", as_int)
+        "\"local limit exceeded\"); a connection that has not asked for one does not count", as_int)
+    dicom_max_connections: int = setting(
+        "BIOMED_DICOM_MAX_CONNECTIONS", "32", "TCP connections one worker's receiver keeps open, at most half of them (or "
+        "`BIOMED_DICOM_MAX_ASSOCIATIONS`, when more) from one peer address; at a cap the oldest connection that has not yet sent its A-ASSOCIATE-RQ is closed to admit "
+        "the new one (when all have, the new one is closed). At least `BIOMED_DICOM_MAX_ASSOCIATIONS`", as_int)
+    dicom_associate_timeout_s: float = setting(
+        "BIOMED_DICOM_ASSOCIATE_TIMEOUT_S", "10", "seconds a new connection to the receiver has to send its whole "
+        "A-ASSOCIATE-RQ; else it is closed", as_float)
+    dicom_temp_bytes: int = setting(
+        "BIOMED_DICOM_TEMP_MB", "1024", "the most MiB of incoming datasets in the receiver's temporary folder (shared out "
+        "among the workers); an association whose dataset would pass it is aborted. A dataset cut by an abort or a "
+        "reset is removed when its association ends. `0`: no cap", as_mb)
     dicom_destination: str = setting(
         "BIOMED_DICOM_DESTINATION", "", "where result SRs go: a DICOMweb base URL (`http(s)://host/dicom-web`, STOW-RS "
         "to `{url}/studies`) or a DICOM peer `AET@host:port` (C-STORE). Anything else stops start-up", as_destination,
@@ -333,10 +345,28 @@ class Settings:
         "BIOMED_DICOM_RETRY_MAX_S", "300", "the longest wait between delivery attempts; waits double from 1 s up to it "
         "while the destination fails", as_float)
 
+    grpc_port: int = setting(
+        "BIOMED_GRPC_PORT", "0", "the [Open Inference Protocol v2 over gRPC](#open-inference-protocol-v2-over-grpc)'s TCP "
+        "port; every worker listens on it (`SO_REUSEPORT`). `biomed serve --grpc-port P` sets it", as_port,
+        shown="`0` (off)")
+    grpc_host: str = setting(
+        "BIOMED_GRPC_HOST", "0.0.0.0", "the gRPC server's bind address (`biomed serve --grpc-port` uses its `--host` when "
+        "this is unset)", as_text)
+    grpc_max_streams: int = setting(
+        "BIOMED_GRPC_MAX_STREAMS", "16", "gRPC calls per worker whose request message is read at once (each may be up "
+        "to `BIOMED_MAX_UPLOAD_MB`: a term of the memory model); more wait their turn, unread, within the worker's "
+        "share of `BIOMED_MAX_CONCURRENCY`. Must be positive", as_int)
+
     def __post_init__(self) -> None:
+        if self.grpc_max_streams < 1:
+            raise ValueError(f"{env('grpc_max_streams')}={self.grpc_max_streams} must be at least 1")
         if self.dicom_port and not self.dicom_allowed_aets:
             raise ValueError(f"{env('dicom_port')} is set but {env('dicom_allowed_aets')} is empty: list the calling AE "
                              "titles allowed to send (comma-separated), or * for any")
+        if self.dicom_port and self.dicom_max_connections < self.dicom_max_associations:
+            raise ValueError(f"{env('dicom_max_connections')}={self.dicom_max_connections} is below "
+                             f"{env('dicom_max_associations')}={self.dicom_max_associations}: every association is a "
+                             "connection; raise it")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Any:

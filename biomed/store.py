@@ -4,12 +4,16 @@ A store is BentoML's (``$BENTOML_HOME/models``, or a bento's own) unless a folde
 (``store``: a folder of ``<name>/<version>/`` entries, e.g. a volume several servers share).
 Beside a model's versions, ``<name>/biomed-rollout.json`` says which version servers make the
 default and which get a canary share (``promote``, ``set_canary``); servers that watch the store
-pick it up (docs/deployment.md, "Rolling out a new model version").
+pick it up (docs/deployment.md, "Rolling out a new model version"). Every change of a rollout
+file happens under ``rollout_lock`` (an exclusive ``flock`` on ``.biomed-rollout.lock`` beside it),
+so promotes and canary changes of one model, from any thread or process, happen one at a time:
+none is written over by another's stale read.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import math
 import os
@@ -17,13 +21,14 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import bentoml
 
 from biomed.settings import DEMO_MODELS  # the default of BIOMED_MODELS
 
 ROLLOUT_FILE = "biomed-rollout.json"  # beside the versions of a model: {"default": version, "canary": {version: %}}
+ROLLOUT_LOCK = ".biomed-rollout.lock"  # held (flock) while the rollout file is read, changed and written
 LATEST = "latest"
 
 
@@ -61,6 +66,19 @@ def onnx_path(model: bentoml.Model) -> Path:
     return Path(model.path_of("model.onnx"))
 
 
+def imported(name: str, version: str, store: str | Path | None = None) -> dict[str, Any]:
+    """An imported model's ``source``, ``description`` and ``checks`` from its ONNX metadata (all None for a model
+    of biomed's own, or one that cannot be read)."""
+    from biomed import metadata
+
+    try:
+        doc = metadata.read(onnx_path(resolve(f"{name}:{version}", store)))
+    except (ModelNotFound, metadata.MetadataError):
+        doc = {}
+    found = doc.get("import", {})
+    return {key: found.get(key) for key in ("source", "description", "checks")}
+
+
 def has_models(names: tuple[str, ...] = DEMO_MODELS, store: str | Path | None = None) -> bool:
     present = {m.tag.name for m in biomed_models(store)}
     return all(name in present for name in names)
@@ -75,13 +93,14 @@ class Row:
     labels: list[str]
     auroc: float
     created: str
+    source: str = "biomed"  # biomed export, or the format an imported model came in (onnx, torchscript, monai_bundle)
 
     @classmethod
     def of(cls, model: bentoml.Model) -> "Row":
         meta: dict[str, Any] = model.info.metadata
         return cls(model.tag.name, model.tag.version or "", str(meta.get("kind", "?")), str(meta.get("variant", "?")),
                    list(meta.get("labels", [])), float(meta.get("auroc_macro", float("nan"))),
-                   model.info.creation_time.strftime("%Y-%m-%d %H:%M"))
+                   model.info.creation_time.strftime("%Y-%m-%d %H:%M"), str(meta.get("source", "biomed")))
 
 
 def check_kind(name: str, kind: str, store: str | Path | None = None) -> None:
@@ -105,16 +124,29 @@ def import_onnx(path: str | Path, name: str | None = None, store: str | Path | N
     from biomed import metadata
 
     doc = metadata.read(path)
-    name = name or doc["name"]
-    check_kind(name, doc["kind"], store)
+    return save(Path(path).read_bytes(), doc, name or doc["name"], store)
+
+
+def save(onnx_bytes: bytes, doc: dict[str, Any], name: str, store: str | Path | None = None,
+         files: dict[str, bytes] | None = None) -> str:
+    """Write a model whose ``biomed`` document is ``doc`` (already validated and embedded in ``onnx_bytes``) into the
+    store as ``name:<doc's version>``, with ``files`` beside it (a model card); returns the tag. The store entry's
+    labels and metadata are what ``biomed models`` lists: kind, labels, variant, AUROC (NaN when none was
+    measured, as for an imported model) and, for an imported model, its source format."""
+    check_kind(name, doc["kind"], store)  # a name holds one kind of model
+    metrics = doc.get("training", {}).get("metrics", {})
     labels = {"biomed": "1", "kind": doc["kind"], "arch": str(doc.get("architecture", {}).get("arch", "?")),
               "variant": str(doc.get("export", {}).get("variant", "fp32"))}
     meta = {"biomed_schema": doc["schema"], "kind": doc["kind"], "labels": doc["labels"],
-            "auroc_macro": float(doc["training"]["metrics"].get("auroc_macro", float("nan"))), "variant": labels["variant"]}
+            "auroc_macro": float(metrics.get("auroc_macro", float("nan"))), "variant": labels["variant"]}
+    if "import" in doc:
+        meta["source"] = doc["import"]["source"]["format"]
     if store:
         Path(store).mkdir(parents=True, exist_ok=True)
     with bentoml.models.create(f"{name}:{doc['version']}", labels=labels, metadata=meta, **_store(store)) as stored:
-        Path(stored.path_of("model.onnx")).write_bytes(Path(path).read_bytes())
+        Path(stored.path_of("model.onnx")).write_bytes(onnx_bytes)
+        for file_name, data in (files or {}).items():
+            Path(stored.path_of(file_name)).write_bytes(data)
         return str(stored.tag)
 
 
@@ -172,6 +204,35 @@ def write_rollout(name_dir: Path, rollout: dict[str, Any]) -> None:
         raise
 
 
+def lock_rollout(name_dir: Path) -> int:
+    """Take the model's rollout lock, waiting for whoever holds it; returns the descriptor ``unlock_rollout`` takes.
+
+    Raises:
+        OSError: the lock file cannot be created (a read-only store).
+    """
+    fd = os.open(name_dir / ROLLOUT_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # per open file: two threads of one process exclude each other too
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def unlock_rollout(fd: int) -> None:
+    os.close(fd)  # releases the lock
+
+
+@contextlib.contextmanager
+def rollout_lock(name_dir: Path) -> Iterator[None]:
+    """The model's rollout lock for the duration of a block (``lock_rollout``)."""
+    fd = lock_rollout(name_dir)
+    try:
+        yield
+    finally:
+        unlock_rollout(fd)
+
+
 def _name_dir(name: str, version: str, store: str | Path | None) -> tuple[Path, str]:
     """The model's folder in the store and the exact version ``version`` names (``latest``: the newest export)."""
     if not name or ":" in version:
@@ -187,11 +248,19 @@ def promote(ref: str, store: str | Path | None = None) -> dict[str, Any]:
     Returns the rollout written. Raises ModelNotFound when the version is not in the store, and OSError when
     the store cannot be written (a bento's own store is read-only).
     """
+    name_dir, rollout = promotion(ref, store)
+    with rollout_lock(name_dir):
+        write_rollout(name_dir, rollout)
+    return {"model": split_ref(ref)[0], **rollout}
+
+
+def promotion(ref: str, store: str | Path | None = None) -> tuple[Path, dict[str, Any]]:
+    """The model's folder and the rollout a promote of ``ref`` writes there (``promote``), nothing written yet.
+
+    Raises ModelNotFound when the version is not in the store."""
     name, version = split_ref(ref)
     name_dir, exact = _name_dir(name, version, store)
-    rollout = {"default": LATEST if version in ("", LATEST) else exact, "canary": {}}
-    write_rollout(name_dir, rollout)
-    return {"model": name, **rollout}
+    return name_dir, {"default": LATEST if version in ("", LATEST) else exact, "canary": {}}
 
 
 def set_canary(ref: str, percent: float, store: str | Path | None = None) -> dict[str, Any]:
@@ -203,15 +272,16 @@ def set_canary(ref: str, percent: float, store: str | Path | None = None) -> dic
     if not (math.isfinite(percent) and 0 <= percent <= 100):
         raise ValueError(f"the canary share must be a percentage from 0 to 100, not {percent:g}")
     name_dir, exact = _name_dir(name, version, store)
-    rollout = read_rollout(name_dir)
-    canary = dict(rollout.get("canary") or {})
-    canary.pop(exact, None)
-    if percent > 0:
-        canary[exact] = float(percent)
-    if sum(canary.values()) > 100:
-        raise ValueError(f"the canary shares of {name} would add up to {sum(canary.values()):g}%, over 100")
-    rollout["canary"] = canary
-    write_rollout(name_dir, rollout)
+    with rollout_lock(name_dir):  # read, change, write: one at a time
+        rollout = read_rollout(name_dir)
+        canary = dict(rollout.get("canary") or {})
+        canary.pop(exact, None)
+        if percent > 0:
+            canary[exact] = float(percent)
+        if sum(canary.values()) > 100:
+            raise ValueError(f"the canary shares of {name} would add up to {sum(canary.values()):g}%, over 100")
+        rollout["canary"] = canary
+        write_rollout(name_dir, rollout)
     return {"model": name, **rollout}
 
 

@@ -126,12 +126,20 @@ def cmd_models(args: argparse.Namespace) -> int:
         import json
         from dataclasses import asdict
 
-        print(json.dumps([{**asdict(r), "rollout": rollout(r)} for r in rows], indent=2))
+        print(json.dumps([{**asdict(r), "rollout": rollout(r),  # an imported model's source, description, checks
+                           **(store.imported(r.name, r.version, where) if r.source != "biomed" else {})}
+                          for r in rows], indent=2))
         return 0
-    print(f"{'NAME':<16} {'VERSION':<26} {'KIND':<6} {'VARIANT':<7} {'AUROC':>6}  {'ROLLOUT':<12} LABELS")
+    print(f"{'NAME':<16} {'VERSION':<26} {'KIND':<6} {'VARIANT':<7} {'AUROC':>6}  {'ROLLOUT':<12} {'SOURCE':<12} LABELS")
     for r in rows:
         print(f"{r.name:<16} {r.version:<26} {r.kind:<6} {r.variant:<7} {r.auroc:6.3f}  {rollout(r):<12} "
-              f"{','.join(r.labels)}")
+              f"{r.source:<12} {','.join(r.labels)}")
+        found = store.imported(r.name, r.version, where) if r.source != "biomed" else {}
+        if found.get("checks"):
+            c = found["checks"]
+            print(f"{'':<16} imported from {found['source']['file']} (sha256 {found['source']['sha256'][:12]}); "
+                  f"checks: {c['checker']}, max |diff| {c['max_abs_diff']:.1e} (rtol {c['rtol']}, atol {c['atol']}), "
+                  f"batch {c.get('batch', 'any')}")
     return 0
 
 
@@ -146,7 +154,8 @@ def cmd_demo_models(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from cli.serve import serve
 
-    return serve(port=args.port, host=args.host, workers=args.workers, models=args.models, dicom_port=args.dicom_port)
+    return serve(port=args.port, host=args.host, workers=args.workers, models=args.models, dicom_port=args.dicom_port,
+                 grpc_port=args.grpc_port)
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -220,6 +229,8 @@ def build_parser(train: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--models", help=f"comma list of name[:version] (default {env('models')} or demo-image,demo-dna)")
     p.add_argument("--dicom-port", type=int, help=f"also receive DICOM (C-STORE) on this port ({env('dicom_port')}; "
                    f"allowed senders in {env('dicom_allowed_aets')})")
+    p.add_argument("--grpc-port", type=int, help=f"also serve the Open Inference Protocol v2 over gRPC on this port "
+                   f"({env('grpc_port')})")
     p.set_defaults(func=cmd_serve)
     for extra in _extra_commands():
         extra(sub)
@@ -229,7 +240,7 @@ def build_parser(train: bool = True) -> argparse.ArgumentParser:
 def _extra_commands() -> list[Callable[[argparse._SubParsersAction], None]]:
     """Commands defined next to their implementation (analysis, benchmarks)."""
     found = []
-    for module in ("cli.analysis", "cli.dna", "cli.image", "cli.variants", "cli.regions"):
+    for module in ("cli.analysis", "cli.dna", "cli.image", "cli.variants", "cli.regions", "cli.importing"):
         found.append(__import__(module, fromlist=["register"]).register)
     from cli.bench import register
 

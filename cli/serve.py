@@ -12,11 +12,13 @@ from biomed.store import has_models
 from service.config import ServiceConfig
 
 
-def serve(port: int, host: str, workers: int | None, models: str | None, dicom_port: int | None = None) -> int:
+def serve(port: int, host: str, workers: int | None, models: str | None, dicom_port: int | None = None,
+          grpc_port: int | None = None) -> int:
     """Replace this process with ``bentoml serve service.service:Biomed``; the flags go to its environment.
 
-    ``dicom_port`` turns the C-STORE receiver on (``BIOMED_DICOM_PORT``); it listens on the same host as HTTP
-    unless ``BIOMED_DICOM_HOST`` says otherwise.
+    ``dicom_port`` turns the C-STORE receiver on (``BIOMED_DICOM_PORT``), ``grpc_port`` the Open Inference
+    Protocol v2 over gRPC (``BIOMED_GRPC_PORT``); each listens on the same host as HTTP unless
+    ``BIOMED_DICOM_HOST`` / ``BIOMED_GRPC_HOST`` says otherwise.
     """
     env = dict(os.environ)
     if models:
@@ -26,6 +28,9 @@ def serve(port: int, host: str, workers: int | None, models: str | None, dicom_p
     if dicom_port:
         env[settings.env("dicom_port")] = str(dicom_port)
         env.setdefault(settings.env("dicom_host"), host)
+    if grpc_port:
+        env[settings.env("grpc_port")] = str(grpc_port)
+        env.setdefault(settings.env("grpc_host"), host)
     config = ServiceConfig.from_env(env)  # the server reads the same; a bad setting fails here, before the exec
     check_providers(config.providers)  # as the server would at start-up, in one line here
     wanted = tuple(ref.split(":")[0] for ref in config.models)

@@ -27,6 +27,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from biomed.outputs import Producer
+from biomed.outputs.semantics import Semantics
 from biomed.outputs.vcf import Effects, TsvWriter, VcfAnnotator
 from biomed.settings import env
 
@@ -193,11 +194,11 @@ def local_scorer(ref: str, rc: bool, batch_rows: int | None) -> tuple[Producer, 
     length = int(model.doc["preprocess"]["length"])
     predict = runtime.predictor(model, batch_rows or CHUNK_ROWS)
     placements = len(dna_ops.variant_offsets(length))
-    info = Producer(model.name, model.version, model.sha256, tuple(model.labels), length)
+    info = Producer(model.name, model.version, model.sha256, tuple(model.labels), length, Semantics.of(model.doc))
 
     def score(contexts: np.ndarray, alts: np.ndarray) -> Effects:
         ref_rows, alt_rows = dna_ops.context_windows(contexts, alts, length)
-        return Effects(*asyncio.run(dna_ops.variant_effects(predict, ref_rows, alt_rows, placements, rc)))
+        return Effects(*asyncio.run(dna_ops.variant_effects(predict, ref_rows, alt_rows, placements, rc, info.output)))
 
     return info, score
 
@@ -205,11 +206,16 @@ def local_scorer(ref: str, rc: bool, batch_rows: int | None) -> tuple[Producer, 
 _BASES = np.frombuffer(b"ACGTN", dtype=np.uint8)
 
 
+def _number(value: float | None) -> float:
+    return float("nan") if value is None else value  # null: a fold change that does not exist
+
+
 def remote_scorer(remote, ref: str, rc: bool, request_variants: int) -> tuple[Producer, Callable]:
     """``/score_variants`` on a biomed-serve: each context as the sequence, the variant at its centre."""
     described = remote.model(ref)
     length = int(described["preprocess"]["length"])
-    info = Producer(described["name"], described["version"], described["sha256"], tuple(described["labels"]), length)
+    info = Producer(described["name"], described["version"], described["sha256"], tuple(described["labels"]), length,
+                    Semantics.of_output(described["output"], len(described["labels"])))
     pinned, half, labels = f"{info.name}:{info.version}", length // 2, info.labels
 
     def score(contexts: np.ndarray, alts: np.ndarray) -> Effects:
@@ -220,8 +226,8 @@ def remote_scorer(remote, ref: str, rc: bool, request_variants: int) -> tuple[Pr
         answers = remote.batched("/score_variants", items, request_variants,
                                  lambda batch: {"variants": list(batch), "model": pinned, "reverse_complement": rc},
                                  lambda body: body["variants"])
-        arrays = [np.array([[v[key][t] for t in labels] for v in answers], dtype=np.float64).reshape(n, len(labels))
-                  for key in ("ref", "alt", "diff", "log_odds_diff")]
+        arrays = [np.array([[_number(v[key][t]) for t in labels] for v in answers], dtype=np.float64)
+                  .reshape(n, len(labels)) for key in ("ref", "alt", *info.output.effect_names)]
         return Effects(*arrays)
 
     return info, score
@@ -253,7 +259,7 @@ def cmd_score_variants(args: argparse.Namespace) -> int:
         else:
             info, score = local_scorer(args.model, args.rc, args.batch_rows)
         writer = (VcfAnnotator(info, str(genome.path.resolve()), genome.lengths, args.rc) if fmt == "vcf"
-                  else TsvWriter(info.labels))
+                  else TsvWriter(info.labels, info.output))
         header = writer.header(source.header)
         identity = {"command": "score-variants", "format": fmt, "input": file_identity(vcf),
                     "reference": file_identity(genome.path), "chunk_size": args.chunk_size, "reverse_complement": args.rc,

@@ -3,8 +3,11 @@
 - the token (``BIOMED_API_TOKEN``), compared in constant time;
 - a concurrency slot: at most ``ceil(BIOMED_MAX_CONCURRENCY / workers)`` requests in flight in this
   worker, past it 429 at once;
-- body bytes: what all request bodies (and received DICOM instances) held by this worker may take
-  together (``BIOMED_MAX_BODIES_MB``), past it 429;
+- body bytes: what all request bodies (and received DICOM instances, and v2 answers being sent)
+  held by this worker may take together (``BIOMED_MAX_BODIES_MB``), past it 429. Bytes count as
+  they are received, never as declared (a client that declares 1 GB and trickles holds what it
+  sent), and one peer address may hold at most half of the budget, or one whole upload
+  (``BIOMED_MAX_UPLOAD_MB``) when that is more (``peer_cap``), so that one client cannot take it all;
 - decode bytes: the shared ``DecodeBudget`` of image decodes (``BIOMED_MAX_DECODING_MB``), reserved by
   the decoders themselves.
 
@@ -26,6 +29,17 @@ from biomed.settings import env
 from service.config import ServiceConfig
 
 
+PEER_SHARE = 0.5  # the share of BIOMED_MAX_BODIES_MB one peer address may hold
+UPLOAD_SLACK = 64 * 1024  # what wraps an upload of BIOMED_MAX_UPLOAD_MB: a DICOM file meta, multipart headers
+
+
+def peer_cap(config: ServiceConfig) -> int:
+    """The most body bytes one peer address may hold in a worker: half of ``BIOMED_MAX_BODIES_MB``, or one whole
+    upload (``BIOMED_MAX_UPLOAD_MB`` and a DICOM file meta's slack) when that is more, within the budget."""
+    cap = config.max_body_bytes
+    return min(cap, max(int(cap * PEER_SHARE), config.max_upload_bytes + UPLOAD_SLACK)) if cap else 0
+
+
 class Unauthorized(InputError):
     status = 401
     code = "unauthorized"
@@ -40,6 +54,8 @@ class Admission:
         self.slot_limit = math.ceil(config.max_concurrency / max(config.workers, 1))
         self.slots = 0  # requests in flight
         self.bodies = 0  # bytes of bodies held
+        self.peer_cap = peer_cap(config)
+        self._peers: dict[str, int] = {}  # bytes of bodies held, per peer address
         self._token = config.api_token.encode()
         self._lock = threading.Lock()
 
@@ -80,24 +96,39 @@ class Admission:
         finally:
             self.leave()
 
-    def hold(self, nbytes: int) -> None:
-        """Count ``nbytes`` more of bodies held by this worker; ``Overloaded`` (429) past ``BIOMED_MAX_BODIES_MB``."""
+    def hold(self, nbytes: int, peer: str | None = None) -> None:
+        """Count ``nbytes`` more of bodies held by this worker, from ``peer`` (its address; None: not counted per
+        peer); ``Overloaded`` (429) past ``BIOMED_MAX_BODIES_MB``, or past the peer's share of it (``peer_cap``)."""
         cap = self.config.max_body_bytes
         with self._lock:
             if cap and self.bodies + nbytes > cap:
                 raise Overloaded(f"request bodies in this worker are at their limit ({cap / 2**20:g} MB, "
                                  f"{env('max_body_bytes')}); retry shortly")
+            if cap and peer is not None:
+                mine = self._peers.get(peer, 0) + nbytes
+                if mine > self.peer_cap:
+                    raise Overloaded(f"request bodies from your address are at their share of this worker's "
+                                     f"{cap / 2**20:g} MB ({env('max_body_bytes')}): at most "
+                                     f"{self.peer_cap / 2**20:g} MB from one address; retry shortly")
+                self._peers[peer] = mine
             self.bodies += nbytes
 
-    def release(self, nbytes: int) -> None:
+    def release(self, nbytes: int, peer: str | None = None) -> None:
         with self._lock:
             self.bodies -= nbytes
+            if peer is not None and self.config.max_body_bytes:
+                left = self._peers.get(peer, 0) - nbytes
+                if left > 0:
+                    self._peers[peer] = left
+                else:
+                    self._peers.pop(peer, None)
 
     @contextlib.contextmanager
-    def body(self, nbytes: int) -> Iterator[None]:
+    def body(self, nbytes: int, peer: str | None = None) -> Iterator[None]:
         """``nbytes`` of body held for the duration of a block (``hold``/``release``)."""
-        self.hold(nbytes)
+        self.hold(nbytes, peer)
         try:
             yield
         finally:
-            self.release(nbytes)
+            self.release(nbytes, peer)
+

@@ -16,6 +16,9 @@ __all__ = ["DICOM_PEER", "ServiceConfig"]
 
 BASELINE_BYTES = 400 * 2**20  # a worker at rest: Python, BentoML, onnxruntime, two demo-sized models (measured ~340 MB)
 SLACK_BYTES = 128 * 2**20  # responses being written, parsed JSON within its value cap, allocator overhead
+# One connection to the C-STORE receiver: a P-DATA-TF PDU (at most 256 KiB + 6) as read, joined and decoded, a dataset
+# fragment on its way to the temporary file, and the stacks its three threads touch.
+DICOM_CONNECTION_BYTES = 2**20
 
 
 @dataclass(frozen=True)
@@ -35,12 +38,18 @@ class ServiceConfig(Settings):
         into a multipart part and the file read from it), what all image decodes may reserve, and
         per model a queue of model rows with the copies made while building them (strands,
         placements, ISM mutants) and their outputs. With the C-STORE receiver on, the instances it holds
-        (``BIOMED_MAX_BODIES_MB`` of them, parsed like bodies) come on top.
+        (``BIOMED_MAX_BODIES_MB`` of them, parsed like bodies) come on top, and its connections
+        (``BIOMED_DICOM_MAX_CONNECTIONS``, each at most one PDU in memory; the incoming datasets,
+        ``BIOMED_DICOM_TEMP_MB``, are on disk, not in memory); with the gRPC door on, the request
+        messages it has read but not yet admitted into the bodies' budget (``BIOMED_GRPC_MAX_STREAMS`` of at most
+        ``BIOMED_MAX_UPLOAD_MB`` each; once admitted they count among the bodies).
         """
         # Models loaded at once: each entry of BIOMED_MODELS and canary version not among them, and while the store
         # is watched one more (a reload warms the new version up beside the old one, which drains before it goes).
         canaries = {f"{name}:{version}" for name, version, _ in self.canary} - set(self.models)
         n = len(self.models) + len(canaries) + (1 if self.model_poll_s > 0 else 0) if models is None else models
-        received = 3 * self.max_body_bytes if self.dicom_port else 0  # instances the C-STORE receiver holds
+        received = 3 * self.max_body_bytes + self.dicom_max_connections * DICOM_CONNECTION_BYTES \
+            if self.dicom_port else 0  # instances the C-STORE receiver holds, and its connections
+        messages = self.grpc_max_streams * self.max_upload_bytes if self.grpc_port else 0  # gRPC messages being read
         return BASELINE_BYTES + 3 * self.max_body_bytes + self.max_decoding_bytes + n * 3 * self.max_queued_bytes \
-            + SLACK_BYTES + received
+            + SLACK_BYTES + received + messages

@@ -10,17 +10,23 @@ The gates themselves (token, concurrency slots, body bytes) are the worker's ``A
 3. The body, read whole into memory before the request counts as in flight: capped
    (``BIOMED_MAX_UPLOAD_MB``, 413), on time (within ``BIOMED_BODY_TIMEOUT_S`` and at
    ``BIOMED_BODY_MIN_KBPS`` or faster after its first 2 s, else 408), and within what all bodies
-   held by this worker may take together (``BIOMED_MAX_BODIES_MB``, else 429). A slow upload
-   therefore holds a connection for a few seconds, never a concurrency slot.
+   held by this worker may take together (``BIOMED_MAX_BODIES_MB``, else 429), counted as the
+   bytes arrive (a declared ``Content-Length`` reserves nothing) and per peer address (one
+   address holds at most its share: ``service/admission.py``). A slow upload therefore holds a
+   connection for a few seconds and the bytes it sent, never a concurrency slot.
    A route that reads its own body as a stream (``Route.streams_body``: STOW-RS, whose study
    may be larger than one upload) is not buffered: its ``receive`` enforces the route's own cap,
-   the same clock (on the time spent waiting for the client) and counts one part's worth in the
-   body budget (``Guard._stream_body``); its concurrency slot is taken before its body arrives.
+   the same clock (on the time spent waiting for the client: a total of ``BIOMED_BODY_TIMEOUT_S``
+   for each ``BIOMED_MAX_UPLOAD_MB`` it carries, as a buffered body of that size gets) and counts
+   what it received, up to one part's worth, in the body budget (``Guard._stream_body``); its
+   concurrency slot is taken before its body arrives.
 4. The concurrency slot: past ``BIOMED_MAX_CONCURRENCY`` requests in flight (shared out among
    the workers) the answer is 429 at once. The probes, ``/metrics`` and the page are not counted.
 
-Every response says ``Content-Security-Policy: default-src 'self'``, ``X-Content-Type-Options:
-nosniff`` and ``Referrer-Policy: no-referrer``; BentoML's own document paths (``/docs.json``,
+Every response says ``Content-Security-Policy: default-src 'self'; frame-ancestors 'none';
+base-uri 'none'; object-src 'none'; form-action 'self'`` (the page may not be framed, nor its
+base or form targets moved), ``X-Frame-Options: DENY``, ``X-Content-Type-Options: nosniff`` and
+``Referrer-Policy: no-referrer``; BentoML's own document paths (``/docs.json``,
 ``/schema.json``) are answered with ours. Settings come from the engine (read once at start-up);
 what is open comes from the route table.
 """
@@ -43,8 +49,9 @@ Scope = dict[str, Any]
 Message = dict[str, Any]
 ASGIApp = Callable[[Scope, Callable, Callable], Awaitable[None]]
 
-SECURITY_HEADERS = [(b"content-security-policy", b"default-src 'self'"), (b"x-content-type-options", b"nosniff"),
-                    (b"referrer-policy", b"no-referrer")]
+CSP = b"default-src 'self'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'; form-action 'self'"
+SECURITY_HEADERS = [(b"content-security-policy", CSP), (b"x-frame-options", b"DENY"),
+                    (b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer")]
 BODY_GRACE_S = 2.0  # the minimum body rate applies after this much of a body's time
 NO_BODY = frozenset({"GET", "HEAD", "OPTIONS", "DELETE"})
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -57,6 +64,40 @@ class BodyTimeout(InputError):
 
 class ClientGone(Exception):
     """The client closed the connection while sending its body."""
+
+
+class Held:
+    """Body bytes a request holds in the admission's budget, from its peer address (released when it ends)."""
+
+    def __init__(self, admission: Admission, peer: str | None) -> None:
+        self.admission, self.peer, self.nbytes = admission, peer, 0
+
+    def grow(self, nbytes: int) -> None:
+        """Hold ``nbytes`` more (``Overloaded``, 429, past the budget or the peer's share)."""
+        if nbytes > 0:
+            self.admission.hold(nbytes, self.peer)
+            self.nbytes += nbytes
+
+    def release(self) -> None:
+        if self.nbytes:
+            self.admission.release(self.nbytes, self.peer)
+            self.nbytes = 0
+
+
+def _content_length(headers: dict[bytes, bytes]) -> int | None:
+    """The declared ``Content-Length`` (None when absent); 400 for anything but a byte count, however long."""
+    declared = headers.get(b"content-length", b"").decode("latin-1").strip()
+    if not declared:
+        return None
+    if not declared.isascii() or not declared.isdigit() or len(declared) > 19:
+        raise MalformedInput("Content-Length is not a number (a byte count of at most 19 digits)")
+    return int(declared)
+
+
+def peer_of(scope: Scope) -> str | None:
+    """The client's address as the server sees it (a proxy in front makes every client that proxy)."""
+    client = scope.get("client")
+    return str(client[0]) if client else None
 
 
 async def _answer(send: Callable, status: int, error: str, detail: str, extra: list | None = None) -> None:
@@ -148,19 +189,20 @@ class Guard:
         if alias is not None:
             scope = {**scope, "path": alias, "raw_path": alias.encode()}
         counted = not routes.is_open(scope["path"])
-        held = 0
+        held = Held(self._admission, peer_of(scope))  # type: ignore[arg-type]
+        scope.setdefault("state", {})["held"] = held  # a door may count its answer too (the v2 door)
         route = routes.match(scope["path"])
         try:
             if route is not None and route.streams_body and scope.get("method") == route.method:
                 try:  # read by the door as it arrives (STOW-RS), under the same framing, caps and clock
-                    receive, held = self._stream_body(receive, headers, route)
+                    receive = self._stream_body(receive, headers, route, held)
                 except InputError as err:
                     self._refuse(scope, err.code)
                     await _answer(send_with_headers, err.status, err.code, err.detail)
                     return
             elif scope.get("method") not in NO_BODY or b"content-length" in headers or b"transfer-encoding" in headers:
                 try:
-                    body, held = await self._read_body(receive, headers)
+                    body = await self._read_body(receive, headers, held)
                 except InputError as err:
                     self._refuse(scope, err.code)
                     await _answer(send_with_headers, err.status, err.code, err.detail)
@@ -184,35 +226,28 @@ class Guard:
                 if counted:
                     self._admission.leave()  # type: ignore[union-attr]
         finally:
-            if held:
-                self._admission.release(held)  # type: ignore[union-attr]
-
-    def _hold(self, nbytes: int, held: int) -> int:
-        """Count ``nbytes`` more of body bytes held by this worker (the admission's body budget: 429 past it)."""
-        self._admission.hold(nbytes)  # type: ignore[union-attr]
-        return held + nbytes
+            held.release()
 
     def _stream_body(self, receive: Callable[[], Awaitable[Message]], headers: dict[bytes, bytes],
-                     route: routes.Route) -> tuple[Callable[[], Awaitable[Message]], int]:
+                     route: routes.Route, held: Held) -> Callable[[], Awaitable[Message]]:
         """A ``receive`` for a route that reads its own body as a stream (``Route.streams_body``: STOW-RS).
 
         Nothing is buffered here. The body is capped by the route's own setting (``Route.body_cap``;
         ``Content-Length`` checked at once, the bytes as they arrive: 413 raised from ``receive``).
         The time spent waiting for the client, not the door's processing between reads, must keep
-        to ``BIOMED_BODY_MIN_KBPS`` after its first 2 s, and no single wait may pass
-        ``BIOMED_BODY_TIMEOUT_S`` (408). The door holds one part at a time, at most
-        ``BIOMED_MAX_UPLOAD_MB``: that much (or the declared length, when smaller) counts in the
-        worker's ``BIOMED_MAX_BODIES_MB`` for the life of the request.
+        to ``BIOMED_BODY_MIN_KBPS`` after its first 2 s, no single wait may pass
+        ``BIOMED_BODY_TIMEOUT_S``, and all of it may not pass ``BIOMED_BODY_TIMEOUT_S`` for each
+        ``BIOMED_MAX_UPLOAD_MB`` received so far (the time a buffered body of that size gets), so a
+        trickle ends (408). The door holds one part at a time, at most ``BIOMED_MAX_UPLOAD_MB``:
+        what was received, up to that much, counts in the worker's ``BIOMED_MAX_BODIES_MB`` (and
+        the peer's share of it) for the life of the request.
         """
         c = self._config
         cap = int(getattr(c, route.body_cap or "max_upload_bytes"))
         setting = env(route.body_cap or "max_upload_bytes")
-        declared = headers.get(b"content-length", b"").decode("latin-1").strip()
-        if declared and not declared.isdigit():
-            raise MalformedInput("Content-Length is not a number")
-        if declared and int(declared) > cap:
-            raise TooLarge(f"request body of {int(declared)} bytes is over the {cap / 2**20:g} MB limit ({setting})")
-        held = self._hold(min(int(declared) if declared else c.max_upload_bytes, c.max_upload_bytes), 0)
+        declared = _content_length(headers)
+        if declared is not None and declared > cap:
+            raise TooLarge(f"request body of {declared} bytes is over the {cap / 2**20:g} MB limit ({setting})")
         loop = asyncio.get_running_loop()
         size, waited, done = 0, 0.0, False
 
@@ -220,7 +255,8 @@ class Guard:
             nonlocal size, waited, done
             if done:  # the body is in: what follows is the connection's news (a disconnect), on no clock
                 return await receive()
-            allowed = c.body_timeout_s
+            total = c.body_timeout_s * (1 + size // max(c.max_upload_bytes, 1))  # per upload's worth received
+            allowed = min(c.body_timeout_s, total - waited)
             if c.body_min_rate:
                 allowed = min(allowed, BODY_GRACE_S + size / c.body_min_rate - waited)
             started = loop.time()
@@ -231,29 +267,30 @@ class Guard:
                 raise BodyTimeout(
                     f"the request body did not arrive in time ({size} bytes after waiting {waited:.1f} s for them); "
                     f"it must keep to {c.body_min_rate // 1024} KB/s after its first 2 s ({env('body_min_rate')}), "
-                    f"with no pause over {c.body_timeout_s:g} s ({env('body_timeout_s')})") from None
+                    f"with no pause over {c.body_timeout_s:g} s, and arrive within {c.body_timeout_s:g} s "
+                    f"({env('body_timeout_s')}) for each {c.max_upload_bytes / 2**20:g} MB "
+                    f"({env('max_upload_bytes')})") from None
             finally:
                 waited += loop.time() - started
             if message["type"] == "http.request":
                 size += len(message.get("body", b""))
                 if size > cap:
                     raise TooLarge(f"request body is over the {cap / 2**20:g} MB limit ({setting})")
+                held.grow(min(size, c.max_upload_bytes) - held.nbytes)  # what arrived, up to one part's worth
                 done = not message.get("more_body", False)
             return message
 
-        return stream, held
+        return stream
 
-    async def _read_body(self, receive: Callable[[], Awaitable[Message]], headers: dict[bytes, bytes]) -> tuple[bytes, int]:
-        """The whole body and the bytes it holds in this worker's body budget (see the module docstring)."""
+    async def _read_body(self, receive: Callable[[], Awaitable[Message]], headers: dict[bytes, bytes],
+                         held: Held) -> bytes:
+        """The whole body, its bytes held in this worker's body budget as they arrive (module docstring)."""
         c = self._config
         cap = c.max_upload_bytes
-        declared = headers.get(b"content-length", b"").decode("latin-1").strip()
-        if declared and not declared.isdigit():
-            raise MalformedInput("Content-Length is not a number")
-        if declared and int(declared) > cap:
-            raise TooLarge(f"request body of {int(declared)} bytes is over the {cap / 2**20:g} MB limit "
+        declared = _content_length(headers)
+        if declared is not None and declared > cap:
+            raise TooLarge(f"request body of {declared} bytes is over the {cap / 2**20:g} MB limit "
                            f"({env('max_upload_bytes')})")
-        held = self._hold(int(declared or 0), 0)
         loop = asyncio.get_running_loop()
         start = loop.time()
         chunks, size = [], 0
@@ -272,17 +309,16 @@ class Guard:
                     size += len(chunk)
                     if size > cap:
                         raise TooLarge(f"request body is over the {cap / 2**20:g} MB limit ({env('max_upload_bytes')})")
-                    if size > held:
-                        held = self._hold(size - held, held)
+                    held.grow(len(chunk))
                     chunks.append(chunk)
                     if not message.get("more_body", False):
-                        return b"".join(chunks), held
+                        return b"".join(chunks)
         except TimeoutError:
-            self._admission.release(held)  # type: ignore[union-attr]
+            held.release()
             raise BodyTimeout(
                 f"the request body did not arrive in time ({size} bytes after {loop.time() - start:.1f} s); a "
                 f"body must arrive within {c.body_timeout_s:g} s ({env('body_timeout_s')}) and at "
                 f"{c.body_min_rate // 1024} KB/s or faster after its first 2 s ({env('body_min_rate')})") from None
         except BaseException:
-            self._admission.release(held)  # type: ignore[union-attr]
+            held.release()
             raise

@@ -20,10 +20,10 @@ from biomed import kinds
 from biomed.errors import MalformedInput
 from biomed.settings import env
 from service import lifecycle
-from service.engine import Engine
+from service.engine import Engine, UnknownModel
 from service.handlers import Handler
 from service.protocol.v2 import (
-    OUTPUT, PLATFORM, V2_TYPE, InferRequest, InferResponse, InputSpec, OutputTensor, Signature,
+    PLATFORM, V2_TYPE, InferRequest, InferResponse, InputSpec, OutputTensor, Signature,
 )
 
 
@@ -39,12 +39,23 @@ def signature(handler: Handler) -> Signature:
                     f"{rows} rows ({cap_name})")
     items = int(getattr(c, person.cap))
     bytes_input = InputSpec(person.name, "BYTES", None, items, f"{items} {person.items} ({env(person.cap)})")
-    outputs = {OUTPUT: ("FP32", (-1, len(handler.labels))), **{name: (datatype, (-1,))
-                                                                 for name, datatype in person.outputs}}
-    return Signature(raw, bytes_input, outputs, tuple(name for name, _ in person.outputs), dict(person.parameters))
+    outputs = {handler.semantics.name: ("FP32", (-1, len(handler.labels))),
+               **{name: (datatype, (-1,)) for name, datatype in person.outputs}}
+    return Signature(raw, bytes_input, outputs, tuple(name for name, _ in person.outputs),
+                     handler.parameters(dict(person.parameters)), handler.semantics.name)
 
 
 lifecycle.UNLOAD_HOOKS.append(signature.cache_clear)  # an unloaded version's handler must not stay cached
+
+
+def pick(engine: Engine, name: str, version: str | None) -> Handler:
+    """The model a v2 call names (``name``, and ``version`` unless None: the name's default); 404 when not loaded.
+
+    A ``:`` in either is refused rather than read as ``name:version`` (the engine's own notation).
+    """
+    if ":" in name or (version is not None and (not version or ":" in version)):
+        raise UnknownModel(f"model {name[:200]!r} (version {str(version)[:80]!r}) is not loaded; see GET /models")
+    return engine.pick(name if version is None else f"{name}:{version}")
 
 
 def _tensor(name: str, datatype: str, shape: tuple[int, ...]) -> dict:
@@ -57,7 +68,7 @@ def model_metadata(engine: Engine, handler: Handler) -> dict:
     return {
         "name": handler.model.name, "versions": engine.loaded_versions(handler.model.name), "platform": PLATFORM,
         "inputs": [_tensor(sig.raw.name, sig.raw.datatype, sig.raw.shape or (-1,))],
-        "outputs": [_tensor(OUTPUT, *sig.outputs[OUTPUT])],
+        "outputs": [_tensor(handler.semantics.name, *sig.outputs[handler.semantics.name])],
         "labels": list(handler.labels), "kind": handler.kind,
         "alternative_inputs": [_tensor(sig.person.name, "BYTES", (-1,))],
         "alternative_outputs": [_tensor(n, *sig.outputs[n]) for n in sig.person_outputs],
@@ -106,11 +117,11 @@ async def infer(handler: Handler, req: InferRequest, door: str) -> InferResponse
     parameters = _parameters(req, sig)
     produced: dict[str, np.ndarray] = {}
     if req.input.array is not None:
-        produced[OUTPUT] = await handler.predict_rows(req.input.array, door=door)
+        produced[handler.semantics.name] = await handler.predict_rows(req.input.array, door=door)
     else:
         person = kinds.get(handler.kind).person
         probs, extra = await handler.predict_items(_items(req, person.base64_in_json), parameters, door=door)
         produced.update(extra)
-        produced[OUTPUT] = probs
+        produced[handler.semantics.name] = probs
     outputs = [OutputTensor(name, sig.outputs[name][0], produced[name], binary) for name, binary in req.outputs]
     return InferResponse(handler.model.name, handler.model.version, outputs, req.id)

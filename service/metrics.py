@@ -45,7 +45,7 @@ def metrics() -> Metrics:
                                     ["model", "version", "provider"], buckets=LATENCY_BUCKETS),
         batch_size=Histogram("biomed_batch_size", "rows per inference call (adaptive batching)", ["model", "version"],
                              buckets=BATCH_BUCKETS),
-        predictions=Counter("biomed_predictions_total", "predictions returned: the top label per image frame; each task with p >= 0.5 (or none) per DNA sequence (door: native or v2, the API that returned them)", ["model", "version", "label", "door"]),
+        predictions=Counter("biomed_predictions_total", "predictions returned: the top label per image frame; each task with p >= 0.5 (or none) per DNA sequence (door: native, v2 or grpc, the API that returned them)", ["model", "version", "label", "door"]),
         rejected=Counter("biomed_rejected_requests_total", "requests refused with a 4xx", ["endpoint", "reason"]),
         preprocess_seconds=Histogram("biomed_preprocess_seconds", "decode and preprocessing time per request", ["kind"],
                                      buckets=LATENCY_BUCKETS),

@@ -7,6 +7,9 @@ from typing import Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
 
+RC = "average both strands (default: as the model's metadata says, preprocess.reverse_complement; true for biomed's own)"
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -19,7 +22,7 @@ class NamedSequence(_Strict):
 class DnaRequest(_Strict):
     sequences: list[Union[StrictStr, NamedSequence]] = Field(min_length=1)
     model: Optional[StrictStr] = Field(default=None, max_length=200)
-    reverse_complement: StrictBool = True
+    reverse_complement: Optional[StrictBool] = Field(default=None, description=RC)
 
 
 class Variant(_Strict):
@@ -33,14 +36,14 @@ class Variant(_Strict):
 class VariantsRequest(_Strict):
     variants: list[Variant] = Field(min_length=1)
     model: Optional[StrictStr] = Field(default=None, max_length=200)
-    reverse_complement: StrictBool = True
+    reverse_complement: Optional[StrictBool] = Field(default=None, description=RC)
 
 
 class ExplainRequest(_Strict):
     sequence: StrictStr = Field(min_length=1)
     model: Optional[StrictStr] = Field(default=None, max_length=200)
     task: Optional[StrictStr] = Field(default=None, max_length=200)
-    reverse_complement: StrictBool = True
+    reverse_complement: Optional[StrictBool] = Field(default=None, description=RC)
 
 
 class ErrorBody(BaseModel):
@@ -48,16 +51,21 @@ class ErrorBody(BaseModel):
     detail: str = Field(description="what was wrong and what is accepted")
 
 
+VALUES = "a regression model's values (in place of probabilities)"
+
+
 class Window(BaseModel):
     start: int
     end: int
-    probabilities: dict[str, float]
+    probabilities: Optional[dict[str, float]] = None
+    values: Optional[dict[str, float]] = Field(default=None, description=VALUES)
 
 
 class DnaPrediction(BaseModel):
     id: str
     length: int
-    probabilities: dict[str, float]
+    probabilities: Optional[dict[str, float]] = None
+    values: Optional[dict[str, float]] = Field(default=None, description=VALUES + "; the mean over the windows")
     windows: Optional[list[Window]] = None
 
 
@@ -69,8 +77,9 @@ class DnaResponse(BaseModel):
 
 class FramePrediction(BaseModel):
     frame: int
-    label: str
-    probabilities: dict[str, float]
+    label: Optional[str] = Field(default=None, description="the most probable label (none for regression values)")
+    probabilities: Optional[dict[str, float]] = None
+    values: Optional[dict[str, float]] = Field(default=None, description=VALUES)
 
 
 class ImageResponse(BaseModel):
@@ -85,7 +94,10 @@ class VariantScore(BaseModel):
     ref: dict[str, float]
     alt: dict[str, float]
     diff: dict[str, float]
-    log_odds_diff: dict[str, float]
+    log_odds_diff: Optional[dict[str, float]] = None
+    log2_fold_change: Optional[dict[str, Optional[float]]] = Field(
+        default=None, description="a regression model's log2(alt / ref) in place of log_odds_diff; null where a "
+                                  "value is <= 0")
 
 
 class VariantsResponse(BaseModel):
@@ -98,7 +110,8 @@ class ExplainResponse(BaseModel):
     model: str
     version: str
     task: str
-    probability: float
+    probability: Optional[float] = None
+    value: Optional[float] = Field(default=None, description="a regression model's value (in place of probability)")
     scores: list[list[float]]
     importance: list[float]
 
@@ -133,7 +146,8 @@ class ImageExplainResponse(BaseModel):
     frame: int
     label: str
     predicted: str
-    probabilities: dict[str, float]
+    probabilities: Optional[dict[str, float]] = None
+    values: Optional[dict[str, float]] = Field(default=None, description=VALUES)
     map: OcclusionMap
     presented: PresentedGeometry
     input: dict

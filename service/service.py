@@ -38,7 +38,8 @@ def _quiet_third_party() -> None:
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:
-    """The worker's event loop (BentoML builds the service instance on it), for the C-STORE receiver's threads."""
+    """The worker's event loop (BentoML builds the service instance on it): the gRPC server's, and the one the
+    C-STORE receiver's threads hand instances to."""
     try:
         return asyncio.get_running_loop()
     except RuntimeError:
@@ -87,9 +88,20 @@ class Biomed:
 
         _quiet_third_party()
         memory.configure()
+        loop = _running_loop()
+        self.grpc = None
         try:
-            self.engine = engine.start(ServiceConfig.from_env())
-            self.dicom = dicom.start(self.engine, _running_loop())  # C-STORE receiver, SR forwarder (service/dicom/)
+            config = ServiceConfig.from_env()
+            if config.grpc_port:  # listening at once: a port in use stops start-up before the models load
+                from service.doors import grpc
+
+                self.grpc = grpc.bind(config)
+            self.engine = engine.start(config)
+            self.dicom = dicom.start(self.engine, loop)  # C-STORE receiver, SR forwarder (service/dicom/)
+            if self.grpc is not None:
+                if loop is None:
+                    raise StartupError("the gRPC server needs the worker's event loop")
+                self.grpc.start(loop)  # the Open Inference Protocol v2 over gRPC (service/doors/grpc.py)
         except (StartupError, ValueError) as err:
             _fail_fast(err)
             raise
@@ -107,7 +119,9 @@ class Biomed:
         return self.engine.ready
 
     @bentoml.on_shutdown
-    def shutdown(self) -> None:
+    async def shutdown(self) -> None:
+        if self.grpc is not None:
+            await self.grpc.close()
         if self.dicom is not None:
             self.dicom.close()
         self.engine.close()

@@ -28,14 +28,30 @@ def source(study: str | None = None, patient: str | None = None) -> pydicom.Data
     return ds
 
 
+def identity_of(data: bytes | pydicom.Dataset) -> str:
+    """The content identity the service gives a DICOM file (``biomed.preprocess.identity``), from its own decode."""
+    from biomed.preprocess.image import ImageSpec, load_image
+    from biomed.preprocess.upload import Upload
+
+    if isinstance(data, pydicom.Dataset):
+        buffer = io.BytesIO()
+        data.save_as(buffer, enforce_file_format=True)
+        data = buffer.getvalue()
+    upload = Upload(data, identify=True)
+    load_image(upload, ImageSpec())
+    assert upload.identity is not None
+    return upload.identity
+
+
 def objects(ds: pydicom.Dataset) -> dict[str, bytes]:
     """``sr``, ``parametric_map`` and ``secondary_capture`` over ``ds``, as Part-10 bytes."""
+    identity = identity_of(ds)
     header = ds.copy()
     del header.PixelData
     rng = np.random.default_rng(0)
     values = rng.normal(0, 0.1, (ds.Rows, ds.Columns)).astype(np.float32)
     rgb = rng.integers(0, 255, (ds.Rows, ds.Columns, 3), dtype=np.uint8)
-    out = {"sr": sr.sr_bytes(sr.build_sr(header, np.array([[0.2, 0.3, 0.5]]), PRODUCER))}
+    out = {"sr": sr.sr_bytes(sr.build_sr(header, np.array([[0.2, 0.3, 0.5]]), PRODUCER, identity))}
     data, kind = dicom_maps.explanation_dicom(header, values, rgb, "nodule", PRODUCER.name, PRODUCER.version, 0, 1)
     out[kind] = data
     flat = header.copy()

@@ -98,18 +98,18 @@ def server_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def start(log: Path, workers: int = 1, through_cli: bool = False, cli_args: tuple[str, ...] = (), **env: str) -> Server:
+def start(log: Path, workers: int = 1, through_cli: bool = False, args: tuple[str, ...] = (), **env: str) -> Server:
     """Start a server (not yet ready); ``env`` adds or overrides environment variables.
 
-    ``through_cli``: started with ``biomed serve --port P`` (as the README starts it) instead of ``bentoml serve``,
-    with ``cli_args`` (``--workers``, ``--models``, ``--dicom-port``) after it.
+    ``through_cli``: started with ``biomed serve --port P`` (as the README starts it) instead of ``bentoml serve``;
+    ``args``: more of its flags (``--grpc-port P``).
     """
     port = free_port()
     full_env = server_env(BIOMED_WORKERS=str(workers), **env)
-    serve = [str(BIOMED), "serve", *cli_args] if through_cli else [str(BENTOML), "serve", "service.service:Biomed"]
+    serve = [str(BIOMED), "serve"] if through_cli else [str(BENTOML), "serve", "service.service:Biomed"]
     out = log.open("wb")
     proc = subprocess.Popen(
-        [*serve, "--host", "127.0.0.1", "--port", str(port)],
+        [*serve, "--host", "127.0.0.1", "--port", str(port), *args],
         cwd=REPO, env=full_env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
     )
     out.close()
@@ -117,10 +117,10 @@ def start(log: Path, workers: int = 1, through_cli: bool = False, cli_args: tupl
 
 
 @contextlib.contextmanager
-def running(log: Path, workers: int = 1, through_cli: bool = False, cli_args: tuple[str, ...] = (),
+def running(log: Path, workers: int = 1, through_cli: bool = False, args: tuple[str, ...] = (),
             **env: str) -> Iterator[Server]:
     """A ready server, stopped on exit."""
-    server = start(log, workers, through_cli, cli_args, **env)
+    server = start(log, workers, through_cli, args, **env)
     try:
         server.wait_ready()
         yield server

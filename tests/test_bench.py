@@ -163,6 +163,7 @@ def test_bench_gpu_dry_run(demo_models: dict[str, str], tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_bench_quick_end_to_end(demo_models: dict[str, str], tmp_path: Path) -> None:
     require_tool("wrk", "apt-get install wrk")
+    require_tool("h2load", "apt-get install nghttp2-client")
     out = tmp_path / "bench"
     proc = subprocess.run([sys.executable, "-m", "cli", "bench", "--quick", "--out", str(out)],
                           capture_output=True, text=True, timeout=900, cwd=REPO)
@@ -186,6 +187,10 @@ def test_bench_quick_end_to_end(demo_models: dict[str, str], tmp_path: Path) -> 
                                                                        ("demo-image (128x128)", 1)}
     assert all(r["non_2xx"] == 0 and r["v2_rps"] > 0 and r["v2_of_native"] > 0 for r in results["v2"])
     assert all(r["endpoint"].startswith("/v2/models/") for r in results["v2_binary"])
+    # gRPC beside REST v2 binary, same rounds: every call served (the server's refusals count as non-2xx), the cost
+    assert {(r["model"], r["concurrency"]) for r in results["grpc_v2"]} == {(m, c) for m, c in (
+        ("demo-image", 1), ("demo-dna", 1), ("demo-image (128x128)", 1))}
+    assert all(r["non_2xx"] == 0 and r["grpc_rps"] > 0 and r["grpc_cpu_ms"] > 0 for r in results["grpc_v2"])
     off = {r["model"]: r["rows_per_call"] for r in results["batching"] if r["batching"] == "off"}
     # The unbatched server's own metrics: one image per call; a DNA request is two rows (both strands), at most two
     # per call, and the fair share may now and then split one request's two rows over two calls.

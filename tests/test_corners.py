@@ -216,7 +216,7 @@ def corners(demo_models: dict[str, str], tmp_path_factory: pytest.TempPathFactor
            "BIOMED_DICOM_DESTINATION": f"http://127.0.0.1:{destination.server_address[1]}/dicom-web",
            "BIOMED_DICOM_SPOOL": str(root / "spool"), "BIOMED_DICOM_RETRY_MAX_S": "1"}
     flags = ("--workers", "1", "--models", f"demo-image,demo-dna:{pinned}", "--dicom-port", str(dicom_port))
-    server = live_server.start(root / "server.log", workers=3, through_cli=True, cli_args=flags, **env)
+    server = live_server.start(root / "server.log", workers=3, through_cli=True, args=flags, **env)
     try:
         corners = Corners(server, store, dicom_port, pinned)
         corners.readiness = _poll_until_ready(server)

@@ -67,6 +67,7 @@ HISTOGRAMS = {
 SAMPLES = {
     "biomed_predictions_total", "biomed_rejected_requests_total", "biomed_model_info",
     "biomed_gpu_required", "biomed_queue_rows", "biomed_model_memory_bytes", "biomed_model_reloads_total",
+    "biomed_dicom_forwarded_total",
     "bentoml_service_request_total",
     "bentoml_service_request_in_progress", "bentoml_service_last_request_timestamp_seconds",
     "kube_deployment_status_replicas_available", "up",
@@ -197,7 +198,8 @@ def test_serving_pod_is_hardened_and_probed(rendered: dict[str, list[dict[str, A
     env = {e["name"]: e.get("value") for e in c["env"]}
     assert env["BENTOML_HOME"].startswith("/tmp/") and env["PORT"] == "3000"
     # Probes: ready only after warm-up; a 10-minute start-up budget for engine builds
-    assert c["ports"] == [{"name": "http", "containerPort": 3000, "protocol": "TCP"}]
+    assert c["ports"] == [{"name": "http", "containerPort": 3000, "protocol": "TCP"},
+                          {"name": "grpc", "containerPort": 8001, "protocol": "TCP"}]
     startup = c["startupProbe"]
     assert startup["httpGet"]["path"] == "/readyz"
     assert startup["failureThreshold"] * startup["periodSeconds"] >= 600
@@ -247,6 +249,23 @@ def test_the_memory_limit_covers_the_memory_model(rendered: dict[str, list[dict[
     limit = _bytes(_serving_container(docs)["resources"]["limits"]["memory"])
     assert need <= limit, f"{overlay}: the memory model needs {need / 2**30:.2f} GiB, the limit is {limit / 2**30:.2f}"
     assert limit <= 1.5 * need + 2**30, f"{overlay}: the limit is far above what the model needs"
+
+
+@pytest.mark.parametrize("overlay", ["cpu", "gpu"])
+def test_the_grpc_port_is_open_on_the_pod_the_service_and_the_policy(rendered: dict[str, list[dict[str, Any]]],
+                                                                     overlay: str) -> None:
+    """The v2 gRPC door (BIOMED_GRPC_PORT): the container's port, the Service's (h2c) and the NetworkPolicy's."""
+    from service.config import ServiceConfig
+
+    docs = rendered[overlay]
+    config = ServiceConfig.from_env(_config(docs))
+    assert config.grpc_port == 8001 and config.grpc_host == "0.0.0.0"
+    assert {"name": "grpc", "containerPort": config.grpc_port, "protocol": "TCP"} in _serving_container(docs)["ports"]
+    service = _one(docs, "Service", "biomed-serve")
+    assert {"name": "grpc", "port": config.grpc_port, "targetPort": "grpc", "protocol": "TCP",
+            "appProtocol": "kubernetes.io/h2c"} in service["spec"]["ports"]
+    policy = _one(docs, "NetworkPolicy", "biomed-serve")
+    assert {"port": "grpc", "protocol": "TCP"} in policy["spec"]["ingress"][0]["ports"]
 
 
 def test_dicom_component_opens_the_port_and_keeps_the_spool(rendered: dict[str, list[dict[str, Any]]]) -> None:

@@ -143,11 +143,12 @@ def storescu(tools: dict[str, str], port: int, files: list[Path], calling: str =
 
 
 def expected_sr_uid(source: Path, model: dict) -> str:
+    """The SR UID of a file: from its content identity (its decoded pixels, Patient ID and instance UIDs)."""
     from biomed.outputs import Producer
     from biomed.outputs.sr import sr_uid
 
-    uid = str(pydicom.dcmread(source, stop_before_pixels=True).SOPInstanceUID)
-    return sr_uid(uid, Producer(model["name"], model["version"], model["sha256"], tuple(model["labels"])))
+    identity = dicom_objects.identity_of(source.read_bytes())
+    return sr_uid(identity, Producer(model["name"], model["version"], model["sha256"], tuple(model["labels"])))
 
 
 def wait_for_srs(orthanc: Orthanc, study: str, wanted: set[str], timeout: float = WAIT_S) -> set[str]:

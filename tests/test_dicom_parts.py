@@ -8,11 +8,13 @@ The real network (Orthanc, storescu, a real server) is tests/test_dicom_network.
 from __future__ import annotations
 
 import asyncio
+import errno
 import io
+import os
 import socket
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import pydicom
@@ -22,15 +24,15 @@ from pydicom.data import get_testdata_file
 from biomed.errors import MalformedInput
 from biomed.outputs import DICOM_STORAGE, Producer, sr
 from biomed.preprocess.dicom_read import is_uid
-from service.config import ServiceConfig
+from service.config import DICOM_CONNECTION_BYTES, ServiceConfig
 from service.dicom import multipart
 from service.dicom.spool import Forwarder, Spool
 from sr_reader import probabilities_of, read_results
 
 try:
-    from tests.dicom_objects import objects, sop_of, source
+    from tests.dicom_objects import identity_of, objects, sop_of, source
 except ImportError:  # tests/ is not a package: pytest puts it on sys.path
-    from dicom_objects import objects, sop_of, source
+    from dicom_objects import identity_of, objects, sop_of, source
 
 ALGO = Producer("demo-image", "20250101-000000-abcdef01", "ab" * 32, ("cavity", "nodule", "normal"))
 
@@ -80,6 +82,10 @@ def test_boundary_and_parameters_of_a_content_type() -> None:
     assert multipart.boundary_of('multipart/related; type="application/dicom"; boundary="a b:c"') == b"a b:c"
     assert multipart.boundary_of("multipart/related;boundary=xyz") == b"xyz"
     assert multipart.parameter('multipart/related; Type="application/DICOM"', "type") == "application/dicom"
+    # a quoted boundary may hold ';' and '=' (and a backslash-quoted '"'); the parameters after it still count
+    quoted = 'multipart/related; boundary="a;b=c"; type="application/dicom"'
+    assert multipart.boundary_of(quoted) == b"a;b=c" and multipart.parameter(quoted, "type") == "application/dicom"
+    assert multipart.boundary_of('multipart/related; boundary="q\\"x"') == b'q"x'
     for bad in ("multipart/related", "multipart/related; boundary=", "multipart/related; boundary=" + "x" * 71):
         with pytest.raises(MalformedInput):
             multipart.boundary_of(bad)
@@ -89,14 +95,17 @@ def test_boundary_and_parameters_of_a_content_type() -> None:
 
 
 def test_the_sr_reads_back_with_highdicom_and_its_uid_is_deterministic() -> None:
+    full = pydicom.dcmread(get_testdata_file("SC_rgb_rle_2frame.dcm"))
+    identity = identity_of(full)
     source = pydicom.dcmread(get_testdata_file("SC_rgb_rle_2frame.dcm"), stop_before_pixels=True)
     probs = np.array([[0.1, 0.2, 0.7], [0.5, 0.25, 0.25]], dtype=np.float32)
-    first = sr.build_sr(source, probs, ALGO)
-    again = pydicom.dcmread(io.BytesIO(sr.sr_bytes(sr.build_sr(source, probs, ALGO))))
-    assert first.SOPInstanceUID == again.SOPInstanceUID == sr.sr_uid(source.SOPInstanceUID, ALGO)
+    first = sr.build_sr(source, probs, ALGO, identity)
+    again = pydicom.dcmread(io.BytesIO(sr.sr_bytes(sr.build_sr(source, probs, ALGO, identity))))
+    assert first.SOPInstanceUID == again.SOPInstanceUID == sr.sr_uid(identity, ALGO)
     assert len(first.SOPInstanceUID) <= 64 and first.SOPInstanceUID.startswith("2.25.")
     other = Producer(ALGO.name, "another-version", ALGO.sha256, ALGO.labels)
-    assert sr.sr_uid(source.SOPInstanceUID, other) != first.SOPInstanceUID
+    assert sr.sr_uid(identity, other) != first.SOPInstanceUID
+    assert "PredecessorDocumentsSequence" not in again
     results = read_results(again)
     assert [r["frame"] for r in results] == [0, 1] and [r["label"] for r in results] == ["normal", "cavity"]
     assert np.array_equal(probabilities_of(results, ALGO.labels), probs.astype(np.float64))
@@ -107,13 +116,81 @@ def test_the_sr_reads_back_with_highdicom_and_its_uid_is_deterministic() -> None
     assert again.CodingSchemeIdentificationSequence[0].CodingSchemeDesignator == sr.SCHEME
 
 
+IDENTITY_CASES = [  # (what changes in a re-send of CT_small, whether it is the same instance)
+    ("another transfer syntax (RLE)", True),
+    ("big-endian explicit VR", True),
+    ("another patient name", True),
+    ("another patient id", False),
+    ("one pixel", False),
+    ("another series", False),
+]
+
+
+@pytest.mark.parametrize("change, same", IDENTITY_CASES)
+def test_the_content_identity_is_the_decoded_pixels_and_the_patient_and_instance_uids(change: str, same: bool) -> None:
+    from pydicom.uid import ExplicitVRBigEndian, RLELossless
+
+    ct = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    base = identity_of(ct)
+    other = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    if change == "another transfer syntax (RLE)":
+        other.compress(RLELossless, generate_instance_uid=False)
+    elif change == "big-endian explicit VR":
+        other.file_meta.TransferSyntaxUID = ExplicitVRBigEndian
+        other.PixelData = ct.pixel_array.astype(">i2").tobytes()
+        buffer = io.BytesIO()
+        pydicom.dcmwrite(buffer, other, little_endian=False, implicit_vr=False, enforce_file_format=True)
+        other = buffer.getvalue()
+    elif change == "another patient name":
+        other.PatientName = "Someone^Else"
+    elif change == "another patient id":
+        other.PatientID = "OTHER-1"
+    elif change == "one pixel":
+        pixels = ct.pixel_array.copy()
+        pixels[0, 0] += 1
+        other.PixelData = pixels.tobytes()
+    else:
+        other.SeriesInstanceUID = "1.2.3.4.5"
+    assert (identity_of(other) == base) is same
+
+
+def test_a_corrected_instance_gets_a_new_sr_naming_the_previous_one(tmp_path: Path) -> None:
+    """The same SOP Instance UID with other pixels: a new SR UID, whose Predecessor Documents Sequence names the
+    first SR; the same content again is a duplicate (the pipeline's spooling step, as both doors use it)."""
+    from service.dicom.pipeline import _build_and_spool
+
+    ct = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    fixed = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    pixels = ct.pixel_array.copy()
+    pixels[:8, :8] = 0
+    fixed.PixelData = pixels.tobytes()
+    fixed.PatientID = "CORRECTED-1"
+    spool = Spool(tmp_path / "spool")
+    probs = np.array([[0.2, 0.3, 0.5]])
+    first, second = identity_of(ct), identity_of(fixed)
+    header = ct
+    del header.PixelData
+    assert _build_and_spool(header, probs, ALGO, first, spool)
+    assert not _build_and_spool(header, probs, ALGO, first, spool)  # the same content: a duplicate
+    corrected = fixed
+    del corrected.PixelData
+    assert _build_and_spool(corrected, probs, ALGO, second, spool)
+    new = pydicom.dcmread(spool.root / f"{sr.sr_uid(second, ALGO)}.dcm")
+    [study] = new.PredecessorDocumentsSequence
+    [series] = study.ReferencedSeriesSequence
+    [item] = series.ReferencedSOPSequence
+    assert item.ReferencedSOPInstanceUID == sr.sr_uid(first, ALGO) != new.SOPInstanceUID
+    assert study.StudyInstanceUID == ct.StudyInstanceUID and new.PatientID == "CORRECTED-1"
+    assert "PredecessorDocumentsSequence" not in pydicom.dcmread(spool.root / f"{sr.sr_uid(first, ALGO)}.dcm")
+
+
 def test_a_source_without_patient_attributes_or_image_geometry_still_gets_its_sr() -> None:
     source = pydicom.dcmread(get_testdata_file("CT_small.dcm"), stop_before_pixels=True)
     for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyID", "PixelSpacing",
                     "ImagePositionPatient", "FrameOfReferenceUID"):
         if keyword in source:
             delattr(source, keyword)
-    ds = pydicom.dcmread(io.BytesIO(sr.sr_bytes(sr.build_sr(source, np.array([[0.3, 0.3, 0.4]]), ALGO))))
+    ds = pydicom.dcmread(io.BytesIO(sr.sr_bytes(sr.build_sr(source, np.array([[0.3, 0.3, 0.4]]), ALGO, "0" * 64))))
     assert ds.PatientID == "" and read_results(ds)[0]["sop_instance_uid"] == source.SOPInstanceUID
 
 
@@ -195,6 +272,93 @@ def test_one_forwarder_delivers_in_order_retrying_and_setting_refusals_aside(tmp
     assert sorted(p.name for p in (tmp_path / "sent").iterdir()) == ["1.2.0", "1.2.2", "1.2.3"]
 
 
+class _Counting:
+    """A destination that confirms everything, counting what it got."""
+
+    def __init__(self, got: list[bytes]) -> None:
+        self.got = got
+
+    def send(self, data: bytes) -> str:
+        self.got.append(data)
+        return "delivered"
+
+    def close(self) -> None:
+        pass
+
+
+def _drain(forwarder: Forwarder, until: "Callable[[], bool]", timeout: float = 10) -> None:
+    forwarder.start()
+    try:
+        deadline = time.monotonic() + timeout
+        while not until():
+            assert time.monotonic() < deadline, "the forwarder did not get there"
+            time.sleep(0.05)
+    finally:
+        forwarder.stop()
+
+
+def _unrecorded() -> float:
+    from service.metrics import metrics
+
+    return metrics().dicom_forwarded.labels(outcome="unrecorded")._value.get()  # noqa: SLF001 - this process's own
+
+
+def test_delivered_but_not_recorded_is_not_sent_again(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """sent/ unusable (here: not a directory, as a full disk would refuse the marker): each SR goes once, leaves the
+    spool unmarked, the ones behind it follow, the metric counts it and the log says which step failed and why."""
+    from service.metrics import metrics
+
+    spool = Spool(tmp_path)
+    for i in range(3):
+        spool.put(f"1.2.{i}", f"sr{i}".encode())
+        time.sleep(0.01)
+    spool.sent.rmdir()
+    spool.sent.write_bytes(b"")  # a file where the markers go: every marking fails
+    got: list[bytes] = []
+    before = _unrecorded()
+    _drain(Forwarder(spool, lambda: _Counting(got), metrics(), retry_max_s=1), lambda: not spool.pending())
+    time.sleep(1.5)  # a forwarder that re-sent would have done it by now
+    assert got == [b"sr0", b"sr1", b"sr2"]
+    assert _unrecorded() - before == 3
+    assert "marking it sent failed (ENOTDIR" in caplog.text and "removed from the spool unmarked" in caplog.text
+
+
+def test_a_delivered_sr_that_cannot_leave_the_spool_is_skipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    """Neither marked nor removable: this process never sends it again; a restart (a new forwarder) sends it once."""
+    from service.metrics import metrics
+
+    spool = Spool(tmp_path)
+    spool.put("1.2.0", b"sr0")
+    time.sleep(0.01)
+    spool.put("1.2.1", b"sr1")
+    real_replace, real_unlink = os.replace, Path.unlink
+
+    def no_space(src, dst, *a, **kw):  # type: ignore[no-untyped-def]
+        if str(src).endswith("1.2.0.dcm"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_replace(src, dst, *a, **kw)
+
+    def read_only(self, *a, **kw):  # type: ignore[no-untyped-def]
+        if self.name == "1.2.0.dcm":
+            raise OSError(errno.EROFS, "Read-only file system")
+        return real_unlink(self, *a, **kw)
+
+    monkeypatch.setattr(os, "replace", no_space)
+    monkeypatch.setattr(Path, "unlink", read_only)
+    got: list[bytes] = []
+    first = Forwarder(spool, lambda: _Counting(got), metrics(), retry_max_s=1)
+    _drain(first, lambda: got == [b"sr0", b"sr1"] and not (tmp_path / "1.2.1.dcm").exists())
+    time.sleep(1.5)
+    assert got == [b"sr0", b"sr1"]  # sr0 stuck in the spool, not re-sent; sr1 went on behind it
+    assert "ENOSPC" in caplog.text and "EROFS" in caplog.text and "will not send it again" in caplog.text
+    monkeypatch.undo()
+    # The crash window: a new process finds sr0 pending and sends it once more, then records it.
+    _drain(Forwarder(spool, lambda: _Counting(got), metrics(), retry_max_s=1), lambda: not spool.pending())
+    time.sleep(1.0)
+    assert got == [b"sr0", b"sr1", b"sr0"] and spool.is_known("1.2.0")
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -249,6 +413,8 @@ def test_c_store_asks_for_every_class_written_and_associates_again_for_others() 
     ({"BIOMED_DICOM_ALLOWED_AETS": "OK,BAD\\AET"}, "not an AE title"),
     ({"BIOMED_DICOM_DESTINATION": "ftp://pacs/"}, "neither a DICOMweb base URL"),
     ({"BIOMED_DICOM_DESTINATION": "PACS@host"}, "neither a DICOMweb base URL"),
+    ({"BIOMED_DICOM_PORT": "11112", "BIOMED_DICOM_ALLOWED_AETS": "*", "BIOMED_DICOM_MAX_CONNECTIONS": "4"},
+     "BIOMED_DICOM_MAX_CONNECTIONS=4 is below BIOMED_DICOM_MAX_ASSOCIATIONS=10"),
 ])
 def test_bad_dicom_settings_stop_start_up(env: dict[str, str], message: str) -> None:
     with pytest.raises(ValueError, match=message):
@@ -262,7 +428,9 @@ def test_dicom_settings_and_their_defaults(tmp_path: Path) -> None:
     on = ServiceConfig.from_env({"BIOMED_DICOM_PORT": "11112", "BIOMED_DICOM_ALLOWED_AETS": "CT01, PACS",
                                  "BIOMED_DICOM_DESTINATION": "PACS@[::1]:104"})
     assert on.dicom_allowed_aets == ("CT01", "PACS")
-    assert on.memory_bound() == c.memory_bound() + 3 * c.max_body_bytes  # the receiver's instances
+    # the receiver's instances, and its connections (32 at most, one PDU each)
+    assert on.memory_bound() == c.memory_bound() + 3 * c.max_body_bytes + 32 * DICOM_CONNECTION_BYTES
+    assert (on.dicom_max_connections, on.dicom_associate_timeout_s, on.dicom_temp_bytes) == (32, 10.0, 1024 * 2**20)
 
 
 # ---------------------------------------------------------------------------------------------- in-process service
@@ -281,7 +449,7 @@ def test_stow_in_process_and_the_guard_streams_it(client) -> None:  # type: igno
     r = client.post("/dicomweb/studies", content=_body([ct, ct]), headers={"content-type": kind})
     assert r.status_code == 200 and r.headers["content-type"] == "application/dicom+json"
     assert len(r.json()["00081199"]["Value"]) == 2 and "00081198" not in r.json()
-    assert r.headers["content-security-policy"] == "default-src 'self'"
+    assert r.headers["content-security-policy"].startswith("default-src 'self'; frame-ancestors 'none'")
     big = _body([b"\0" * (2**20 + 1)])
     r = client.post("/dicomweb/studies", content=big, headers={"content-type": kind})
     assert r.status_code == 413 and "BIOMED_MAX_STOW_MB" in r.json()["detail"]

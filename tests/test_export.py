@@ -97,7 +97,7 @@ def test_onnxruntime_fuses_batchnorm_and_relu_into_the_convolutions(arch: str, e
     [
         (lambda d: d.pop("labels"), "(top level)"),
         (lambda d: d.update(kind="audio"), "kind"),
-        (lambda d: d["input"].update(shape=[4, 200]), "input/shape/0"),
+        (lambda d: d["input"].update(shape=[0, 200]), "input/shape/0"),  # "batch" or a fixed size >= 1
         (lambda d: d.update(schema="biomed/0"), "schema"),
     ],
 )

@@ -62,7 +62,9 @@ def test_our_page_replaces_bentoml_pages_and_loads_nothing_from_elsewhere(client
         doc = client.get(path)
         assert doc.status_code == 200 and "/predict_dna" in doc.json()["paths"], path
     for r in (page, css, client.get("/livez"), client.post("/predict_dna", json={"sequences": ["ACGT"]})):
-        assert r.headers["content-security-policy"] == "default-src 'self'"
+        assert r.headers["content-security-policy"] == ("default-src 'self'; frame-ancestors 'none'; base-uri 'none'; "
+                                                         "object-src 'none'; form-action 'self'")
+        assert r.headers["x-frame-options"] == "DENY"
         assert r.headers["x-content-type-options"] == "nosniff" and r.headers["referrer-policy"] == "no-referrer"
 
 

@@ -20,7 +20,9 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 KSERVE = REPO / "deploy" / "kserve"
 SCHEMA = KSERVE / "schema" / "inferenceservice-v1beta1.subset.json"
-MANIFESTS = {"gpu": KSERVE / "inferenceservice-gpu.yaml", "cpu": KSERVE / "inferenceservice-cpu.yaml"}
+MANIFESTS = {"gpu": KSERVE / "inferenceservice-gpu.yaml", "cpu": KSERVE / "inferenceservice-cpu.yaml",
+             "grpc": KSERVE / "inferenceservice-grpc.yaml"}
+REST = ("cpu", "gpu")
 SUPERVISOR_BYTES = 256 * 2**20  # as tests/test_deploy.py
 CUDA_HOST_BYTES = 2 * 2**30
 
@@ -94,7 +96,7 @@ def test_the_validation_catches_mistakes() -> None:
     assert list(_undeclared(typo, schema)) == [".spec.predictor.containers[0].readinessProbe.httpGet.paht"]
 
 
-@pytest.mark.parametrize("variant", sorted(MANIFESTS))
+@pytest.mark.parametrize("variant", REST)
 def test_custom_predictor_speaks_v2_with_open_probes(variant: str) -> None:
     from service import routes
 
@@ -123,6 +125,26 @@ def test_custom_predictor_speaks_v2_with_open_probes(variant: str) -> None:
     assert {n for n in env if n.startswith("BIOMED_")} <= names, "a setting the service does not read"
 
     assert doc["spec"]["predictor"]["timeout"] == ServiceConfig.from_env(env).request_timeout_s
+
+
+def test_the_grpc_predictor_speaks_v2_over_h2c_with_grpc_health_probes() -> None:
+    """One port named h2c (Knative routes one), the door on it, and probes that ask grpc.health.v1."""
+    from service.config import ServiceConfig
+    from service.protocol.v2_grpc import SERVICE
+
+    doc = _doc("grpc")
+    c = _container(doc)
+    env = _env(doc)
+    config = ServiceConfig.from_env({k: v for k, v in env.items() if v is not None})
+    assert env["PROTOCOL"] == "grpc-v2" and c["name"] == "kserve-container"
+    assert c["ports"] == [{"name": "h2c", "containerPort": config.grpc_port, "protocol": "TCP"}]
+    assert c["readinessProbe"]["grpc"] == {"port": config.grpc_port, "service": ""}
+    assert c["livenessProbe"]["grpc"] == {"port": config.grpc_port, "service": SERVICE}
+    assert "httpGet" not in c["readinessProbe"] and "httpGet" not in c["livenessProbe"]
+    assert doc["metadata"]["annotations"]["prometheus.kserve.io/port"] == str(config.port)
+    assert doc["spec"]["predictor"]["timeout"] == config.request_timeout_s
+    sc = c["securityContext"]
+    assert sc["runAsNonRoot"] is True and sc["readOnlyRootFilesystem"] is True and sc["capabilities"]["drop"] == ["ALL"]
 
 
 def _bytes(quantity: str) -> int:

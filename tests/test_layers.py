@@ -118,8 +118,8 @@ def _kind_name_comparisons(tree: "ast.AST", names: set[str]) -> list[int]:
         return isinstance(node, (ast.Tuple, ast.List, ast.Set)) and any(
             isinstance(e, ast.Constant) and e.value in names for e in node.elts)
 
-    return [node.lineno for node in ast.walk(tree) if isinstance(node, ast.Compare)
-            and any(named(side) for side in (node.left, *node.comparators))]
+    return sorted({node.lineno for node in ast.walk(tree) if isinstance(node, ast.Compare)  # one entry per line
+                   and any(named(side) for side in (node.left, *node.comparators))})
 
 
 def _handler_isinstance(tree: "ast.AST", handlers: set[str]) -> list[int]:

@@ -8,6 +8,7 @@ text. Screenshots go to the test's temporary folder (``BIOMED_SCREENSHOTS`` name
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -227,3 +228,32 @@ def test_without_the_token_the_page_shows_the_401_detail(browser, server, files)
     browser.find_element(By.ID, "dna-run").click()
     wait_for(browser, lambda d: shown(d, "dna-error"), "the DNA 401")
     assert text(browser, "dna-error") == detail
+
+
+def test_the_page_cannot_be_framed_by_another_site(browser, server, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A page elsewhere that frames ours: Chromium refuses the frame (CSP frame-ancestors 'none'); the page's own
+    policy also says base-uri, object-src and form-action."""
+    import http.server
+    import threading
+    import urllib.parse
+
+    import httpx
+
+    (tmp_path / "frame.html").write_text(f'<html><body><iframe id="f" src="{server.url}/"></iframe></body></html>')
+    handler = lambda *a, **kw: http.server.SimpleHTTPRequestHandler(*a, directory=str(tmp_path), **kw)  # noqa: E731
+    other = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)  # another origin (another port)
+    threading.Thread(target=other.serve_forever, daemon=True).start()
+    try:
+        browser.get_log("browser")  # drop what earlier tests logged
+        browser.get(f"http://127.0.0.1:{other.server_address[1]}/frame.html")
+        deadline = time.monotonic() + WAIT_S
+        refused = []
+        while not refused and time.monotonic() < deadline:
+            refused = [e["message"] for e in browser.get_log("browser") if "frame-ancestors" in e["message"]]
+            time.sleep(0.2)
+        assert refused and urllib.parse.urlsplit(server.url).netloc in refused[0], refused
+    finally:
+        other.shutdown()
+    csp = httpx.get(f"{server.url}/").headers["content-security-policy"]
+    assert csp == ("default-src 'self'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'; "
+                   "form-action 'self'")

@@ -138,7 +138,8 @@ def test_promote_and_canary_write_the_rollout_file(models: Path, demo_models: di
         assert main(["models", "--store", str(models), "promote", "demo-dna:v9"]) == 1
         assert main(["models", "--store", str(models), "canary", "demo-dna:v2"]) == 1  # no percentage
         assert store.read_rollout(folder) == {"default": "latest", "canary": {"v2": 20.0}}
-        assert [p.name for p in folder.iterdir() if p.name.startswith(".")] == []  # written whole, nothing left over
+        # written whole, nothing left over but the lock
+        assert [p.name for p in folder.iterdir() if p.name.startswith(".")] == [store.ROLLOUT_LOCK]
         (folder / store.ROLLOUT_FILE).write_text("{not json")
         assert store.read_rollout(folder) == {}  # a file that cannot be read changes nothing
     finally:
@@ -288,6 +289,28 @@ def test_admin_promote(client, models: Path, demo_models: dict[str, str]) -> Non
     assert _until(lambda: "demo-dna:v2" not in _loaded(client))
     info = [line for line in metrics_text(client).splitlines() if line.startswith("biomed_model_info{")]
     assert info and not [line for line in info if 'version="v2"' in line], info
+
+
+def test_concurrent_promotes_are_serialised(client, models: Path, demo_models: dict[str, str]) -> None:  # type: ignore[no-untyped-def]
+    """A good and a failing promote at once, either first: the good one's 200 means it stuck (the failing one's
+    restore does not put a stale file back), and the failure names the version that failed."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    v1 = demo_models["dna"].split(":")[1]
+    path = "/admin/models/promote"
+
+    def post(ref: str):  # type: ignore[no-untyped-def]
+        return client.post(path, json={"model": ref}, headers=AUTH)
+
+    with ThreadPoolExecutor(2) as pool:
+        for good, bad_first in (("v2", False), (v1, True), ("v2", True), (v1, False)):
+            refs = ["demo-dna:v3-broken", f"demo-dna:{good}"] if bad_first else [f"demo-dna:{good}", "demo-dna:v3-broken"]
+            answers = dict(zip(refs, pool.map(post, refs)))
+            ok, failed = answers[f"demo-dna:{good}"], answers["demo-dna:v3-broken"]
+            assert ok.status_code == 200 and ok.json()["serving"] == good, ok.text
+            assert failed.status_code == 422 and "demo-dna:v3-broken cannot be loaded" in failed.json()["detail"]
+            assert store.read_rollout(models / "demo-dna")["default"] == good  # it stuck
+            assert _loaded(client)[f"demo-dna:{good}"]["default"]
 
 
 def test_admin_promote_is_409_where_the_store_cannot_be_written(client, models: Path) -> None:  # type: ignore[no-untyped-def]

@@ -13,7 +13,9 @@ classes of the DICOM objects written here (what the forwarder asks a PACS to tak
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from biomed.outputs.semantics import Semantics
 
 # The DICOM storage SOP classes the modules above write (pydicom.uid's names; kept as strings so that importing
 # biomed.outputs, for a VCF, does not import pydicom). tests/test_dicom_parts.py checks each against what is built.
@@ -32,6 +34,7 @@ class Producer:
         sha256: of the model's ONNX file.
         labels: the model's labels (image classes, DNA tasks), in output column order.
         length: a sequence model's input length in bases (the VCF header's ``Window``); None for images.
+        output: what the outputs are (probabilities, or regression values with units).
     """
 
     name: str
@@ -39,3 +42,4 @@ class Producer:
     sha256: str
     labels: tuple[str, ...]
     length: int | None = None
+    output: Semantics = field(default_factory=Semantics)

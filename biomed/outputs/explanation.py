@@ -13,10 +13,11 @@ from typing import Any, Sequence
 import numpy as np
 
 from biomed.occlusion import Occlusion, peak
+from biomed.outputs.semantics import PROBABILITIES, Semantics
 
 
 def explanation_body(result: Occlusion, labels: Sequence[str], frame: int, presented: np.ndarray,
-                     info: dict[str, Any]) -> dict[str, Any]:
+                     info: dict[str, Any], semantics: Semantics = PROBABILITIES) -> dict[str, Any]:
     """The explanation's fields, without the model's name and version (the caller puts them first).
 
     Args:
@@ -24,6 +25,8 @@ def explanation_body(result: Occlusion, labels: Sequence[str], frame: int, prese
         labels: the model's labels, in output column order.
         presented: the presented frame, uint8 (rows, columns, samples).
         info: the decoder's ``input`` block of the file.
+        semantics: the model's output: ``probabilities``, or ``values`` of a regression model (whose ``label`` is
+            the explained value and ``predicted`` the largest).
     """
     grid = result.grid
     values = np.round(result.map, 7)
@@ -31,7 +34,7 @@ def explanation_body(result: Occlusion, labels: Sequence[str], frame: int, prese
     return {
         "method": "occlusion", "frame": frame, "label": labels[result.index],
         "predicted": labels[int(np.argmax(result.probabilities))],
-        "probabilities": dict(zip(labels, map(float, result.probabilities))),
+        semantics.name: dict(zip(labels, map(float, result.probabilities))),
         "map": {"rows": grid.height, "columns": grid.width, "patch": grid.patch, "stride": grid.stride,
                 "patches": grid.patches, "min": float(values.min()), "max": float(values.max()),
                 "peak": {"row": row, "column": column}, "values": values.tolist()},

@@ -5,6 +5,10 @@ The map (``biomed/occlusion.py``) is taken to the presented image's rows x colum
 below; its alpha grows with the drop, relative to the map's largest one. The blend runs a band
 of rows at a time. The same picture is the ``format=png`` answer, the Secondary Capture's pixels
 (``dicom_maps.py``) and the PNG of ``biomed explain-image``.
+
+A PNG is drawn at the presented geometry, scaled down to at most ``MAX_DRAWN_SIDE`` pixels on its
+longer side (``drawn``): what a huge source costs to draw, encode and send is bounded, not the
+source's (an 8000 x 8000 image would make a PNG of ~100 MB).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ DEFAULT_OPACITY = 0.6
 # (the map upsampled as float32, the RGB overlay, the encoder's or highdicom's copies); ``output_bytes``.
 OUTPUT_BYTES_PER_PIXEL = 16
 _BAND_PIXELS = 1 << 20  # the overlay is blended a band of about this many pixels at a time
+MAX_DRAWN_SIDE = 2048  # the longest side of a PNG drawn of an image (``drawn``)
 # Red (low) to yellow (high); the map's alpha also grows with the value (see ``colour``).
 _RAMP = np.array([[0.50, 0.00, 0.15], [0.89, 0.10, 0.11], [0.99, 0.55, 0.24], [1.00, 0.93, 0.35]], dtype=np.float32)
 
@@ -44,6 +49,27 @@ def colour(values: np.ndarray, peak: float | None = None) -> tuple[np.ndarray, n
 def output_bytes(rows: int, columns: int) -> int:
     """What drawing or encoding an explanation at a rows x columns presented geometry holds (reserve it first)."""
     return rows * columns * OUTPUT_BYTES_PER_PIXEL + 8 * 2**20
+
+
+def drawn_shape(rows: int, columns: int) -> tuple[int, int]:
+    """The rows x columns a PNG of a rows x columns image is drawn at: the same, or scaled down to fit
+    ``MAX_DRAWN_SIDE`` on its longer side (the aspect ratio kept)."""
+    longest = max(rows, columns)
+    if longest <= MAX_DRAWN_SIDE:
+        return rows, columns
+    return max(1, round(rows * MAX_DRAWN_SIDE / longest)), max(1, round(columns * MAX_DRAWN_SIDE / longest))
+
+
+def drawn(presented: np.ndarray) -> np.ndarray:
+    """The presented image (rows, columns, samples) uint8 at ``drawn_shape``: itself when it fits."""
+    rows, columns = presented.shape[:2]
+    shape = drawn_shape(rows, columns)
+    if shape == (rows, columns):
+        return presented
+    grey = presented.shape[-1] == 1
+    image = Image.fromarray(np.ascontiguousarray(presented[..., 0] if grey else presented))
+    small = np.asarray(image.resize((shape[1], shape[0]), Image.Resampling.BILINEAR, reducing_gap=2.0))
+    return small[..., None] if grey else small
 
 
 def overlay(presented: np.ndarray, values: np.ndarray, opacity: float = DEFAULT_OPACITY) -> np.ndarray:
@@ -77,7 +103,13 @@ def png_bytes(pixels: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def presented_png(presented: np.ndarray) -> bytes:
+    """The presented image alone as PNG bytes, at ``drawn_shape``."""
+    return png_bytes(drawn(presented))
+
+
 def overlay_png(presented: np.ndarray, values: np.ndarray, opacity: float = DEFAULT_OPACITY) -> bytes:
-    """``overlay`` as PNG bytes; ``values`` at the model input's geometry is upsampled to the presented image first."""
-    rows, columns = presented.shape[:2]
-    return png_bytes(overlay(presented, upsample(values, rows, columns), opacity))
+    """``overlay`` as PNG bytes at ``drawn_shape``; ``values`` at the model input's geometry is upsampled to it."""
+    image = drawn(presented)
+    rows, columns = image.shape[:2]
+    return png_bytes(overlay(image, upsample(values, rows, columns), opacity))

@@ -5,22 +5,28 @@ the predicted label as a qualitative evaluation and every label's probability as
 (``1`` UCUM, no units), each concept coded in our private coding scheme ``99BIOMED`` (declared
 in the SR's Coding Scheme Identification Sequence). Each group references its source image
 (and frame, for multi-frame images) and identifies the algorithm (TID 4019: model name, version,
-the ONNX file's sha256). The document is UNVERIFIED, its Content Qualification RESEARCH, and its
+the ONNX file's sha256). A regression model's group holds each value as a measurement in its
+UCUM unit (``Producer.output``), with no predicted label. The document is UNVERIFIED, its Content Qualification RESEARCH, and its
 series description says "research use only, not for diagnostic use".
 
 The patient and study modules are copied from the source, so that a PACS files the SR with
 the study: the one place where the service hands patient data back (to the PACS it came from).
 Nothing here logs.
 
-UIDs are deterministic: the SR's SOP Instance UID derives from (source SOP Instance UID, model
-name, model version), its series from (study, model name, version), so re-sending an image
-yields the same SR, which a PACS keeps once.
+UIDs are deterministic: the SR's SOP Instance UID derives from (the source's content identity,
+model name, model version), its series from (study, model name, version). The content identity
+(``biomed.preprocess.identity``) is the SHA-256 of the decoded pixels with the Patient ID and
+the Study, Series and SOP Instance UIDs: re-sending an image, in any transfer syntax, yields the
+same SR, which a PACS keeps once; a corrected instance under the same SOP Instance UID (other
+pixels or Patient ID) yields a new SR, which names the one made before it, when known, in its
+Predecessor Documents Sequence (``Previous``).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import uuid
+from dataclasses import dataclass
 from io import BytesIO
 
 import numpy as np
@@ -51,9 +57,37 @@ def uid(*parts: str) -> str:
     return f"2.25.{uuid.uuid5(_NAMESPACE, chr(31).join(parts)).int}"
 
 
-def sr_uid(source_sop_instance_uid: str, algorithm: Producer) -> str:
-    """The SR's SOP Instance UID for this source instance and model version."""
-    return uid("sr", source_sop_instance_uid, algorithm.name, algorithm.version)
+SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR Storage
+
+
+def sr_uid(identity: str, algorithm: Producer) -> str:
+    """The SR's SOP Instance UID for the source of this content identity (module docstring) and model version."""
+    return uid("sr", identity, algorithm.name, algorithm.version)
+
+
+def series_uid(study: str, algorithm: Producer) -> str:
+    """The Series Instance UID of this model version's SRs in ``study``."""
+    return uid("series", study, algorithm.name, algorithm.version)
+
+
+def source_key(source_sop_instance_uid: str, algorithm: Producer) -> str:
+    """What one source instance's SRs by one model version share, whatever its content (a UID-shaped key)."""
+    return uid("source", source_sop_instance_uid, algorithm.name, algorithm.version)
+
+
+@dataclass(frozen=True)
+class Previous:
+    """An SR made before for the same source instance (same SOP Instance UID, other content): the new one names it."""
+
+    study: str
+    series: str
+    sop_instance: str
+
+    def as_dataset(self) -> Dataset:
+        ds = Dataset()
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = self.study, self.series
+        ds.SOPClassUID, ds.SOPInstanceUID = SR_CLASS, self.sop_instance
+        return ds
 
 
 def _code(value: str, meaning: str):  # type: ignore[no-untyped-def]
@@ -72,8 +106,21 @@ def probability_code(label: str, index: int):  # type: ignore[no-untyped-def]
     return _code(f"P{index}", f"Probability of {label}")
 
 
+def value_code(label: str, index: int):  # type: ignore[no-untyped-def]
+    """The concept name of a regression model's value (code value ``V<index>``; meaning the value's name)."""
+    return _code(f"V{index}", label)
+
+
+def _unit(ucum: str):  # type: ignore[no-untyped-def]
+    from highdicom.sr import CodedConcept
+    from pydicom.sr.codedict import codes
+
+    return codes.UCUM.NoUnits if ucum == "1" else CodedConcept(value=ucum, meaning=ucum, scheme_designator="UCUM")
+
+
 PREDICTED_LABEL = ("PRED", "Predicted label")
 FINDING_TYPE = ("CLS", "Image classification")
+MEASURED_TYPE = ("REG", "Image measurement")
 
 
 def _evidence(source: Dataset) -> Dataset:
@@ -110,15 +157,18 @@ def _image_library(source: Dataset):  # type: ignore[no-untyped-def]
         return [library]
 
 
-def build_sr(source: Dataset, probs: np.ndarray, algorithm: Producer, now: dt.datetime | None = None) -> Dataset:
+def build_sr(source: Dataset, probs: np.ndarray, algorithm: Producer, identity: str, now: dt.datetime | None = None,
+             previous: Previous | None = None) -> Dataset:
     """The SR of one classified instance.
 
     Args:
         source: the source instance's header (pixel data may be absent); needs SOP Class/Instance and
             Study Instance UIDs.
-        probs: (frames, labels) probabilities, frame order.
+        probs: (frames, labels) probabilities (or regression values, as ``algorithm.output`` says), frame order.
         algorithm: the model version that produced ``probs``.
+        identity: the source's content identity (``biomed.preprocess.identity``; ``Upload.identity``).
         now: content date/time (default: now).
+        previous: the SR this one replaces (a corrected source under the same SOP Instance UID).
     """
     import highdicom as hd
     from highdicom.coding_schemes import CodingSchemeIdentificationItem
@@ -131,12 +181,18 @@ def build_sr(source: Dataset, probs: np.ndarray, algorithm: Producer, now: dt.da
                                          parameters=[f"sha256 of the ONNX file: {algorithm.sha256}", NOTICE],
                                          manufacturer=MANUFACTURER)
     groups = []
+    regression = algorithm.output.regression
     for frame, row in enumerate(np.asarray(probs, dtype=np.float64)):
         best = int(row.argmax())
-        measurements = [hd.sr.Measurement(name=probability_code(label, i), value=float(p), unit=codes.UCUM.NoUnits)
-                        for i, (label, p) in enumerate(zip(algorithm.labels, row))]
-        evaluation = hd.sr.QualitativeEvaluation(name=_code(*PREDICTED_LABEL),
-                                                 value=label_code(algorithm.labels[best], best))
+        if regression:
+            measurements = [hd.sr.Measurement(name=value_code(label, i), value=float(v), unit=_unit(unit))
+                            for i, (label, v, unit) in enumerate(zip(algorithm.labels, row, algorithm.output.units))]
+            evaluations = []
+        else:
+            measurements = [hd.sr.Measurement(name=probability_code(label, i), value=float(p), unit=codes.UCUM.NoUnits)
+                            for i, (label, p) in enumerate(zip(algorithm.labels, row))]
+            evaluations = [hd.sr.QualitativeEvaluation(name=_code(*PREDICTED_LABEL),
+                                                       value=label_code(algorithm.labels[best], best))]
         image = hd.sr.SourceImageForMeasurementGroup(
             referenced_sop_class_uid=header.SOPClassUID, referenced_sop_instance_uid=header.SOPInstanceUID,
             referenced_frame_numbers=[frame + 1] if multi_frame else None)
@@ -144,8 +200,8 @@ def build_sr(source: Dataset, probs: np.ndarray, algorithm: Producer, now: dt.da
             tracking_identifier=hd.sr.TrackingIdentifier(
                 uid=uid("tracking", header.SOPInstanceUID, algorithm.name, algorithm.version, str(frame)),
                 identifier=f"{algorithm.name} frame {frame + 1}"),
-            finding_type=_code(*FINDING_TYPE), algorithm_id=algo, measurements=measurements,
-            qualitative_evaluations=[evaluation], source_images=[image]))
+            finding_type=_code(*(MEASURED_TYPE if regression else FINDING_TYPE)), algorithm_id=algo,
+            measurements=measurements, qualitative_evaluations=evaluations or None, source_images=[image]))
     device = hd.sr.DeviceObserverIdentifyingAttributes(
         uid=uid("device", algorithm.name, algorithm.version, algorithm.sha256), name=algorithm.name,
         manufacturer_name=MANUFACTURER, model_name=f"{algorithm.name} {algorithm.version}"[:64])
@@ -162,8 +218,9 @@ def build_sr(source: Dataset, probs: np.ndarray, algorithm: Producer, now: dt.da
     now = now or dt.datetime.now()
     sr = hd.sr.Comprehensive3DSR(
         evidence=[header], content=root,
-        series_instance_uid=uid("series", str(header.StudyInstanceUID), algorithm.name, algorithm.version),
-        series_number=SERIES_NUMBER, sop_instance_uid=sr_uid(str(header.SOPInstanceUID), algorithm),
+        series_instance_uid=series_uid(str(header.StudyInstanceUID), algorithm),
+        series_number=SERIES_NUMBER, sop_instance_uid=sr_uid(identity, algorithm),
+        previous_versions=[previous.as_dataset()] if previous is not None else None,
         instance_number=1, manufacturer=MANUFACTURER, is_complete=True, is_final=False, is_verified=False,
         content_qualification="RESEARCH",
         series_description=f"{NOTICE.capitalize()}: {algorithm.name}"[:64],

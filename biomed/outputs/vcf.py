@@ -6,6 +6,8 @@ INFO tags follow kipoi-veff's ``KV:<source>:<model>:<score>`` in an ID that VCF 
 - ``KV_biomed_<model>_REF``, ``_ALT``: p(ref), p(alt) per task;
 - ``KV_biomed_<model>_DIFF``: p(alt) - p(ref);
 - ``KV_biomed_<model>_LOGIT_DIFF``: logit(p(alt)) - logit(p(ref));
+- for a regression model (``biomed.outputs.semantics``): ``_REF``, ``_ALT`` (the values), ``_DIFF``
+  (alt - ref) and ``_LOG2FC`` (log2(alt / ref), ``.`` where a value is <= 0) instead;
 - ``KV_biomed_<model>_REF_MISMATCH``: a flag, REF disagrees with the reference (the record is kept, not scored).
 
 Score tags are ``Number=A``: one value per ALT allele, comma-separated, each the task values
@@ -22,13 +24,28 @@ from typing import Sequence
 import numpy as np
 
 from biomed.outputs import Producer
+from biomed.outputs.semantics import Semantics
 from biomed.variant_stream import Chunk, VcfRecord
 
 SCORES = (("REF", "p(ref)", "probability with the reference allele"),
           ("ALT", "p(alt)", "probability with the alternative allele"),
           ("DIFF", "p(alt) - p(ref)", "change in probability"),
           ("LOGIT_DIFF", "logit(p(alt)) - logit(p(ref))", "change in log-odds"))
+VALUE_SCORES = (("REF", "value(ref)", "value with the reference allele"),
+                ("ALT", "value(alt)", "value with the alternative allele"),
+                ("DIFF", "value(alt) - value(ref)", "change in value"),
+                ("LOG2FC", "log2(value(alt) / value(ref))", "log2 fold change; . where a value is <= 0"))
 PERCENT = "%.9g"  # 9 significant digits: float32 probabilities and float64 log-odds are kept well within 1e-6
+
+
+def scores(semantics: Semantics) -> tuple[tuple[str, str, str], ...]:
+    """The score tags (key, what, description) of a model's output."""
+    return VALUE_SCORES if semantics.regression else SCORES
+
+
+def _cells(values: list[float]) -> list[str]:
+    """Each value as ``PERCENT`` formats it; ``.`` for a value that does not exist (NaN: a fold change of <= 0)."""
+    return [PERCENT % v if v == v else "." for v in values]
 _NOT_ID = re.compile(r"[^0-9A-Za-z_.]")
 
 
@@ -43,12 +60,13 @@ def _quote(text: str) -> str:
 
 @dataclass(frozen=True)
 class Effects:
-    """Scores of a chunk's alleles, each (n, T) in task order."""
+    """Scores of a chunk's alleles, each (n, T) in task order: ref, alt and the two effects of the model's
+    output (``Semantics.effect_names``: diff and log-odds difference, or diff and log2 fold change)."""
 
     ref: np.ndarray
     alt: np.ndarray
     diff: np.ndarray
-    logit_diff: np.ndarray
+    logit_diff: np.ndarray  # the log-scale effect: log-odds difference, or log2 fold change for values
 
     def by_tag(self) -> tuple[np.ndarray, ...]:
         return self.ref, self.alt, self.diff, self.logit_diff
@@ -60,7 +78,8 @@ class VcfAnnotator:
     def __init__(self, model: Producer, reference: str, contigs: dict[str, int], reverse_complement: bool) -> None:
         self.model, self.reference, self.contigs, self.rc = model, reference, contigs, reverse_complement
         self.prefix = f"KV_biomed_{sanitise(model.name)}"
-        self.tags = [f"{self.prefix}_{key}" for key, _, _ in SCORES]
+        self.scores = scores(model.output)
+        self.tags = [f"{self.prefix}_{key}" for key, _, _ in self.scores]
         self.flag = f"{self.prefix}_REF_MISMATCH"
         self.owned = {*self.tags, self.flag}
         self._strip = False  # set when the input already carries these tags (re-annotation)
@@ -89,7 +108,7 @@ class VcfAnnotator:
             kept.insert(0, "##fileformat=VCFv4.2")
         tasks = "|".join(self.model.labels)
         ours = [f"##contig=<ID={name},length={size}>" for name, size in self.contigs.items() if name not in declared]
-        for (key, what, long), tag in zip(SCORES, self.tags):
+        for (key, what, long), tag in zip(self.scores, self.tags):
             ours.append(f"##INFO=<ID={tag},Number=A,Type=String,Description="
                         f"{_quote(f'biomed {self.model.name} {what} ({long}) per ALT allele; task values |-joined in the order {tasks}')}>")
         ours.append(f"##INFO=<ID={self.flag},Number=0,Type=Flag,Description="
@@ -111,9 +130,14 @@ class VcfAnnotator:
         whole: list[str] = []
         if effects is not None and n:
             t = effects.ref.shape[1]
-            rows = np.concatenate(effects.by_tag(), axis=1).tolist()  # (n, 4T): the tags' task values side by side
-            template = ";".join(f"{tag}=" + "|".join([PERCENT] * t) for tag in self.tags)
-            whole = [template % tuple(row) for row in rows]
+            stacked = np.concatenate(effects.by_tag(), axis=1)  # (n, 4T): the tags' task values side by side
+            rows = stacked.tolist()
+            if np.isnan(stacked).any():  # a fold change that does not exist: '.' in its place
+                template = ";".join(f"{tag}=" + "|".join(["%s"] * t) for tag in self.tags)
+                whole = [template % tuple(_cells(row)) for row in rows]
+            else:
+                template = ";".join(f"{tag}=" + "|".join([PERCENT] * t) for tag in self.tags)
+                whole = [template % tuple(row) for row in rows]
         record_of, alt_of = chunk.record.tolist(), chunk.alt_index.tolist()
         out, at = [], 0
         for i, record in enumerate(chunk.records):
@@ -134,8 +158,7 @@ class VcfAnnotator:
     def _per_alt(self, record: VcfRecord, scored: dict[int, list[float]]) -> list[str]:
         """Number=A values of a multi-allelic record: one value per ALT, '.' where an ALT is not scored."""
         t = len(self.model.labels)
-        template = "|".join([PERCENT] * t)
-        return [f"{tag}=" + ",".join(template % tuple(scored[a][k * t : (k + 1) * t]) if a in scored else "."
+        return [f"{tag}=" + ",".join("|".join(_cells(scored[a][k * t : (k + 1) * t])) if a in scored else "."
                                      for a in range(len(record.alts)))
                 for k, tag in enumerate(self.tags)]
 
@@ -153,13 +176,16 @@ class VcfAnnotator:
 
 
 class TsvWriter:
-    """One row per SNV allele: chrom, pos (1-based), id, ref, alt, per task p_ref/p_alt/diff/log_odds_diff, status."""
+    """One row per SNV allele: chrom, pos (1-based), id, ref, alt, per task p_ref/p_alt/diff/log_odds_diff (for a
+    regression model ref/alt/diff/log2_fold_change, ``NA`` where no fold change exists), status."""
 
-    def __init__(self, labels: Sequence[str]) -> None:
+    def __init__(self, labels: Sequence[str], semantics: Semantics = Semantics()) -> None:
         self.labels = list(labels)
+        self.columns = ("ref", "alt", *semantics.effect_names) if semantics.regression else \
+            ("p_ref", "p_alt", "diff", "log_odds_diff")
 
     def header(self, lines: Sequence[str] = ()) -> list[str]:
-        per_task = [f"{t}_{c}" for t in self.labels for c in ("p_ref", "p_alt", "diff", "log_odds_diff")]
+        per_task = [f"{t}_{c}" for t in self.labels for c in self.columns]
         return ["\t".join(["chrom", "pos", "id", "ref", "alt", *per_task, "status"])]
 
     def lines(self, chunk: Chunk, effects: Effects | None) -> list[str]:
@@ -167,8 +193,7 @@ class TsvWriter:
         t = len(self.labels)
         if effects is not None and rows:
             stacked = np.stack(effects.by_tag(), axis=2).reshape(len(rows), 4 * t)  # per task: ref, alt, diff, lod
-            template = "\t".join([PERCENT] * (4 * t))
-            values = [template % tuple(row) for row in stacked.tolist()]
+            values = ["\t".join(c if c != "." else "NA" for c in _cells(row)) for row in stacked.tolist()]
         else:
             values = []
         missing = "\t".join(["NA"] * (4 * t))

@@ -39,6 +39,7 @@ from biomed.preprocess.codestream import check_frames
 from biomed.preprocess.dicom_read import ACCEPTED, PIXEL_KEYWORDS, transfer_syntax
 from biomed.preprocess.dicom_voi import Voi, apply_table, apply_voi, frame_rescale, frame_voi, lut_table
 from biomed.preprocess.frames import FrameSink, bands
+from biomed.preprocess.identity import PixelDigest
 from biomed.preprocess.upload import Upload
 from biomed.settings import env
 
@@ -107,15 +108,20 @@ def load_dicom(
         sink.begin(frames)
         pixels = _decoded_frames(decoder, ds, ts, frames)
         presenter: _Presenter | None = None
+        digest = PixelDigest() if upload.identify else None  # the content identity's pixel part
         try:
             for index in range(frames):
                 arr, meta = _next_frame(pixels, index, frames)
                 arr = _frame_shape(arr, rows, columns, int(meta.get("samples_per_pixel", samples)))
+                if digest is not None:
+                    digest.add(arr)
                 presenter = presenter or _guard(lambda: _presenter(ds, arr, meta, window, ts, frames))
                 _guard(lambda: presenter.add(sink, index, arr))  # noqa: B023 - called at once
         finally:
             pixels.close()
         info.update(_guard(presenter.info))  # type: ignore[union-attr]
+    if digest is not None:
+        upload.pixels_sha256 = digest.hexdigest()
     upload.decoded()
     return info
 

@@ -114,10 +114,13 @@ class DnaSpec:
     Attributes:
         length: The model's window in bases (shorter sequences are N-padded, longer ones tiled).
         stride: The largest step between tiled windows of a long sequence.
+        reverse_complement: Whether both strands are averaged when a request does not say (an imported
+            model's description may say not).
     """
 
     length: int
     stride: int
+    reverse_complement: bool = True
 
     def __post_init__(self) -> None:
         if self.length < 1 or self.stride < 1:
@@ -125,11 +128,11 @@ class DnaSpec:
 
     def to_dict(self) -> dict[str, object]:
         return {"type": "dna", "alphabet": ALPHABET, "length": self.length, "stride": self.stride,
-                "reverse_complement": True, "padding": "N, centred"}
+                "reverse_complement": self.reverse_complement, "padding": "N, centred"}
 
     @classmethod
     def from_dict(cls, d: dict[str, object]) -> "DnaSpec":
-        return cls(int(d["length"]), int(d["stride"]))  # type: ignore[call-overload]
+        return cls(int(d["length"]), int(d["stride"]), bool(d.get("reverse_complement", True)))  # type: ignore[call-overload]
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,9 @@ bytes. Given one, the decoder parses the dataset through ``Upload.dataset`` (or 
 parsed before: the DICOM doors parse it first to check its UIDs and SOP class), and once the
 pixels are decoded it drops the encoded pixel data (``decoded``). What remains, ``header``, is
 the dataset without pixel data that an SR or a DICOM explanation references: no second parse
-of the same bytes.
+of the same bytes. Asked to (``identify=True``: the DICOM doors), the decoder also hashes the
+decoded pixels as it goes, and ``identity`` is the instance's content identity
+(``biomed.preprocess.identity``).
 
 Every cap holds for every decode, whoever parsed: the data elements counted before the first
 parse (``dicom_read.read_counted``) are checked again against each caller's
@@ -22,6 +24,7 @@ from typing import TYPE_CHECKING
 from pydicom.dataset import Dataset, FileDataset
 
 from biomed.preprocess.dicom_read import PIXEL_KEYWORDS, read_counted, too_many_elements
+from biomed.preprocess.identity import instance_identity
 
 if TYPE_CHECKING:
     from biomed.preprocess.budget import Limits
@@ -30,8 +33,10 @@ if TYPE_CHECKING:
 class Upload:
     """One uploaded file (DICOM, PNG or JPEG) and, once parsed, its DICOM dataset."""
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes, identify: bool = False) -> None:
         self.data = data
+        self.identify = identify  # the decoder hashes the decoded pixels (``pixels_sha256``)
+        self.pixels_sha256: str | None = None
         self._dataset: Dataset | None = None
         self._elements = 0  # data elements counted before the parse
         self._decoded = False
@@ -72,3 +77,11 @@ class Upload:
     def header(self) -> Dataset | None:
         """The dataset as parsed (without pixel data once decoded); None for a PNG or JPEG, or before any parse."""
         return self._dataset
+
+    @property
+    def identity(self) -> str | None:
+        """The instance's content identity (``biomed.preprocess.identity``) once decoded with ``identify``; else
+        None (a PNG or JPEG, or not decoded yet)."""
+        if self._dataset is None or self.pixels_sha256 is None:
+            return None
+        return instance_identity(self._dataset, self.pixels_sha256)

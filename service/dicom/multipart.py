@@ -28,27 +28,60 @@ class Part:
         return self.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
+def parameters(content_type: str) -> dict[str, str]:
+    """The parameters of a Content-Type value (RFC 9110 8.3.1), names lower-cased, quoted values unquoted.
+
+    A ``;`` inside a quoted value (``boundary="a;b"``) belongs to the value, and a backslash in one quotes
+    the character after it.
+    """
+    out: dict[str, str] = {}
+    text, i, n = content_type, content_type.find(";"), len(content_type)
+    while 0 <= i < n:
+        i += 1
+        eq = text.find("=", i)
+        semi = text.find(";", i)
+        if eq < 0 or (0 <= semi < eq):  # a parameter without a value
+            i = semi
+            continue
+        name = text[i:eq].strip().lower()
+        j = eq + 1
+        while j < n and text[j] in " \t":
+            j += 1
+        if j < n and text[j] == '"':
+            value, j = _quoted(text, j + 1)
+            semi = text.find(";", j)
+        else:
+            semi = text.find(";", j)
+            value = text[j : semi if semi >= 0 else n].strip()
+        out.setdefault(name, value)
+        i = semi
+    return out
+
+
+def _quoted(text: str, start: int) -> tuple[str, int]:
+    """A quoted string's value from just after its opening quote, and the index after its closing one."""
+    chars, j = [], start
+    while j < len(text) and text[j] != '"':
+        if text[j] == "\\" and j + 1 < len(text):
+            j += 1
+        chars.append(text[j])
+        j += 1
+    return "".join(chars), j + 1
+
+
 def boundary_of(content_type: str) -> bytes:
     """The ``boundary`` parameter of a Content-Type value (quoted or not); MalformedInput when absent or invalid."""
-    for param in content_type.split(";")[1:]:
-        name, _, value = param.strip().partition("=")
-        if name.strip().lower() == "boundary":
-            value = value.strip()
-            if len(value) >= 2 and value[0] == value[-1] == '"':
-                value = value[1:-1]
-            if 1 <= len(value) <= 70 and all(32 <= ord(ch) < 127 for ch in value):
-                return value.encode("ascii")
-            break
+    value = parameters(content_type).get("boundary")
+    if value is not None and 1 <= len(value) <= 70 and all(32 <= ord(ch) < 127 for ch in value) \
+            and not value.endswith(" "):
+        return value.encode("ascii")
     raise MalformedInput("the multipart/related body names no valid boundary (1-70 characters) in its Content-Type")
 
 
 def parameter(content_type: str, name: str) -> str | None:
     """A parameter of a Content-Type value, unquoted and lower-cased (None when absent)."""
-    for param in content_type.split(";")[1:]:
-        key, _, value = param.strip().partition("=")
-        if key.strip().lower() == name:
-            return value.strip().strip('"').lower()
-    return None
+    value = parameters(content_type).get(name)
+    return None if value is None else value.lower()
 
 
 def _headers(block: bytes) -> dict[str, str]:

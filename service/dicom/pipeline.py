@@ -7,7 +7,10 @@ frame classified by the image handler from that same parse (``ImageHandler.class
 decode and model run as ``/predict_image``, through the same batchers), and when a destination
 is set its SR is built (``biomed/outputs/sr.py``) from the header the decoder kept and written
 to the spool (``spool.py``) before ``receive`` returns, so the sender is answered only once the
-result is durable. It never raises for bad input: it answers an ``Outcome`` with the DIMSE
+result is durable. The SR's UID derives from the instance's content identity
+(``biomed.preprocess.identity``, hashed by that same decode): the same instance again, in any
+transfer syntax, is a duplicate; a corrected one under the same SOP Instance UID gets a new SR
+naming the one before it (recorded in the spool). It never raises for bad input: it answers an ``Outcome`` with the DIMSE
 status / STOW-RS failure reason (the same codes for both doors):
 
 - ``ok``, 0x0000: classified (and its SR spooled, or already spooled or delivered);
@@ -140,7 +143,7 @@ async def _off_loop(fn: Any, *args: Any) -> Any:
 def producer(handler: "ImageHandler") -> Producer:
     """The model version the handler runs, as its SRs name it."""
     m = handler.model
-    return Producer(m.name, m.version, m.sha256, tuple(handler.labels))
+    return Producer(m.name, m.version, m.sha256, tuple(handler.labels), output=handler.semantics)
 
 
 def _uid_of(ds: Dataset, keyword: str) -> str | None:
@@ -166,27 +169,42 @@ async def sr_for(handler: "ImageHandler", data: bytes, door: str = "native") -> 
     if data.startswith((b"\x89PNG", b"\xff\xd8\xff")):
         raise InputError("output=sr needs a DICOM image to reference; this upload is a PNG or JPEG (use output=json)",
                          code="sr_needs_dicom")
-    upload = Upload(data)
+    upload = Upload(data, identify=True)
     probs, _ = await handler.classify(upload, door)
-    header = upload.header  # the decoder's parse, without pixel data
-    if header is None:
+    header, identity = upload.header, upload.identity  # the decoder's parse, without pixel data
+    if header is None or identity is None:
         raise InputError("output=sr needs a DICOM image to reference", code="sr_needs_dicom")
     try:
         check_header(header)
     except Refused as err:
         raise InputError(f"output=sr cannot reference this file: {err.detail}", code="sr_needs_dicom") from None
-    return await _off_loop(_build, header, probs, producer(handler))
+    return await _off_loop(_build, header, probs, producer(handler), identity)
 
 
-def _build(header: Dataset, probs: np.ndarray, algo: Producer) -> bytes:
-    return sr.sr_bytes(sr.build_sr(header, probs, algo))
+def _build(header: Dataset, probs: np.ndarray, algo: Producer, identity: str, previous: sr.Previous | None = None
+           ) -> bytes:
+    return sr.sr_bytes(sr.build_sr(header, probs, algo, identity, previous=previous))
 
 
-def _build_and_spool(header: Dataset, probs: np.ndarray, algo: Producer, spool: "Spool") -> bool:
-    uid = sr.sr_uid(str(header.SOPInstanceUID), algo)
+def _build_and_spool(header: Dataset, probs: np.ndarray, algo: Producer, identity: str, spool: "Spool") -> bool:
+    """Spool the SR of this content; False when it is already pending or delivered. A changed instance under a SOP
+    Instance UID seen before gets an SR naming the previous one."""
+    uid = sr.sr_uid(identity, algo)
     if spool.is_known(uid):
         return False
-    return spool.put(uid, _build(header, probs, algo))
+    key = sr.source_key(str(header.SOPInstanceUID), algo)
+    previous = spool.previous(key)
+    if previous is not None and previous.sop_instance == uid:
+        previous = None
+    if not spool.put(uid, _build(header, probs, algo, identity, previous)):
+        return False
+    try:
+        spool.remember(key, sr.Previous(str(header.StudyInstanceUID), sr.series_uid(str(header.StudyInstanceUID),
+                                                                                     algo), uid))
+    except OSError as err:  # the SR is durable; only a later correction would not name it
+        log.warning("the SR spool could not record which SR an instance got (%s); a corrected re-send of it will not "
+                    "name this SR", type(err).__name__)
+    return True
 
 
 async def receive(handler: "ImageHandler", data: bytes, door: str, study: str | None = None,
@@ -194,18 +212,18 @@ async def receive(handler: "ImageHandler", data: bytes, door: str, study: str | 
     """Check, classify and (with a spool) spool the SR of one instance; never raises for bad input."""
     outcome = Outcome("ok")
     try:
-        upload = Upload(data)
+        upload = Upload(data, identify=True)
         del data
         header = await handler.in_thread(upload.dataset, handler.limits,
                                          small=len(upload.data) <= handler.config.small_upload_bytes)
         outcome.sop_class, outcome.sop_instance = (_uid_of(header, "SOPClassUID"), _uid_of(header, "SOPInstanceUID"))
         check_header(header, study)
         probs, _ = await handler.classify(upload, door)  # decoded from the dataset parsed above
-        header = upload.header  # now without pixel data
+        header, identity = upload.header, upload.identity  # now without pixel data
         del upload
-        if spool is not None:
+        if spool is not None and identity is not None:
             try:
-                outcome.spooled = await _off_loop(_build_and_spool, header, probs, producer(handler), spool)
+                outcome.spooled = await _off_loop(_build_and_spool, header, probs, producer(handler), identity, spool)
             except OSError as err:
                 log.error("the SR spool could not be written (%s); the instance was refused with 0xA700",
                           type(err).__name__)

@@ -7,7 +7,11 @@ Layout of ``BIOMED_DICOM_SPOOL``:
   same SR is already pending: the duplicate is counted, not written twice) and the directory
   fsynced, all before the sender of the source instance is answered.
 - ``sent/<UID>``: an empty marker per SR the destination confirmed (kept 7 days), so that the
-  same source instance sent again, with the same model version, is not delivered twice.
+  same source instance sent again, with the same model version, is not delivered twice: the
+  pending file itself, renamed there (no new file, so a full disk still takes it) and emptied.
+- ``versions/<key>``: per source instance (its SOP Instance UID) and model version, the SR made
+  for it last; a corrected instance under the same SOP Instance UID gets a new SR that names
+  that one (``biomed.outputs.sr.Previous``). Kept as long as the delivery markers.
 - ``rejected/<UID>.dcm``: SRs the destination refused outright (a DICOM failure status or an
   HTTP 4xx other than 408/429): kept for an operator, never retried on their own.
 - ``.forwarder.lock``: held (POSIX lock) by the one process that forwards.
@@ -18,8 +22,16 @@ for it and take over when its process ends. Delivery is in spool order (oldest f
 failure that may pass (no connection, a timeout, 5xx, 408, 429, a DIMSE "out of resources")
 waits with exponential backoff (1 s doubling up to ``BIOMED_DICOM_RETRY_MAX_S``) and retries
 the same SR; a file leaves the spool only after the destination confirmed it. A restart
-resumes whatever is in the spool. Nothing here logs a UID or any content of an SR: counts and
-outcomes only.
+resumes whatever is in the spool.
+
+Delivered but not recorded: when the destination confirmed an SR but the spool cannot record it
+(``sent/`` full or unwritable), the SR is not sent again: it leaves the spool unmarked (a later
+re-send of the same source would deliver it again), or, when it cannot even leave, this
+process skips it from then on; either way ``biomed_dicom_forwarded_total{outcome="unrecorded"}``
+counts it (the ``BiomedSrDeliveryUnrecorded`` alert) and the log says which step failed and why.
+The SRs behind it go on. Only a crash between the destination's confirmation and the record
+(or a restart while an SR is skipped) sends an SR again, once, when the forwarder resumes.
+Nothing here logs a UID or any content of an SR: counts, steps and outcomes only.
 """
 
 from __future__ import annotations
@@ -27,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import json
 import logging
 import os
 import threading
@@ -34,6 +47,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
+from biomed.outputs.sr import Previous
 from biomed.preprocess.dicom_read import is_uid
 
 log = logging.getLogger("biomed.dicom")
@@ -64,7 +78,8 @@ class Spool:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
         self.tmp, self.sent, self.rejected = self.root / "tmp", self.root / "sent", self.root / "rejected"
-        for d in (self.root, self.tmp, self.sent, self.rejected):
+        self.versions = self.root / "versions"
+        for d in (self.root, self.tmp, self.sent, self.rejected, self.versions):
             d.mkdir(parents=True, exist_ok=True)
         self.added = threading.Event()  # set when this process spools an SR (wakes its forwarder)
 
@@ -110,12 +125,48 @@ class Spool:
     def depth(self) -> int:
         return len(self.pending())
 
-    def delivered(self, path: Path) -> None:
-        """The destination confirmed ``path``: mark it sent, then remove it."""
-        uid = path.name[: -len(".dcm")]
-        (self.sent / uid).touch()
-        path.unlink(missing_ok=True)
-        _fsync_dir(self.root)
+    def delivered(self, path: Path) -> str | None:
+        """The destination confirmed ``path``: move it to ``sent/`` as its marker (then empty it).
+
+        Returns None when recorded; else what failed (no UID in it), having removed the SR from the
+        spool unmarked when it could.
+
+        Raises:
+            Unrecorded: the SR can neither be recorded nor removed (the caller must not send it again).
+        """
+        marker = self.sent / path.name[: -len(".dcm")]
+        try:
+            os.replace(path, marker)  # a rename: no new file, so a full disk still takes it
+        except FileNotFoundError:
+            return None  # another process recorded it
+        except OSError as err:
+            failed = f"marking it sent failed ({_why(err)})"
+            try:
+                path.unlink(missing_ok=True)
+            except OSError as again:
+                raise Unrecorded(f"{failed}, and removing it from the spool failed ({_why(again)})") from None
+            return f"{failed}; it was removed from the spool unmarked"
+        with contextlib.suppress(OSError):
+            os.truncate(marker, 0)
+        with contextlib.suppress(OSError):
+            _fsync_dir(self.root)
+        return None
+
+    def previous(self, key: str) -> Previous | None:
+        """The SR made last for the source instance and model version of ``key`` (``sr.source_key``), if any."""
+        try:
+            doc = json.loads((self.versions / key).read_text())
+            return Previous(str(doc["study"]), str(doc["series"]), str(doc["sop_instance"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def remember(self, key: str, made: Previous) -> None:
+        """Record ``made`` as the SR of ``key``'s source instance and model version (replacing the one before)."""
+        if not is_uid(key):
+            raise ValueError("not a UID")
+        tmp = self.tmp / f"{key}.{os.getpid()}.{threading.get_ident()}.json"
+        tmp.write_text(json.dumps({"study": made.study, "series": made.series, "sop_instance": made.sop_instance}))
+        os.replace(tmp, self.versions / key)
 
     def reject(self, path: Path) -> None:
         os.replace(path, self.rejected / path.name)
@@ -130,11 +181,25 @@ class Spool:
                 if now - marker.stat().st_mtime > SENT_KEEP_S:
                     marker.unlink()
                     removed += 1
+        for record in self.versions.iterdir():
+            with contextlib.suppress(FileNotFoundError):
+                if now - record.stat().st_mtime > SENT_KEEP_S:
+                    record.unlink()
         for part in self.tmp.iterdir():
             with contextlib.suppress(FileNotFoundError):
                 if now - part.stat().st_mtime > 3600:
                     part.unlink()
         return removed
+
+
+class Unrecorded(OSError):
+    """A delivered SR the spool can neither record nor remove."""
+
+
+def _why(err: OSError) -> str:
+    """An OSError without its file names (they hold UIDs): its errno name and text."""
+    name = errno.errorcode.get(err.errno or 0, type(err).__name__)
+    return f"{name}: {err.strerror or type(err).__name__}"
 
 
 class Forwarder(threading.Thread):
@@ -149,7 +214,9 @@ class Forwarder(threading.Thread):
         self.stopping = threading.Event()
         self.wake = spool.added
         self._lock_fd: int | None = None
-        self._pruned = 0.0
+        self._pruned: float | None = None  # when old records were last pruned (None: not yet)
+        self._skipped: set[str] = set()  # delivered SRs the spool could not record nor remove: never sent again here
+        self._doing = "starting"  # the step in progress, for the log
 
     def stop(self, timeout: float = 10.0) -> None:
         self.stopping.set()
@@ -179,13 +246,14 @@ class Forwarder(threading.Thread):
         backoff = 1.0
         while not self.stopping.is_set():
             try:
+                self._doing = "taking the spool's lock"
                 if not self._hold_lock():
                     self._wait(LOCK_POLL_S)
                     continue
-                if time.monotonic() - self._pruned > 3600:
-                    self.spool.prune()
-                    self._pruned = time.monotonic()
-                pending = self.spool.pending()
+                if self._pruned is None or time.monotonic() - self._pruned > 3600:
+                    self._prune()
+                self._doing = "listing the spool"
+                pending = [p for p in self.spool.pending() if p.name not in self._skipped]
                 self.metrics.dicom_spool_depth.set(len(pending))
                 if not pending:
                     self._wait(IDLE_POLL_S)
@@ -199,12 +267,22 @@ class Forwarder(threading.Thread):
                     self.stopping.wait(backoff)
                     backoff = min(backoff * 2, self.retry_max_s)
             except Exception as err:  # noqa: BLE001 - a disk or bug problem: keep the thread, say what kind
-                log.error("the SR forwarder failed (%s); retrying in %.0f s", type(err).__name__, backoff)
+                why = _why(err) if isinstance(err, OSError) else type(err).__name__
+                log.error("the SR forwarder failed %s (%s); retrying in %.0f s", self._doing, why, backoff)
                 self.stopping.wait(backoff)
                 backoff = min(backoff * 2, self.retry_max_s)
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+
+    def _prune(self) -> None:
+        """Forget old records, hourly; a failure is logged and never stops deliveries."""
+        self._pruned = time.monotonic()
+        try:
+            self.spool.prune()
+        except OSError as err:
+            log.error("the SR forwarder could not prune old delivery records (%s); deliveries go on, the next "
+                      "try is in an hour", _why(err))
 
     def _deliver(self, pending: list[Path]) -> bool:
         """Send ``pending`` in order over one connection; False at the first failure that may pass."""
@@ -213,16 +291,21 @@ class Forwarder(threading.Thread):
             for done, path in enumerate(pending, start=1):
                 if self.stopping.is_set():
                     return True
+                self._doing = "reading an SR from the spool"
                 try:
                     data = path.read_bytes()
                 except FileNotFoundError:
                     continue
+                self._doing = "connecting to the destination"
                 delivery = delivery or self.connect()
+                self._doing = "sending an SR"
                 outcome = delivery.send(data)
                 self.metrics.dicom_forwarded.labels(outcome=outcome if outcome != "retry" else "retried").inc()
                 if outcome == "delivered":
-                    self.spool.delivered(path)
+                    self._doing = "recording a delivery"
+                    self._record(path)
                 elif outcome == "rejected":
+                    self._doing = "moving a refused SR to rejected/"
                     log.error("the destination refused an SR; it was moved to %s", self.spool.rejected)
                     self.spool.reject(path)
                 else:
@@ -233,3 +316,15 @@ class Forwarder(threading.Thread):
             if delivery is not None:
                 with contextlib.suppress(Exception):
                     delivery.close()
+
+    def _record(self, path: Path) -> None:
+        """Record a confirmed delivery; when the spool cannot, never send that SR again from here (module docstring)."""
+        try:
+            failed = self.spool.delivered(path)
+        except Unrecorded as err:
+            self._skipped.add(path.name)
+            failed = f"{err}; this process will not send it again (a restart would, once)"
+        if failed is not None:
+            self.metrics.dicom_forwarded.labels(outcome="unrecorded").inc()
+            log.error("the destination confirmed an SR but the spool could not record it: %s. Check %s (space, "
+                      "permissions)", failed, self.spool.sent)

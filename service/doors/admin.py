@@ -1,14 +1,18 @@
 """Operator endpoints (only with ``BIOMED_API_TOKEN`` set): ``POST /admin/models/promote``.
 
-A promote writes the model's rollout file in the store (``biomed.store.promote``, what
-``biomed models promote`` does), so every worker of every pod watching the store takes it up
-within ``BIOMED_MODEL_POLL_S``; the worker that answers applies it before answering. A version
-that cannot be loaded is refused (422) and the rollout file is put back as it was.
+A promote writes the model's rollout file in the store (what ``biomed models promote`` does), so
+every worker of every pod watching the store takes it up within ``BIOMED_MODEL_POLL_S``; the
+worker that answers applies it before answering. A version that cannot be loaded is refused
+(422, naming that version) and the rollout file is put back as it was. Promotes are serialised:
+one at a time per worker, and the model's rollout lock (``biomed.store.rollout_lock``) is held
+from reading the file as it was to the answer, so no other promote or canary change (another
+worker, pod or the CLI) comes in between: a 200 means the promote stuck.
 """
 
 from __future__ import annotations
 
 import asyncio
+import weakref
 from pathlib import Path
 
 from starlette.requests import Request
@@ -47,20 +51,50 @@ async def promote(request: Request, engine: Engine) -> dict:
                        code="reload_off")
     folder: Path = engine.lifecycle.dirs[name]
     loop = asyncio.get_running_loop()
-    before = store.read_rollout(folder)
-    previous = versions.default
     try:
-        rollout = await loop.run_in_executor(None, store.promote, req.model, config.model_store or None)
+        _, rollout = await loop.run_in_executor(None, store.promotion, req.model, config.model_store or None)
     except store.ModelNotFound as err:
         raise UnknownModel(str(err)) from None
+    async with _promoting(engine):
+        try:
+            lock = await loop.run_in_executor(None, store.lock_rollout, folder)
+        except OSError as err:
+            raise _read_only(err) from None
+        try:
+            previous = engine.versions[name].default
+            serving = await _apply(engine, name, folder, rollout)
+        finally:
+            store.unlock_rollout(lock)
+    return {"model": name, "default": rollout["default"], "canary": rollout["canary"], "serving": serving,
+            "previous": previous}
+
+
+_LOCKS: "weakref.WeakKeyDictionary[Engine, asyncio.Lock]" = weakref.WeakKeyDictionary()
+
+
+def _promoting(engine: Engine) -> asyncio.Lock:
+    """This worker's promotes, one at a time (the rollout lock orders them with other processes')."""
+    return _LOCKS.setdefault(engine, asyncio.Lock())
+
+
+def _read_only(err: OSError) -> Conflict:
+    return Conflict(f"the model store cannot be written here ({err.strerror or type(err).__name__}); promote with "
+                    "`biomed models promote` where the store is writable", code="store_read_only")
+
+
+async def _apply(engine: Engine, name: str, folder: Path, rollout: dict) -> str:
+    """Write ``rollout`` (the lock held), bring this worker to it, and put the file back when its version cannot be
+    loaded; returns the version now serving."""
+    loop = asyncio.get_running_loop()
+    before = store.read_rollout(folder)  # as it is now, under the lock: what a failure puts back
+    try:
+        await loop.run_in_executor(None, store.write_rollout, folder, rollout)
     except OSError as err:
-        raise Conflict(f"the model store cannot be written here ({err.strerror or type(err).__name__}); promote with "
-                       "`biomed models promote` where the store is writable", code="store_read_only") from None
+        raise _read_only(err) from None
     want = (await engine.lifecycle.reconcile()).get(name)
     serving = engine.versions[name].default
     if want is not None and serving != want.default:
         await loop.run_in_executor(None, store.write_rollout, folder, before)
         raise InputError(f"{name}:{want.default} cannot be loaded (see the server log); the rollout is back as it was "
                          f"and {name}:{serving} still serves", code="load_failed")
-    return {"model": name, "default": rollout["default"], "canary": rollout["canary"], "serving": serving,
-            "previous": previous}
+    return serving

@@ -87,7 +87,9 @@ def _validation_error(err: ValidationError) -> InputError:
     first = err.errors(include_input=False, include_context=False)[0]
     where = ".".join(str(p) for p in first["loc"]) or "body"
     if first["type"] in ("json_invalid", "json_type") or first["type"].startswith("json"):
-        return MalformedInput(f"the body is not valid JSON ({first['msg']})")
+        hint = "; a \\uD800-\\uDFFF escape is half of a surrogate pair, never a character alone" \
+            if "hex escape" in first["msg"] else ""
+        return MalformedInput(f"the body is not valid JSON ({first['msg']}{hint})")
     return MalformedInput(f"{where}: {first['msg']} ({err.error_count()} problem(s) in the body)", code="invalid_body")
 
 

@@ -35,7 +35,7 @@ MAX_FASTA_HEADER = 4096  # characters of a FASTA header line
 wrap = wrapper(errors.native)
 
 
-def _flag(fields: dict[str, str], name: str, default: bool) -> bool:
+def _flag(fields: dict[str, str], name: str, default: bool | None) -> bool | None:
     """A true/false form field: ``default`` when absent; blank or anything else is a 400."""
     value = fields.get(name)
     try:
@@ -104,7 +104,7 @@ async def predict_fasta(request: Request, engine: Engine) -> dict:
     started = time.perf_counter()
     data, fields = await _upload(request, engine)
     items = await asyncio.get_running_loop().run_in_executor(None, fasta_items, data, engine.config.max_sequences)
-    reverse_complement = _flag(fields, "reverse_complement", True)
+    reverse_complement = _flag(fields, "reverse_complement", None)  # None: as the model's metadata says
     return await engine.pick(fields.get("model"), "predict_sequences").predict_sequences(items, reverse_complement, started)
 
 
@@ -137,8 +137,8 @@ def _number(fields: dict[str, str], name: str, kind: type, low: float, high: flo
         what = "an integer" if kind is int else "a number"
         raise MalformedInput(f"{name} must be {what}; got {value[:32]!r}") from None
     if not (low <= number and (high is None or number <= high)):  # NaN fails both
-        top = "any" if high is None else f"{high:g}"
-        raise MalformedInput(f"{name} {number} is out of range; accepted: {low:g} to {top}")
+        accepted = f"{low:g} or more" if high is None else f"{low:g} to {high:g}"
+        raise MalformedInput(f"{name} {number} is out of range; accepted: {accepted}")
     return number
 
 
@@ -169,14 +169,17 @@ async def list_models(request: Request, engine: Engine) -> dict:
 
 
 def describe(model: LoadedModel) -> dict:
-    """The ``GET /models`` entry of a loaded model."""
+    """The ``GET /models`` entry of a loaded model: an imported model's ``source``, ``description`` and ``checks``
+    (null for biomed's own), and ``batch``: the fixed batch size its graph runs at (null: any)."""
     d = model.doc
+    training, imported = d.get("training", {}), d.get("import", {})
     return {
         "name": model.name, "version": model.version, "kind": d["kind"], "labels": d["labels"],
         "multilabel": d["multilabel"], "input": d["input"], "output": d["output"], "preprocess": d["preprocess"],
         "provider": model.provider, "sha256": model.sha256, "architecture": d.get("architecture", {}).get("arch"),
-        "metrics": d["training"]["metrics"], "baseline": d["training"].get("baseline"),
-        "export": d.get("export", {}), "intended_use": d["intended_use"],
+        "metrics": training.get("metrics"), "baseline": training.get("baseline"),
+        "export": d.get("export", {}), "intended_use": d["intended_use"], "batch": model.fixed_batch,
+        "source": imported.get("source"), "description": imported.get("description"), "checks": imported.get("checks"),
         "default": model.serving["default"], "canary_percent": model.serving["canary_percent"],
         "memory": dict(model.memory),
     }

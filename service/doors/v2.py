@@ -4,7 +4,8 @@ Routes (``service/routes.py``): ``GET /v2``, ``GET /v2/health/live``, ``GET /v2/
 metadata and readiness, and ``POST /v2/models/{name}[/versions/{version}]/infer``. The protocol's
 types and codecs (JSON and the binary tensor extension) are ``service/protocol/v2.py``; what a
 model takes and how it runs, ``service/inference.py``. This door only reads the body, picks the
-model the path names, and writes the answer. Errors are ``{"error": "<code>: <message>"}``.
+model the path names, and writes the answer, whose bytes count in the worker's body budget
+(``BIOMED_MAX_BODIES_MB``, with the request's) while it is sent. Errors are ``{"error": "<code>: <message>"}``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from biomed.errors import UnsupportedMedia
 from service import inference
 from service.doors.endpoint import wrapper
 from service.doors.http_io import read_body
-from service.engine import Engine, UnknownModel
+from service.engine import Engine
 from service.handlers import Handler
 from service.protocol.json_bounds import BIG_JSON
 from service.protocol.v2 import EXTENSIONS, HEADER_LENGTH, InferRequest, Signature, encode_rest, error_body, \
@@ -33,11 +34,7 @@ wrap = wrapper(error_body)
 
 def _handler(request: Request, engine: Engine) -> Handler:
     """The model the path names (``/v2/models/{name}[/versions/{version}]``); 404 for an unknown name or version."""
-    name = request.path_params["name"]
-    version = request.path_params.get("version")
-    if ":" in name or (version is not None and (not version or ":" in version)):
-        raise UnknownModel(f"model {name[:200]!r} (version {str(version)[:80]!r}) is not loaded; see GET /models")
-    return engine.pick(name if version is None else f"{name}:{version}")
+    return inference.pick(engine, request.path_params["name"], request.path_params.get("version"))
 
 
 def _parse_pool() -> ThreadPoolExecutor:
@@ -86,6 +83,9 @@ async def infer(request: Request, engine: Engine) -> Response:
     req = await _parse(request, body, inference.signature(handler))
     del body
     answer, header_length = encode_rest(await inference.infer(handler, req, door="v2"))
+    held = getattr(request.state, "held", None)  # the guard's count of this request's bytes (None without the guard)
+    if held is not None:
+        held.grow(len(answer))  # the answer counts in the body budget while it is sent (429 past it)
     if header_length is None:
         return Response(answer, media_type="application/json")
     return Response(answer, media_type="application/octet-stream",

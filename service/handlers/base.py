@@ -17,6 +17,7 @@ from typing import Any, Callable, ClassVar, Iterator, TypeVar
 import numpy as np
 
 from biomed.errors import MalformedInput
+from biomed.outputs.semantics import Semantics
 from biomed.preprocess.budget import DecodeBudget
 from biomed.runtime import LoadedModel
 from service.batcher import Batcher
@@ -43,7 +44,8 @@ class Handler:
     A subclass names its kind (``kind``), the operations the doors may ask of it (``operations``: the names of
     its methods they call, so ``Engine.pick(ref, op)`` finds a model that serves an endpoint), the setting that
     caps its rows per inference call (``batch_setting``), and implements ``predict_items`` (the v2 input of what
-    a person has) and ``row_labels``; ``check_rows`` adds its checks of raw rows' values.
+    a person has) and ``class_labels``; ``check_rows`` adds its checks of raw rows' values. What the model's
+    outputs are (probabilities, or regression values) is ``semantics``, read from its metadata here, once.
     """
 
     kind: ClassVar[str]
@@ -55,6 +57,7 @@ class Handler:
         self.shared = shared
         self.config = shared.config
         self.metrics = shared.metrics
+        self.semantics = Semantics.of(model.doc)
         version = {"model": model.name, "version": model.version}
         histogram = shared.metrics.inference_seconds.labels(**version, provider=model.provider)
         batch_sizes = shared.metrics.batch_size.labels(**version)
@@ -117,8 +120,18 @@ class Handler:
                                             door=door).inc(n)
 
     def row_labels(self, probs: np.ndarray) -> list[str]:
-        """What ``biomed_predictions_total`` counts for these output rows (per kind)."""
+        """What ``biomed_predictions_total`` counts for these output rows: the kind's labels of probabilities
+        (``class_labels``), one ``value`` per row of regression values."""
+        return self.semantics.counted(probs) if self.semantics.regression else self.class_labels(probs)
+
+    def class_labels(self, probs: np.ndarray) -> list[str]:
+        """The labels counted for rows of probabilities (per kind)."""
         raise NotImplementedError
+
+    def parameters(self, defaults: dict[str, Any]) -> dict[str, Any]:
+        """The v2 person input's parameter defaults for this model (the kind's, unless its metadata says
+        otherwise)."""
+        return defaults
 
     def check_rows(self, x: np.ndarray) -> None:
         """Refuse rows whose values the model cannot take (400/422), before they reach the batcher.

@@ -53,22 +53,37 @@ class DnaHandler(Handler):
         if bases > cfg.max_bases:
             raise TooLarge(f"{bases} bases in one request; the limit is {cfg.max_bases} ({env('max_bases')})")
 
-    async def _predictions(self, items: list[tuple[str, str]], reverse_complement: bool, started: float,
+    def strands(self, reverse_complement: bool | None) -> bool:
+        """Whether both strands are averaged: as the request says, else as the model's metadata says."""
+        return self.spec.reverse_complement if reverse_complement is None else reverse_complement
+
+    def parameters(self, defaults: dict[str, Any]) -> dict[str, Any]:
+        return {**defaults, "reverse_complement": self.spec.reverse_complement}
+
+    async def _predictions(self, items: list[tuple[str, str]], reverse_complement: bool | None, started: float,
                            door: str) -> list[dict]:
-        """Per sequence the per-task max over its windows (``dna_ops.predict_sequences``), counted under ``door``."""
+        """Per sequence the per-task max over its windows (``dna_ops.predict_sequences``; the mean of regression
+        values), counted under ``door``."""
         self.check_caps(items)
-        rows = dna_ops.sequence_rows([len(s) for _, s in items], self.spec, reverse_complement)
+        rc = self.strands(reverse_complement)
+        rows = dna_ops.sequence_rows([len(s) for _, s in items], self.spec, rc)
         with self.admit(rows, f"{len(items)} sequence(s)"):
             predictions = await dna_ops.predict_sequences(self._predictor(started), self.labels, self.spec, items,
-                                                          reverse_complement)
-        self.count_predictions([t for p in predictions for t in _positive(p["probabilities"])], door)
+                                                          rc, self.semantics)
+        self.count_predictions(self.row_labels(self.table(predictions)), door)
         return predictions
 
-    async def predict_sequences(self, items: list[tuple[str, str]], reverse_complement: bool, started: float) -> dict:
+    def table(self, predictions: list[dict]) -> np.ndarray:
+        """(sequences, labels) of ``predict_sequences``' answers, in label order."""
+        key = self.semantics.name
+        return np.array([[p[key][t] for t in self.labels] for p in predictions], dtype=np.float32)
+
+    async def predict_sequences(self, items: list[tuple[str, str]], reverse_complement: bool | None,
+                                started: float) -> dict:
         """``/predict_dna``, ``/predict_fasta``: per sequence the per-task max over its windows."""
         return self.answer(predictions=await self._predictions(items, reverse_complement, started, "native"))
 
-    def row_labels(self, probs: np.ndarray) -> list[str]:
+    def class_labels(self, probs: np.ndarray) -> list[str]:
         return [t for row in probs for t in _positive(dict(zip(self.labels, row)))]
 
     def check_rows(self, x: np.ndarray) -> None:
@@ -80,35 +95,47 @@ class DnaHandler(Handler):
     async def predict_items(self, items: list[bytes], parameters: dict[str, Any],
                             door: str = "native") -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """v2's ``sequence`` input: one row per sequence, exactly ``/predict_dna``'s probabilities."""
-        sequences = [(str(i), s.decode("latin-1")) for i, s in enumerate(items)]
-        predictions = await self._predictions(sequences, parameters.get("reverse_complement", True),
-                                              time.perf_counter(), door)
-        return np.array([[p["probabilities"][t] for t in self.labels] for p in predictions], dtype=np.float32), {}
+        sequences = [(str(i), _text(str(i), s)) for i, s in enumerate(items)]
+        predictions = await self._predictions(sequences, parameters.get("reverse_complement"), time.perf_counter(),
+                                              door)
+        return self.table(predictions), {}
 
-    async def score_variants(self, variants: list[dict], reverse_complement: bool, started: float) -> dict:
-        """``/score_variants``: ref and alt probabilities of SNVs, their difference and log-odds difference."""
+    async def score_variants(self, variants: list[dict], reverse_complement: bool | None, started: float) -> dict:
+        """``/score_variants``: ref and alt outputs of SNVs and their effects (``Semantics.effect_names``)."""
         if len(variants) > self.config.max_variants:
             raise TooLarge(f"{len(variants)} variants in one request; the limit is {self.config.max_variants} "
                            f"({env('max_variants')})")
         self.check_caps([(str(i), v["sequence"]) for i, v in enumerate(variants)])
-        rows = dna_ops.variant_rows(len(variants), self.spec, reverse_complement)
+        rc = self.strands(reverse_complement)
+        rows = dna_ops.variant_rows(len(variants), self.spec, rc)
         with self.admit(rows, f"{len(variants)} variant(s)"):
-            scores = await dna_ops.score_variants(self._predictor(started), self.labels, self.spec, variants,
-                                                  reverse_complement)
+            scores = await dna_ops.score_variants(self._predictor(started), self.labels, self.spec, variants, rc,
+                                                  self.semantics)
         return self.answer(variants=scores)
 
-    async def explain(self, sequence: str, task: str | None, reverse_complement: bool, started: float) -> dict:
+    async def explain(self, sequence: str, task: str | None, reverse_complement: bool | None, started: float) -> dict:
         """``/explain_dna``: in-silico mutagenesis of one sequence."""
         limit = self.config.max_explain_bases
         if len(sequence) > limit:
             raise TooLarge(f"sequence of {len(sequence)} bases; explain takes at most {limit} "
                            f"({env('max_explain_bases')})")
-        rows = dna_ops.explain_rows(len(sequence), self.spec, reverse_complement)
+        rc = self.strands(reverse_complement)
+        rows = dna_ops.explain_rows(len(sequence), self.spec, rc)
         with self.admit(rows, f"explaining {len(sequence)} bases"):
-            result = await dna_ops.explain(self._predictor(started), self.labels, self.spec, sequence, task,
-                                           reverse_complement)
+            result = await dna_ops.explain(self._predictor(started), self.labels, self.spec, sequence, task, rc,
+                                           self.semantics)
         return self.answer(**result)
 
 
 def _positive(probabilities: dict[str, float]) -> list[str]:
     return [t for t, p in probabilities.items() if p >= 0.5] or ["none"]
+
+
+def _text(name: str, item: bytes) -> str:
+    """A BYTES element as text: UTF-8 (a lone surrogate kept as itself, so the error names it as sent); 422 naming
+    the byte when it is not UTF-8 at all."""
+    try:
+        return item.decode("utf-8", "surrogatepass")
+    except UnicodeDecodeError as err:
+        raise InputError(f"sequence {name!r} is not UTF-8 text (byte 0x{item[err.start]:02x} at byte {err.start}); "
+                         "accepted: A, C, G, T, N (any case)", code="invalid_sequence") from None

@@ -31,6 +31,19 @@ INLINE_PIXELS = 512 * 512  # decoded pixels, all frames
 INLINE_COMPRESSED_PIXELS = 256 * 256  # the same in a JPEG, JPEG-LS or JPEG 2000 transfer syntax
 INLINE_DECODED_BYTES = 2**20  # decoded pixel bytes (a 512x512 16-bit slice is 0.5 MB)
 INLINE_ELEMENTS = 2_000  # DICOM data elements
+# What one request may decode on the event loop in all: many small files in one request (v2's ``file`` input) would
+# otherwise hold the loop for their sum. Past it, the request's next files decode on threads.
+INLINE_REQUEST_S = 0.01
+
+
+class InlineBudget:
+    """The event-loop time one request's inline decodes may still take (``INLINE_REQUEST_S`` in all)."""
+
+    def __init__(self, seconds: float = INLINE_REQUEST_S) -> None:
+        self.left = seconds
+
+    def spend(self, seconds: float) -> None:
+        self.left -= seconds
 
 
 class ImageHandler(Handler):
@@ -51,16 +64,18 @@ class ImageHandler(Handler):
                                      max_decoded_bytes=min(c.max_decoded_bytes, INLINE_DECODED_BYTES),
                                      max_elements=min(c.max_dicom_elements, INLINE_ELEMENTS))
 
-    async def decode(self, data: bytes | Upload) -> tuple[np.ndarray, dict[str, Any]]:
+    async def decode(self, data: bytes | Upload, inline: InlineBudget | None = None) -> tuple[np.ndarray, dict[str, Any]]:
         """The file's frames as model rows (F, C, H, W) float32 and the ``input`` block that describes them.
 
         An ``Upload`` keeps the DICOM header the decode parsed (``Upload.header``), for an SR over the same file.
+        ``inline``: the request's budget of decoding on the event loop (one file alone: within the inline caps);
+        once spent, the file decodes on a thread.
         """
         started = time.perf_counter()
         upload = Upload.of(data)
         with self.admitting():
             x, info = None, None
-            if len(upload.data) <= self.config.inline_decode_bytes:
+            if len(upload.data) <= self.config.inline_decode_bytes and (inline is None or inline.left > 0):
                 # Decoding is mostly Python holding the GIL: on a thread it competes with the event loop for the GIL,
                 # and the handoffs cost more than they save (a 512x512 slice at 16 connections: 257 req/s on threads,
                 # 335 here). Files within caps that bound the time to a few ms decode here, on the loop; past the
@@ -68,6 +83,8 @@ class ImageHandler(Handler):
                 # limits.
                 with contextlib.suppress(TooLarge):
                     x, info = load_image(upload, self.spec, self.inline_limits)
+                if inline is not None:
+                    inline.spend(time.perf_counter() - started)
             if x is None:
                 small = len(upload.data) <= self.config.small_upload_bytes
                 x, info = await self.in_thread(load_image, upload, self.spec, self.limits, small=small)
@@ -75,13 +92,15 @@ class ImageHandler(Handler):
         return np.ascontiguousarray(x, dtype=np.float32), info
 
     def results(self, probs: np.ndarray) -> list[dict]:
-        """One ``{frame, label, probabilities}`` per row, counted in ``biomed_predictions_total``."""
-        labels = [self.labels[i] for i in probs.argmax(axis=1)]
-        self.count_predictions(labels)
-        return [{"frame": f, "label": label, "probabilities": dict(zip(self.labels, map(float, row)))}
-                for f, (label, row) in enumerate(zip(labels, probs))]
+        """One ``{frame, label, probabilities}`` per row (``{frame, values}`` for a regression model), counted in
+        ``biomed_predictions_total``."""
+        counted = self.row_labels(probs)
+        self.count_predictions(counted)
+        key, regression = self.semantics.name, self.semantics.regression
+        return [{"frame": f, **({} if regression else {"label": label}), key: dict(zip(self.labels, map(float, row)))}
+                for f, (label, row) in enumerate(zip(counted, probs))]
 
-    def row_labels(self, probs: np.ndarray) -> list[str]:
+    def class_labels(self, probs: np.ndarray) -> list[str]:
         return [self.labels[i] for i in probs.argmax(axis=1)]
 
     def check_rows(self, x: np.ndarray) -> None:
@@ -102,9 +121,10 @@ class ImageHandler(Handler):
             raise TooLarge(f"{len(files)} files in one request; the limit is {c.max_frames} ({env('max_frames')})")
         parts: list[np.ndarray] = []
         total = 0
+        inline = InlineBudget()  # the first few small files decode on the loop, the rest on threads
         for i, data in enumerate(files):
             try:
-                x, _ = await self.decode(data)
+                x, _ = await self.decode(data, inline)
             except InputError as err:
                 err.detail = f"file element {i}: {err.detail}"
                 err.args = (err.detail,)
@@ -146,7 +166,7 @@ class ImageHandler(Handler):
         x, info = await self.decode(data)
         with self.admit(len(x), f"an image of {len(x)} frame(s)"):
             probs = await self.run(x)
-        self.count_predictions([self.labels[i] for i in probs.argmax(axis=1)], door)
+        self.count_predictions(self.row_labels(probs), door)
         return probs, info
 
     def plan_explanation(self, label: str | None, patch: int | None, stride: int | None) -> occlusion.Grid:
@@ -193,11 +213,14 @@ class ImageHandler(Handler):
             result = await occlusion.occlusion_map(self.run, row, grid, self.labels, label, step)
         return Explanation(result, frame, info, presented, header)
 
-    def _reserved(self, e: Explanation, build: Callable[[], T]) -> Callable[[], T]:
-        """``build``, holding what drawing at the presented geometry needs from the decode budget (413/429)."""
+    def _reserved(self, e: Explanation, build: Callable[[], T], png: bool = True) -> Callable[[], T]:
+        """``build``, holding what drawing needs from the decode budget (413/429): at the PNG's bounded geometry
+        (``overlay.drawn_shape``), or for a DICOM object at the presented one."""
 
         def run() -> T:
             rows, columns = e.presented.shape[:2]
+            if png:
+                rows, columns = overlay.drawn_shape(rows, columns)
             with reserve(self.shared.budget, overlay.output_bytes(rows, columns)):
                 return build()
 
@@ -206,14 +229,15 @@ class ImageHandler(Handler):
     async def explanation_json(self, e: Explanation, include_image: bool = False) -> dict:
         """The JSON answer: the explained label, every probability of the frame, the map at the model input's
         geometry and the presented frame's geometry (and, when asked, the presented frame as a base64 PNG)."""
-        body = self.answer(**explanation_body(e.result, self.labels, e.frame, e.presented, e.info))
+        body = self.answer(**explanation_body(e.result, self.labels, e.frame, e.presented, e.info, self.semantics))
         if include_image:
-            png = await self.in_thread(self._reserved(e, lambda: overlay.png_bytes(e.presented)))
+            png = await self.in_thread(self._reserved(e, lambda: overlay.presented_png(e.presented)))
             body["image_png"] = base64.b64encode(png).decode("ascii")
         return body
 
     async def explanation_png(self, e: Explanation, opacity: float) -> bytes:
-        """The map upsampled to the presented frame's geometry, drawn over it, as PNG."""
+        """The map upsampled to the presented frame's geometry, drawn over it, as PNG (at most
+        ``overlay.MAX_DRAWN_SIDE`` pixels on its longer side)."""
         return await self.in_thread(self._reserved(e, lambda: overlay.overlay_png(e.presented, e.result.map, opacity)))
 
     async def explanation_dicom(self, e: Explanation, opacity: float) -> bytes:
@@ -227,7 +251,7 @@ class ImageHandler(Handler):
                                        self.model.version, e.frame, int(e.info.get("frames", 1)))
             return out
 
-        return await self.in_thread(self._reserved(e, build))
+        return await self.in_thread(self._reserved(e, build, png=False))
 
 
 @dataclass

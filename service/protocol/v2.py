@@ -73,13 +73,14 @@ class Signature:
     outputs: Mapping[str, tuple[str, tuple[int, ...]]]  # every output: name -> (datatype, shape)
     person_outputs: tuple[str, ...] = ()  # the outputs only the person input produces (where each row came from)
     parameters: Mapping[str, Any] = field(default_factory=dict)  # the person input's request parameters: defaults
+    output: str = OUTPUT  # the model's output: probabilities, or a regression model's values
 
     @property
     def inputs(self) -> dict[str, InputSpec]:
         return {self.raw.name: self.raw, self.person.name: self.person}
 
     def outputs_for(self, input_name: str) -> tuple[str, ...]:
-        return (OUTPUT, *self.person_outputs) if input_name == self.person.name else (OUTPUT,)
+        return (self.output, *self.person_outputs) if input_name == self.person.name else (self.output,)
 
 
 # ---------------------------------------------------------------- requests
@@ -163,7 +164,7 @@ def _flatten(data: list, expected: int) -> list:
     return out
 
 
-def _json_array(name: str, datatype: str, values: list, shape: tuple[int, ...]) -> np.ndarray:
+def values_array(name: str, datatype: str, values: list, shape: tuple[int, ...]) -> np.ndarray:
     dtype = np.dtype(NUMPY[datatype])
     if datatype == "BOOL":
         if not all(type(v) is bool for v in values):  # noqa: E721
@@ -185,8 +186,13 @@ def _json_array(name: str, datatype: str, values: list, shape: tuple[int, ...]) 
     return np.array(values, dtype=dtype).reshape(shape)
 
 
-def _split_bytes(name: str, chunk: memoryview, count: int) -> list[bytes]:
-    """BYTES elements of the binary extension: each a 4-byte little-endian length, then that many bytes."""
+def split_bytes(name: str, chunk: memoryview, count: int, where: str = "binary_data_size") -> list[bytes]:
+    """BYTES elements of the binary extension: each a 4-byte little-endian length, then that many bytes.
+
+    ``where`` names the field that holds ``chunk`` in messages (REST: the input's ``binary_data_size``).
+    """
+    if 4 * count > len(chunk):
+        raise _bad(f"input {name!r}: {count} BYTES elements need at least {4 * count} bytes; {where} is {len(chunk)}")
     items, offset, end = [], 0, len(chunk)
     for i in range(count):
         if offset + 4 > end:
@@ -196,15 +202,44 @@ def _split_bytes(name: str, chunk: memoryview, count: int) -> list[bytes]:
         offset += 4
         if size > end - offset:
             raise _bad(f"input {name!r}: element {i} of {count} claims {size} bytes; only {end - offset} "
-                       "remain in the input's binary_data_size")
+                       f"remain in the input's {where}")
         items.append(bytes(chunk[offset : offset + size]))
         offset += size
     if offset != end:
-        raise _bad(f"input {name!r}: {end - offset} bytes follow its {count} element(s) within binary_data_size")
+        raise _bad(f"input {name!r}: {end - offset} bytes follow its {count} element(s) within {where}")
     return items
 
 
-def _shape(name: str, raw: Any, spec: InputSpec) -> tuple[tuple[int, ...], int]:
+def fixed_array(name: str, datatype: str, shape: tuple[int, ...], chunk: memoryview | bytes,
+                where: str = "binary_data_size") -> np.ndarray:
+    """A numeric tensor as a view of ``chunk``, whose size must be exactly the shape's (``where``: for messages)."""
+    want = math.prod(shape) * ITEMSIZE[datatype]
+    if len(chunk) != want:
+        raise _bad(f"input {name!r}: shape {list(shape)} of {datatype} is {want} bytes; {where} is {len(chunk)}")
+    return np.frombuffer(chunk, dtype=NUMPY[datatype]).reshape(shape)
+
+
+def input_spec(name: Any, datatype: Any, signature: Signature) -> InputSpec:
+    """The model's input called ``name``, which must be given as its own datatype (400 naming both ways)."""
+    names = " or ".join(f"{s.name!r} ({s.datatype})" for s in signature.inputs.values())
+    spec = signature.inputs.get(name) if isinstance(name, str) else None
+    if spec is None:
+        raise _bad(f"input {str(name)[:80]!r} is not an input of this model; send {names}")
+    if datatype != spec.datatype:
+        other = signature.person if spec is signature.raw else signature.raw
+        raise _bad(f"input {name!r} must be {spec.datatype}, not {str(datatype)[:20]} (or send {other.name!r} "
+                   f"as {other.datatype})")
+    return spec
+
+
+def one_input(count: int, signature: Signature) -> None:
+    """A request carries exactly one input (400 naming the model's two)."""
+    if count != 1:
+        names = " or ".join(f"{s.name!r} ({s.datatype})" for s in signature.inputs.values())
+        raise _bad(f"send exactly one input, {names}; got {count}")
+
+
+def input_shape(name: str, raw: Any, spec: InputSpec) -> tuple[tuple[int, ...], int]:
     """The declared shape and its element count (Python integers: no overflow), checked against the spec and caps."""
     if not isinstance(raw, list) or not all(_int(d) and d >= 0 for d in raw) or not raw or len(raw) > MAX_RANK:
         raise _bad(f"input {name!r}: shape must be a list of 1 to {MAX_RANK} non-negative integers")
@@ -222,7 +257,7 @@ def _shape(name: str, raw: Any, spec: InputSpec) -> tuple[tuple[int, ...], int]:
     return shape, count
 
 
-def _outputs(doc: dict, signature: Signature, input_name: str) -> tuple[list[tuple[str, bool]], bool]:
+def requested_outputs(doc: dict, signature: Signature, input_name: str) -> tuple[list[tuple[str, bool]], bool]:
     params = doc.get("parameters") or {}
     binary = params.get("binary_data_output", False)
     if not isinstance(binary, bool):
@@ -276,19 +311,11 @@ def parse_rest(body: bytes, header_length: str | None, signature: Signature) -> 
     inputs = doc.get("inputs")
     if not isinstance(inputs, list) or not inputs or not all(isinstance(i, dict) for i in inputs):
         raise _bad("inputs must be a non-empty list of {name, shape, datatype, data | parameters.binary_data_size}")
-    names = " or ".join(f"{s.name!r} ({s.datatype})" for s in signature.inputs.values())
-    if len(inputs) != 1:
-        raise _bad(f"send exactly one input, {names}; got {len(inputs)}")
+    one_input(len(inputs), signature)
     given = inputs[0]
     name, datatype = given.get("name"), given.get("datatype")
-    spec = signature.inputs.get(name) if isinstance(name, str) else None
-    if spec is None:
-        raise _bad(f"input {str(name)[:80]!r} is not an input of this model; send {names}")
-    if datatype != spec.datatype:
-        other = signature.person if spec is signature.raw else signature.raw
-        raise _bad(f"input {name!r} must be {spec.datatype}, not {str(datatype)[:20]} (or send {other.name!r} "
-                   f"as {other.datatype})")
-    shape, count = _shape(name, given.get("shape"), spec)
+    spec = input_spec(name, datatype, signature)
+    shape, count = input_shape(name, given.get("shape"), spec)
     iparams = given.get("parameters") or {}
     if not isinstance(iparams, dict):
         raise _bad(f"input {name!r}: parameters must be an object")
@@ -306,16 +333,9 @@ def parse_rest(body: bytes, header_length: str | None, signature: Signature) -> 
             raise _bad(f"{len(binary) - size} bytes after the JSON header are not claimed by the input's "
                        "binary_data_size")
         if datatype == "BYTES":
-            if 4 * count > size:
-                raise _bad(f"input {name!r}: {count} BYTES elements need at least {4 * count} bytes; "
-                           f"binary_data_size is {size}")
-            tensor.items = _split_bytes(name, binary, count)
+            tensor.items = split_bytes(name, binary, count)
         else:
-            want = count * ITEMSIZE[datatype]
-            if size != want:
-                raise _bad(f"input {name!r}: shape {list(shape)} of {datatype} is {want} bytes; binary_data_size "
-                           f"is {size}")
-            tensor.array = np.frombuffer(binary, dtype=NUMPY[datatype]).reshape(shape)
+            tensor.array = fixed_array(name, datatype, shape, binary)
     else:
         if len(binary):
             raise _bad(f"{len(binary)} bytes follow the JSON header but no input has parameters.binary_data_size")
@@ -331,9 +351,9 @@ def parse_rest(body: bytes, header_length: str | None, signature: Signature) -> 
             tensor.items = [v.encode("utf-8", "surrogatepass") for v in values]
             tensor.from_json = True
         else:
-            tensor.array = _json_array(name, datatype, values, shape)
+            tensor.array = values_array(name, datatype, values, shape)
         del values
-    outputs, binary_default = _outputs(doc, signature, name)
+    outputs, binary_default = requested_outputs(doc, signature, name)
     return InferRequest(request_id, params, tensor, outputs, binary_default)
 
 

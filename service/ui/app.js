@@ -132,7 +132,9 @@
       const metrics = m.metrics || {};
       const entries = [
         ["intended use", m.intended_use],
-        ["labels", (m.labels || []).join(", ") + (m.multilabel ? " (multi-label, sigmoid)" : " (softmax)")],
+        ["labels", (m.labels || []).join(", ") + (m.output && m.output.activation === "none"
+          ? ` (regression values${m.output.units ? `, units ${m.output.units.join(", ")}` : ""})`
+          : m.multilabel ? " (multi-label, sigmoid)" : " (softmax)")],
         ["architecture", m.architecture],
         ["input", describe(m.input)],
         ["preprocessing", describe(m.preprocess)],
@@ -145,6 +147,12 @@
         ["provider", m.provider],
         ["sha256", m.sha256],
       ];
+      if (m.source) {  // an imported model: where it came from, what it was described as, what the import checked
+        entries.push(["imported from", `${m.source.file} (${m.source.format}, sha256 ${String(m.source.sha256).slice(0, 12)}…)`],
+          ["description", (m.description && m.description.description) || describe(m.description && m.description.output)],
+          ["import checks", describe(m.checks && { checker: m.checks.checker, max_abs_diff: m.checks.max_abs_diff,
+            rtol: m.checks.rtol, atol: m.checks.atol, batch: m.checks.batch })]);
+      }
       entries.forEach(([k, v]) => {
         const dt = document.createElement("dt");
         dt.textContent = k;
@@ -188,7 +196,7 @@
       + `${body.map.stride}) on the ${body.map.rows}×${body.map.columns} model input; largest drop ${fixed(body.map.max)}`;
     const probabilities = $("image-probabilities").tBodies[0];
     probabilities.replaceChildren();
-    Object.entries(body.probabilities).sort((a, b) => b[1] - a[1]).forEach(([label, p]) => {
+    Object.entries(body.probabilities || body.values).sort((a, b) => b[1] - a[1]).forEach(([label, p]) => {
       const tr = row(cell(label), cell(fixed(p), "number"));
       if (label === body.predicted) tr.className = "top";
       probabilities.appendChild(tr);
@@ -282,7 +290,8 @@
   }
 
   function renderPredictions(body) {
-    const tasks = body.predictions.length ? Object.keys(body.predictions[0].probabilities) : [];
+    const key = body.predictions.length && body.predictions[0].values ? "values" : "probabilities";  // regression: values
+    const tasks = body.predictions.length ? Object.keys(body.predictions[0][key]) : [];
     const table = $("dna-predictions");
     table.tHead.replaceChildren(row(...["sequence", "length", ...tasks].map((t) => {
       const th = document.createElement("th");
@@ -292,14 +301,14 @@
     const tbody = table.tBodies[0];
     tbody.replaceChildren();
     body.predictions.forEach((p, index) => {
-      const tr = row(cell(p.id), cell(String(p.length), "number"), ...tasks.map((t) => cell(fixed(p.probabilities[t]), "number")));
+      const tr = row(cell(p.id), cell(String(p.length), "number"), ...tasks.map((t) => cell(fixed(p[key][t]), "number")));
       tr.className = "sequence";
       tr.dataset.index = String(index);
       tr.addEventListener("click", () => explainDna(index));
       tbody.appendChild(tr);
       (p.windows || []).forEach((w) => {
         const wr = row(cell(`  window ${w.start}–${w.end}`), cell(String(w.end - w.start), "number"),
-          ...tasks.map((t) => cell(fixed(w.probabilities[t]), "number")));
+          ...tasks.map((t) => cell(fixed(w[key][t]), "number")));
         wr.className = "window";
         tbody.appendChild(wr);
       });
@@ -319,7 +328,7 @@
     if ($("dna-model").value) request.model = $("dna-model").value;
     try {
       const result = await busy($("dna-busy"), async () => (await postJson("/explain_dna", request)).json());
-      $("dna-explained").textContent = `${record.id} for ${result.task} (p = ${fixed(result.probability)})`;
+      $("dna-explained").textContent = `${record.id} for ${result.task} (${result.value === undefined ? `p = ${fixed(result.probability)}` : `value ${fixed(result.value)}`})`;
       drawTrack(record.sequence.toUpperCase(), result);
     } catch (err) {
       const canvas = $("dna-track");

@@ -325,7 +325,7 @@ def test_admin_promote_is_409_where_the_store_cannot_be_written(client, models: 
         assert "biomed models promote" in r.json()["detail"]
     finally:
         blocker.rmdir()
-    assert [p.name for p in blocker.parent.iterdir() if p.name.startswith(".")] == []  # no temporary file left
+    assert [p.name for p in blocker.parent.iterdir() if p.name.startswith(f".{store.ROLLOUT_FILE}.")] == []  # no temp file
 
 
 def test_commands_here_run_the_version_the_servers_serve(client, models: Path, demo_models: dict[str, str],  # type: ignore[no-untyped-def]

@@ -310,11 +310,12 @@ def test_bodies_must_arrive_within_the_deadline_at_any_rate_when_the_rate_check_
 
 
 @pytest.mark.slow
-def test_a_declared_body_past_the_budget_is_429_over_a_socket(corners: Corners) -> None:
-    """BIOMED_MAX_BODIES_MB=1: a request declaring 0.9 MB holds it from its headers on; another body is 429 then."""
+def test_bodies_past_the_worker_s_budget_are_429_over_a_socket(corners: Corners) -> None:
+    """BIOMED_MAX_BODIES_MB=1, counted as bytes arrive: a client that has sent 0.9 MB of its body and stalls holds it;
+    another request's body does not fit beside it (429); once the first leaves, it does."""
     with socket.create_connection(corners.address(), timeout=10) as holder:
         holder.sendall(b"POST /predict_dna HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                      b"Content-Length: 900000\r\n\r\n")
+                       b"Content-Length: 950000\r\n\r\n" + b" " * 900_000)
         time.sleep(0.5)
         r = httpx.post(f"{corners.server.url}/predict_dna", json={"sequences": ["ACGT" * 50_000]}, timeout=10)
         assert "BIOMED_MAX_BODIES_MB" in error(r, 429, "too_many_requests")

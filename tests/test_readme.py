@@ -49,11 +49,9 @@ source "$CLONE/.venv/bin/activate"   # README, Setup: activate .venv, then `biom
 cd "$ELSEWHERE"
 [[ "$(command -v biomed)" == "$VIRTUAL_ENV/bin/biomed" ]]
 biomed --help > /dev/null
-biomed demo-data dna --out dna --n 200 --length 60
 biomed demo-data genome --out genome --contigs 1 --length 3000 --variants 20
-biomed train dna --data dna/sequences.csv --out run --epochs 1 > /dev/null
-biomed motifs run --top 2 > /dev/null
-biomed export run --name newcomer-dna
+biomed motifs "$RUN" --top 2 > /dev/null      # a run trained elsewhere (the session's demo run), read from here
+biomed export "$RUN" --name newcomer-dna
 biomed models
 biomed models promote demo-dna:latest
 biomed score-variants --vcf genome/variants.vcf.gz --fasta genome/genome.fa --out scored.vcf.gz
@@ -72,8 +70,8 @@ def test_a_newcomer_follows_the_readme_from_a_fresh_clone(shared_server, demo_mo
                                                           tmp_path: Path) -> None:
     """A fresh clone, its ``.venv`` as ``make install`` leaves it (this session's, not reinstalled), activated; the
     command-line table's commands from another directory, on a copy of the session's model store; the tritonclient
-    example after its documented install, against a server started with ``biomed serve``. (``train --resume`` from
-    elsewhere: tests/test_training.py.)"""
+    example after its documented install, against a server started with ``biomed serve``. (``train`` and ``--resume``
+    from elsewhere, with relative paths: tests/test_training.py.)"""
     import os
 
     from pydicom.data import get_testdata_file
@@ -92,6 +90,7 @@ def test_a_newcomer_follows_the_readme_from_a_fresh_clone(shared_server, demo_mo
     (elsewhere / "triton_example.py").write_text(example.replace("localhost:3000",
                                                                  shared_server.url.removeprefix("http://")))
     env = {**os.environ, "CLONE": str(clone), "ELSEWHERE": str(elsewhere), "SERVER": shared_server.url,
+           "RUN": str(Path(demo_models["workdir"]) / "runs" / "dna"),
            "CT": get_testdata_file("CT_small.dcm"), "BENTOML_HOME": str(store.parent), "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
     env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if Path(p).resolve() != Path(sys.prefix, "bin"))
     env.pop("VIRTUAL_ENV", None)

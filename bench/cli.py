@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-from bench import cases, load, machine, report
+from bench import cases, load, machine, report, timings
 from bench import grpc as grpc_bench
 from bench import v2 as v2_bench
 from bench.inputs import Model, load_model
@@ -134,6 +134,7 @@ def run(models: dict[str, Model], plan: Plan, out: Path, tensorrt: bool = False)
         results["efficiency"] = _efficiency(results)
         results["v2"] = v2_bench.ratios(results)
         results["grpc_v2"] = grpc_bench.ratios(results)
+    results["timings"] = runner.case("timings", lambda: timings.measure(1 if plan.quick else 5)) or []
     results["runtime"] = [row for k, m in models.items() for row in runner.case(
         f"runtime {m.kind}", lambda k=k, m=m: cases.runtime(m, plan.runtime_batches, plan.min_time_s, BENCH[k].rows,
                                                              tensorrt)) or []]

@@ -31,6 +31,7 @@ import os
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -80,6 +81,19 @@ def _multipart(files: list[Path], boundary: str = "biomed-bench") -> bytes:
     return body.getvalue()
 
 
+def dcmtk_storescu() -> str:
+    """dcmtk's ``storescu`` on PATH, never the venv's: pynetdicom installs a script of that name (other flags) into
+    the venv's ``bin``, first on PATH once the venv is activated."""
+    venvs = {Path(sys.prefix) / "bin"} if sys.prefix != sys.base_prefix else set()
+    venvs |= {Path(os.environ["VIRTUAL_ENV"]) / "bin"} if os.environ.get("VIRTUAL_ENV") else set()
+    path = os.pathsep.join(d for d in os.environ.get("PATH", "").split(os.pathsep)
+                           if d and Path(d).resolve() not in {v.resolve() for v in venvs})
+    found = shutil.which("storescu", path=path)
+    if found is None:
+        raise RuntimeError("dcmtk's storescu is not installed (apt-get install dcmtk)")
+    return str(Path(found).resolve())
+
+
 def throughput(server: Server, port: int, ct: Path, n: int, rounds: int, work: Path) -> list[dict]:
     """Instances per second through each door (module docstring); medians over ``rounds``."""
     timings: dict[str, list[float]] = {"C-STORE": [], "STOW-RS": [], "/predict_image": []}
@@ -115,9 +129,7 @@ def throughput(server: Server, port: int, ct: Path, n: int, rounds: int, work: P
 
 def _storescu(port: int, files: list[Path]) -> float:
     """``files`` over one association; the seconds it took."""
-    storescu = shutil.which("storescu")
-    if storescu is None:
-        raise RuntimeError("storescu is not installed (apt-get install dcmtk)")
+    storescu = dcmtk_storescu()
     started = time.perf_counter()
     run = subprocess.run([storescu, "-R", "-aet", CALLING, "-aec", CALLED, "127.0.0.1", str(port), *map(str, files)],
                          capture_output=True, text=True, timeout=600)

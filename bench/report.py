@@ -187,6 +187,12 @@ def markdown(results: dict) -> str:
             ("rss_ready_mb", "RSS at ready, MiB", 0), ("rss_loaded_mb", "RSS after the load, MiB", 0),
             ("floor_rss_mb", "floor service RSS, MiB", 0)]), "",
             "RSS is summed over the server's process tree (bentoml serve, its API server and worker).", ""]
+    if results.get("timings"):
+        lines += ["## 7. Refusals and heavy inputs (bench/timings.py)", "",
+                  table(results["timings"], [("what", "timing", -1), ("seconds", "best, s", 3), ("goal_s", "goal, s", 1),
+                                             ("met", "met", -1)]), "",
+                  "In-process, one call at a time, the best of the runs; the test suite checks what these inputs "
+                  "give, this table how long they take.", ""]
     if results.get("errors"):
         lines += ["## Not measured", ""] + [f"- {e}" for e in results["errors"]] + [""]
     return "\n".join(lines)

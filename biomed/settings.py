@@ -371,8 +371,10 @@ class Settings:
         "worker listens on it (`SO_REUSEPORT`). `biomed serve --dicom-port P` sets it; needs an image model and "
         "`BIOMED_DICOM_ALLOWED_AETS`", as_port, shown="`0` (off)")
     dicom_host: str = setting(
-        "BIOMED_DICOM_HOST", "0.0.0.0", "the receiver's bind address (`biomed serve --dicom-port` uses its `--host` when "
-        "this is unset)", as_text)
+        "BIOMED_DICOM_HOST", "0.0.0.0", "the receiver's bind address. Unset under `biomed serve --dicom-port`, it is "
+        "`biomed serve`'s `--host` (by default `127.0.0.1`: this machine only); a modality on another host needs "
+        "`--host 0.0.0.0` or this set to `0.0.0.0`", as_text,
+        shown="`biomed serve`: its `--host` (`127.0.0.1`); else `0.0.0.0`")
     dicom_aet: str = setting(
         "BIOMED_DICOM_AET", "BIOMED", "the receiver's AE title, and the calling AE title of C-STOREs to a DIMSE "
         "destination (1-16 printable ASCII characters, no backslash)", as_aet)

@@ -59,9 +59,10 @@ def _positive(text: str) -> int:
 
 def local_predictor(ref: str, rc: bool, batch_rows: int | None) -> tuple[dict, Callable[[np.ndarray], np.ndarray]]:
     from biomed import dna_ops, runtime
+    from cli.local import load_local
     from cli.dna import CHUNK_ROWS, KIND
 
-    model = runtime.load_model(ref, runtime.RuntimeOptions(), kind=KIND)
+    model = load_local(ref, KIND)
     predict = runtime.predictor(model, batch_rows or CHUNK_ROWS)
     info = {"name": model.name, "version": model.version, "sha256": model.sha256, "labels": list(model.labels),
             "length": int(model.doc["preprocess"]["length"])}

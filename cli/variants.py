@@ -193,9 +193,10 @@ def open_shard(path: Path, genome, index: int, count: int) -> Source:
 def local_scorer(ref: str, rc: bool, batch_rows: int | None) -> tuple[Producer, Callable]:
     """onnxruntime on this machine: the model's windows in ``batch_rows``-row session calls."""
     from biomed import dna_ops, runtime
+    from cli.local import load_local
     from cli.dna import CHUNK_ROWS, KIND
 
-    model = runtime.load_model(ref, runtime.RuntimeOptions(), kind=KIND)
+    model = load_local(ref, KIND)
     length = int(model.doc["preprocess"]["length"])
     predict = runtime.predictor(model, batch_rows or CHUNK_ROWS)
     placements = len(dna_ops.variant_offsets(length))

@@ -9,6 +9,7 @@ logs must never show.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import re
 import socket
@@ -27,12 +28,12 @@ from pydicom.uid import generate_uid
 try:
     from tests import dicom_objects, live_server
     from tests.orthanc import Orthanc
-    from tests.tools import require_tool
+    from tests.tools import require_system_tool, require_tool
 except ImportError:  # tests/ is not a package: pytest puts it on sys.path
     import dicom_objects
     import live_server
     from orthanc import Orthanc
-    from tools import require_tool
+    from tools import require_system_tool, require_tool
 
 pytestmark = pytest.mark.slow
 
@@ -47,7 +48,7 @@ WAIT_S = 90.0
 
 @pytest.fixture(scope="module")
 def tools() -> dict[str, str]:
-    return {name: require_tool(name, "apt-get install dcmtk") for name in ("storescu", "echoscu")}
+    return {name: require_system_tool(name, "apt-get install dcmtk") for name in ("storescu", "echoscu")}
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +81,7 @@ class Service:
     def start(self, **env: str) -> live_server.Server:
         self.env.update(env)
         self.runs += 1
-        self.server = live_server.start(self.root / f"server-{self.runs}.log", workers=2, **self.env)
+        self.server = live_server.start(self.root / f"server-{self.runs}.log", workers=2, through_cli=True, **self.env)
         self.server.wait_ready()
         return self.server
 
@@ -103,7 +104,12 @@ def service(demo_models: dict[str, str], orthanc: Orthanc, tmp_path_factory: pyt
 
 @pytest.fixture(scope="module")
 def model(service: Service) -> dict:
+    """The served model as /models describes it; its sha256 checked against the store's file here."""
+    from biomed.store import onnx_path, resolve
+
     [m] = httpx.get(f"{service.server.url}/models", timeout=10).json()["models"]
+    stored = onnx_path(resolve(f"{m['name']}:{m['version']}"))
+    assert m["sha256"] == hashlib.sha256(stored.read_bytes()).hexdigest()
     return m
 
 

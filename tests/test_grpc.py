@@ -18,14 +18,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc  # serving dependencies (pyproject.toml): a missing one is a broken install, never a skip
 import numpy as np
 import pydicom
 import pytest
-
-grpc = pytest.importorskip("grpc", reason="pip install 'tritonclient[grpc]' (a dependency)")
-grpcclient = pytest.importorskip("tritonclient.grpc")
-from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
-from tritonclient.grpc import service_pb2 as pb, service_pb2_grpc  # noqa: E402
+import tritonclient.grpc as grpcclient
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tritonclient.grpc import service_pb2 as pb, service_pb2_grpc
 
 ROOT = Path(__file__).resolve().parents[1]
 TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"

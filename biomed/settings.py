@@ -202,7 +202,7 @@ def as_choice(*choices: str) -> Callable[[str], str]:
     return read
 
 
-def as_positive(value: str) -> float:
+def as_positive_number(value: str) -> float:
     x = as_float(value)
     if not x > 0:
         raise ValueError("must be a positive number")
@@ -409,7 +409,7 @@ class Settings:
         as_choice("series", "study", "instance"))
     dicom_group_timeout_s: float = setting(
         "BIOMED_DICOM_GROUP_TIMEOUT_S", "10", "seconds without a new instance after which a group is closed and its SR "
-        "made (the quiet period; it resumes after a restart)", as_positive)
+        "made (the quiet period; it resumes after a restart)", as_positive_number)
     dicom_group_max_instances: int = setting(
         "BIOMED_DICOM_GROUP_MAX_INSTANCES", "2000", "a group holding this many instances not yet in a result is closed at "
         "once; the next instances of the series make a new SR naming that one", as_count)

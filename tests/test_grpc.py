@@ -9,8 +9,6 @@ answered with its status code and the REST door's message while the server lives
 
 from __future__ import annotations
 
-import base64
-import concurrent.futures
 import socket
 import struct
 import subprocess

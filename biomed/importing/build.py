@@ -12,6 +12,7 @@ import hashlib
 import json
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -183,8 +184,6 @@ def _dims(shape: tuple[int | None, ...]) -> str:
 
 def source_of(path: "str | Path", fmt: str, **more: Any) -> dict[str, Any]:
     """The metadata's ``import.source`` of a file: its format, name and sha256 (a folder: its manifest's)."""
-    from pathlib import Path
-
     from biomed.runtime import sha256_of
 
     return {"format": fmt, "file": Path(path).name, "sha256": sha256_of(Path(path)), **more}

@@ -154,6 +154,35 @@ class ImageExplainResponse(BaseModel):
     image_png: Optional[str] = Field(default=None, description="with image=true: the presented frame, base64 PNG")
 
 
+class VolumePeak(BaseModel):
+    voxel: list[int] = Field(description="(depth, height, width) of the map's largest value")
+    position_mm: list[float] = Field(description="that voxel's centre in the series' frame of reference (x, y, z mm, LPS)")
+
+
+class VolumeOcclusionMap(BaseModel):
+    shape: list[int] = Field(description="the model input's (depth, height, width)")
+    patch: list[int]
+    stride: list[int]
+    patches: int
+    min: float
+    max: float
+    peak: VolumePeak
+    affine: list[list[float]] = Field(description="4x4: voxel (depth, height, width, 1) to patient mm (LPS)")
+    values: list[list[list[float]]]
+
+
+class VolumeExplainResponse(BaseModel):
+    model: str
+    version: str
+    method: str
+    label: str
+    predicted: str
+    probabilities: Optional[dict[str, float]] = None
+    values: Optional[dict[str, float]] = Field(default=None, description=VALUES)
+    map: VolumeOcclusionMap
+    input: dict
+
+
 class ModelsResponse(BaseModel):
     models: list[dict] = Field(description="one entry per loaded model (see docs/api.md)")
 

@@ -72,7 +72,7 @@ def demo_workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def demo_models(demo_workdir: Path) -> dict[str, str]:
-    """Tiny demo data, trained for two epochs and exported as demo-image and demo-dna (tags by kind).
+    """Tiny demo data, trained for two epochs and exported as demo-image, demo-dna and demo-volume (tags by kind).
 
     Accuracy is not the point here (see the slow demo-model test); the pipeline is.
     """
@@ -80,7 +80,8 @@ def demo_models(demo_workdir: Path) -> dict[str, str]:
     from biomed.store import resolve
 
     build_demo_models(demo_workdir, force=False, quick=True)
-    return {"image": str(resolve("demo-image").tag), "dna": str(resolve("demo-dna").tag), "workdir": str(demo_workdir)}
+    return {"image": str(resolve("demo-image").tag), "dna": str(resolve("demo-dna").tag),
+            "volume": str(resolve("demo-volume").tag), "workdir": str(demo_workdir)}
 
 
 @pytest.fixture(scope="session")

@@ -39,7 +39,8 @@ BENTO_UID = 1034  # the `bentoml` user of BentoML's generated Dockerfile
 # The inference routes, as the `endpoint` label has them (the route template): what a pod's in-flight requests count.
 LATENCY_ENDPOINTS = {"/predict_image", "/predict_dna", "/predict_fasta", "/score_variants", "/explain_dna",
                      "/explain_image", "/v2/models/{name}/infer", "/v2/models/{name}/versions/{version}/infer"}
-API_ENDPOINTS = LATENCY_ENDPOINTS | {"/dicomweb/studies", "/dicomweb/studies/{StudyInstanceUID}"}  # + STOW-RS
+# + STOW-RS and a volume's explanation (a series, not a latency)
+API_ENDPOINTS = LATENCY_ENDPOINTS | {"/dicomweb/studies", "/dicomweb/studies/{StudyInstanceUID}", "/explain_series"}
 
 KUSTOMIZATIONS = {
     "cpu": K8S / "overlays" / "cpu",
@@ -140,7 +141,8 @@ def test_bentofile_serves_without_torch() -> None:
     names = {re.split(r"[\[<>=!~; ]", p, maxsplit=1)[0].lower() for p in packages}
     assert "torch" not in names and not any("torch" in n for n in names)
     assert any(p.startswith("onnxruntime-gpu[cuda,cudnn]") for p in packages)
-    assert {m if isinstance(m, str) else m["tag"] for m in bento["models"]} == {"demo-image:latest", "demo-dna:latest"}
+    assert {m if isinstance(m, str) else m["tag"] for m in bento["models"]} == {"demo-image:latest", "demo-dna:latest",
+                                                                              "demo-volume:latest"}
     assert {"owner", "project", "stage"} <= set(bento["labels"])
     assert "cuda_version" not in bento["docker"] and "base_image" not in bento["docker"]
     envs = {e["name"]: e["value"] for e in bento["envs"]}

@@ -38,7 +38,7 @@ def runs(data: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dic
 
 @pytest.fixture(scope="module")
 def exported(runs: dict[str, Path]) -> dict:
-    return {arch: export_run(run, f"test-{arch}") for arch, run in runs.items()}
+    return {arch: export_run(run, f"test-{arch}", force=True) for arch, run in runs.items()}
 
 
 @pytest.mark.parametrize("arch", ["cnn", "resnet", "deepbind", "danq"])
@@ -115,7 +115,7 @@ def test_model_card_has_metrics_and_intended_use(exported: dict) -> None:
 
 @pytest.mark.parametrize("option", [{"quantize": "int8"}, {"fp16": True}])
 def test_variants_measure_their_metric_change(option: dict, runs: dict[str, Path]) -> None:
-    result = export_run(runs["deepbind"], "test-variant", **option)
+    result = export_run(runs["deepbind"], "test-variant", force=True, **option)
     info = result.doc["export"]
     assert info["variant"] == ("int8" if "quantize" in option else "fp16")
     assert abs(info["heldout_auroc_change_vs_fp32"]) < 0.1

@@ -44,6 +44,12 @@ class Dicom:
         except Exception:  # noqa: BLE001 - UnknownModel: no image model is loaded
             raise StartupError(f"{env('dicom_port')}/{env('dicom_destination')} need an image model in "
                                f"{env('models')}") from None
+        if config.dicom_model:
+            try:
+                engine.pick(config.dicom_model, "classify")
+            except Exception as err:  # noqa: BLE001 - UnknownModel or wrong_model_kind
+                raise StartupError(f"{env('dicom_model')}={config.dicom_model!r} cannot take DICOM instances: "
+                                   f"{getattr(err, 'detail', err)}") from None
         for name in ("pydicom", "pynetdicom", "highdicom", "dicomweb_client"):  # they log identifiers at INFO/ERROR
             logging.getLogger(name).setLevel(logging.CRITICAL)
         if config.dicom_destination:

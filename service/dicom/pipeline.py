@@ -33,7 +33,7 @@ import logging
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -208,8 +208,10 @@ def _build_and_spool(header: Dataset, probs: np.ndarray, algo: Producer, identit
 
 
 async def receive(handler: "ImageHandler", data: bytes, door: str, study: str | None = None,
-                  spool: "Spool | None" = None) -> Outcome:
-    """Check, classify and (with a spool) spool the SR of one instance; never raises for bad input."""
+                  spool: "Spool | None" = None, route: "Callable[[str], ImageHandler] | None" = None) -> Outcome:
+    """Check, classify and (with a spool) spool the SR of one instance; never raises for bad input. ``route``: the
+    handler for the instance's Modality (``Engine.route``: ``BIOMED_DICOM_MODEL``, else by modality), in place of
+    ``handler`` once the header is parsed."""
     outcome = Outcome("ok")
     try:
         upload = Upload(data, identify=True)
@@ -218,6 +220,8 @@ async def receive(handler: "ImageHandler", data: bytes, door: str, study: str | 
                                          small=len(upload.data) <= handler.config.small_upload_bytes)
         outcome.sop_class, outcome.sop_instance = (_uid_of(header, "SOPClassUID"), _uid_of(header, "SOPInstanceUID"))
         check_header(header, study)
+        if route is not None:
+            handler = route(str(header.get("Modality", "") or "").strip())
         probs, _ = await handler.classify(upload, door)  # decoded from the dataset parsed above
         header, identity = upload.header, upload.identity  # now without pixel data
         del upload

@@ -305,7 +305,8 @@ class Receiver:
 
         engine = current()
         with engine.scope():
-            return await pipeline.receive(engine.pick(None, "classify"), data, "dimse", spool=self.spool)
+            return await pipeline.receive(engine.pick(None, "classify"), data, "dimse", spool=self.spool,
+                                          route=lambda modality: engine.route(modality, "classify"))
 
     def _sweep(self) -> None:
         """Remove what a process that ended (a crash) left in the folder: ours are removed as their associations end."""

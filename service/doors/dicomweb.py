@@ -75,7 +75,8 @@ async def store(request: Request, engine: Engine) -> StowResponse:
             handler.metrics.dicom_received.labels(door="stow", outcome="unsupported_media_type").inc()
         else:
             data, part.data = part.data, b""
-            outcome = await pipeline.receive(handler, data, "stow", study=study, spool=spool)
+            outcome = await pipeline.receive(handler, data, "stow", study=study, spool=spool,
+                                             route=lambda modality: engine.route(modality, "classify"))
             del data
         (referenced if outcome.ok else failed).append(_item(outcome))
     if not referenced and not failed:

@@ -9,7 +9,7 @@ export BENTOML_DO_NOT_TRACK ?= True
 .PHONY: serve test test-fast demo-models install install-test tools vision bench clean help
 
 help:  ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/; s/\$$(PORT)/$(PORT)/g'
 
 $(VENV)/.stamp-train: pyproject.toml
 	$(PYTHON) -m venv $(VENV)

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-from bench import cases, load, machine, report
+from bench import cases, load, machine, report, timings
 from bench import grpc as grpc_bench
 from bench import v2 as v2_bench
 from bench.inputs import Model, load_model
@@ -42,12 +42,14 @@ class Plan:
     genome_rounds: int = 3  # turns of the command and onnxruntime alone
     dicom_instances: int = 64  # CT slices per round through C-STORE and STOW-RS
     dicom_rounds: int = 3
+    series_instances: int = 200  # 512x512 CT slices of the series sent each round (one SR per series)
+    series_quiet_s: float = 10.0  # its quiet period (BIOMED_DICOM_GROUP_TIMEOUT_S: the default)
 
     @classmethod
     def of(cls, quick: bool) -> "Plan":
         if quick:
             return cls(True, (1, 4), 1.0, 1, 4, (1, 8, 32), 0.05, 0.3, 1, 1000, (1.0,), 0.1, genome_variants=2000,
-                       genome_rounds=1, dicom_instances=8, dicom_rounds=1)
+                       genome_rounds=1, dicom_instances=8, dicom_rounds=1, series_instances=8, series_quiet_s=2.0)
         return cls(False, (1, 4, 16, 64), 4.0, 3, 32, (1, 8, 32), 2.0, 10.0, 5, 1000, (2.0, 20.0), 1.0)
 
 
@@ -132,6 +134,7 @@ def run(models: dict[str, Model], plan: Plan, out: Path, tensorrt: bool = False)
         results["efficiency"] = _efficiency(results)
         results["v2"] = v2_bench.ratios(results)
         results["grpc_v2"] = grpc_bench.ratios(results)
+    results["timings"] = runner.case("timings", lambda: timings.measure(1 if plan.quick else 5)) or []
     results["runtime"] = [row for k, m in models.items() for row in runner.case(
         f"runtime {m.kind}", lambda k=k, m=m: cases.runtime(m, plan.runtime_batches, plan.min_time_s, BENCH[k].rows,
                                                              tensorrt)) or []]

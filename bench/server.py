@@ -65,7 +65,9 @@ class Server:
                                       start_new_session=True)
         while time.perf_counter() - started < timeout_s:
             if self._proc.poll() is not None:
-                raise RuntimeError(f"{self.target} exited with {self._proc.returncode} before it was ready; see {self.log}")
+                tail = self.log.read_text(errors="replace").strip().splitlines()[-3:]
+                raise RuntimeError(f"{self.target} exited with {self._proc.returncode} before it was ready; see "
+                                   f"{self.log}: {' | '.join(tail)[-600:]}")
             try:
                 if http("GET", self.url + "/readyz", timeout=2)[0] == 200:
                     self.startup_s = time.perf_counter() - started

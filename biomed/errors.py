@@ -8,6 +8,11 @@ Messages must never contain patient data.
 from __future__ import annotations
 
 
+def with_article(word: str) -> str:
+    """``word`` after "a" or "an" as it is read ("an image", "a dna"): for messages that name a kind or a format."""
+    return f"{'an' if word[:1].lower() in 'aeiou' else 'a'} {word}"
+
+
 class InputError(ValueError):
     """Bad input from a user: what was wrong and what is accepted."""
 

@@ -3,6 +3,12 @@
 Coordinates: ``Reference.fetch`` takes 0-based half-open intervals (BED style);
 ``Variant.pos`` is 1-based (VCF style). Anything outside a contig reads as N,
 and IUPAC ambiguity codes in a reference read as N too.
+
+Contig names: genomics data names chromosomes two ways, ``1``..``22``, ``X``, ``Y``, ``MT`` (Ensembl,
+NCBI, 1000 Genomes) and ``chr1``..``chr22``, ``chrX``, ``chrY``, ``chrM`` (UCSC, GENCODE). A
+``Reference`` answers either for its own contigs (``Reference.name``) and records which names it
+matched that way (``Reference.renamed``), so a VCF or BED of the other convention is read against
+it, and the outputs keep the input's names (``Reference.lengths_as_given``).
 """
 
 from __future__ import annotations
@@ -21,6 +27,20 @@ _TO_N = str.maketrans({c: "N" for c in "RYSWKMBDHVU"})
 
 class GenomeError(ValueError):
     """A genome input cannot be used; the message says why in one line."""
+
+
+_MITO = {"MT": "chrM", "M": "chrM", "chrMT": "MT", "chrM": "MT"}
+
+
+def alias(name: str) -> str | None:
+    """The other convention's name of a contig (``1`` <-> ``chr1``, ``X`` <-> ``chrX``, ``MT`` <-> ``chrM``), or None
+    for a name that has no other (``chrUn_KI270302v1``, ``GL000192.1``: their spellings differ more than that)."""
+    if name in _MITO:
+        return _MITO[name]
+    if name.startswith("chr"):
+        rest = name[3:]
+        return rest if rest and "_" not in rest else None
+    return f"chr{name}" if name and "_" not in name and "." not in name else None
 
 
 def open_text(path: str | Path) -> IO[str]:
@@ -117,22 +137,44 @@ class Reference:
             first = str(err).splitlines()[0] if str(err) else type(err).__name__
             raise GenomeError(f"reference {self.path.name} cannot be indexed: {first}") from None
         self.lengths = {name: len(self._fasta[name]) for name in self._fasta.keys()}
+        self.renamed: dict[str, str] = {}  # a name an input gave -> this reference's name of that contig
 
-    def check(self, chrom: str, where: str = "") -> None:
-        """Raise a one-line error when ``chrom`` is not a contig of this reference."""
+    def name(self, chrom: str) -> str | None:
+        """This reference's name of ``chrom``: itself, or its other convention's (``alias``) when only that is here
+        (the match is recorded in ``renamed``); None when the reference lacks the contig."""
         if chrom in self.lengths:
-            return
+            return chrom
+        other = self.renamed.get(chrom) or alias(chrom)
+        if other is not None and other in self.lengths:
+            self.renamed[chrom] = other
+            return other
+        return None
+
+    def check(self, chrom: str, where: str = "") -> str:
+        """This reference's name of ``chrom`` (see ``name``); a one-line error when it lacks the contig."""
+        found = self.name(chrom)
+        if found is not None:
+            return found
         names = list(self.lengths)
         shown = ", ".join(names[:5]) + (f" ... ({len(names)} contigs)" if len(names) > 5 else "")
-        hint = ""
-        alt = chrom[3:] if chrom.startswith("chr") else f"chr{chrom}"
-        if alt in self.lengths:
-            hint = f"; the reference calls it {alt!r} (rename the 'chr' prefix to match)"
-        raise GenomeError(f"chromosome {chrom!r}{where} is not in {self.path.name} (contigs: {shown}){hint}")
+        raise GenomeError(f"chromosome {chrom!r}{where} is not in {self.path.name} (contigs: {shown})")
+
+    def lengths_as_given(self) -> dict[str, int]:
+        """Every contig's length, in the reference's order, under the names the inputs used: the name given for a
+        contig matched through ``renamed``, the other convention's for the rest once any was (so a VCF of ``1``,
+        ``2`` against ``chr1``..``chrM`` declares ``MT``), else the reference's own."""
+        back = {ref: given for given, ref in self.renamed.items()}
+        return {back.get(name) or (alias(name) if back and alias(name) else name): size
+                for name, size in self.lengths.items()}
+
+    def mapping(self) -> str:
+        """The contig names matched across conventions, for a summary line (empty when none were)."""
+        pairs = [f"{given}={ref}" for given, ref in self.renamed.items()]
+        return ", ".join(pairs[:6]) + (f" ... ({len(pairs)} contigs)" if len(pairs) > 6 else "")
 
     def fetch(self, chrom: str, start: int, end: int) -> str:
         """Bases [start, end) 0-based, upper case; N where the interval runs past a contig end."""
-        self.check(chrom)
+        chrom = self.check(chrom)
         size = self.lengths[chrom]
         lo, hi = max(start, 0), min(end, size)
         core = self._fasta[chrom][lo:hi] if hi > lo else ""

@@ -2,7 +2,9 @@
 
 A BED of regions is read, checked against the reference, clipped to the contigs, sorted in
 the reference's contig order and merged where regions overlap (a track has one value per
-base). Each region is cut into bins of ``step`` bases, the last one shorter; a bin's value
+base). Contig names of either convention match (``1`` or ``chr1``: ``biomed.genome``) and keep
+the BED's spelling; a region on a contig the reference lacks is not tiled but kept in
+``RegionSet.missing`` (the command lists them in a side file), never dropped unsaid. Each region is cut into bins of ``step`` bases, the last one shorter; a bin's value
 is the model's prediction for the window of ``L`` bases centred on the bin (the bin's centre
 at index ``L // 2``, N past a contig end). Windows are read with the same block reader as
 variant contexts (``biomed/variant_stream.py``) and handed out in tiles of up to ``rows``
@@ -30,10 +32,11 @@ class Region:
 
 @dataclass(frozen=True)
 class RegionSet:
-    regions: list[Region]  # sorted (reference contig order, start), non-overlapping
+    regions: list[Region]  # sorted (reference contig order, start), non-overlapping; chrom as the BED names it
     given: int  # BED lines read
     merged: int  # regions folded into an overlapping one
     clipped: int  # regions cut at a contig end
+    missing: tuple[tuple[int, str], ...] = ()  # (line number, line) of each region on a contig the reference lacks
 
     @property
     def bases(self) -> int:
@@ -44,10 +47,11 @@ def read_regions(path: str | Path, reference: Reference) -> RegionSet:
     """A BED file's regions (chrom, start, end; more columns are ignored), ready to tile.
 
     Raises:
-        GenomeError: a line that is not BED, an unknown chromosome (one line naming it), or no regions.
+        GenomeError: a line that is not BED, or no region on the reference's contigs.
     """
     name = Path(path).name
     raw: list[Region] = []
+    missing: list[tuple[int, str]] = []
     clipped = 0
     with open_text(path) as f:
         for number, line in enumerate(f, start=1):
@@ -63,17 +67,21 @@ def read_regions(path: str | Path, reference: Reference) -> RegionSet:
                 raise GenomeError(f"{name}: line {number}: start and end must be integers") from None
             if start < 0 or end <= start:
                 raise GenomeError(f"{name}: line {number}: needs 0 <= start < end (0-based, half-open); got {start} {end}")
-            reference.check(chrom, where=f" (line {number} of {name})")
-            size = reference.lengths[chrom]
+            contig = reference.name(chrom)
+            if contig is None:
+                missing.append((number, line.rstrip("\r\n")))
+                continue
+            size = reference.lengths[contig]
             if end > size:
                 clipped += 1
                 end = size
             if start < end:
                 raw.append(Region(chrom, start, end))
     if not raw:
-        raise GenomeError(f"{name} has no regions inside the reference's contigs")
+        lacking = f" ({len(missing)} on contigs it lacks, e.g. {missing[0][1].split()[0]!r})" if missing else ""
+        raise GenomeError(f"{name} has no regions inside the reference's contigs{lacking}")
     order = {chrom: i for i, chrom in enumerate(reference.lengths)}
-    raw.sort(key=lambda r: (order[r.chrom], r.start, r.end))
+    raw.sort(key=lambda r: (order[reference.check(r.chrom)], r.start, r.end))
     merged: list[Region] = []
     for r in raw:
         last = merged[-1] if merged else None
@@ -81,7 +89,7 @@ def read_regions(path: str | Path, reference: Reference) -> RegionSet:
             merged[-1] = Region(r.chrom, last.start, max(last.end, r.end))
         else:
             merged.append(r)
-    return RegionSet(merged, len(raw), len(raw) - len(merged), clipped)
+    return RegionSet(merged, len(raw), len(raw) - len(merged), clipped, tuple(missing))
 
 
 def bin_count(regions: list[Region], step: int) -> int:

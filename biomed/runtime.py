@@ -50,11 +50,16 @@ class RuntimeOptions:
     intra_op_threads: int = 0  # 0: onnxruntime's default (all cores)
 
 
-def provider_options(options: RuntimeOptions) -> list[tuple[str, dict[str, Any]]]:
-    """The requested providers in preference order, with their options."""
-    unknown = [p for p in options.providers if p not in PROVIDER_NAMES]
+def check_providers(providers: tuple[str, ...]) -> None:
+    """Raises StartupError naming the provider names (``BIOMED_PROVIDERS``) that are not known, and the known ones."""
+    unknown = [p for p in providers if p not in PROVIDER_NAMES]
     if unknown:
         raise StartupError(f"{env('providers')} has unknown {unknown}; choose from: {', '.join(PROVIDER_NAMES)}")
+
+
+def provider_options(options: RuntimeOptions) -> list[tuple[str, dict[str, Any]]]:
+    """The requested providers in preference order, with their options."""
+    check_providers(options.providers)
     chosen = []
     for key in options.providers:
         opts: dict[str, Any] = {}
@@ -133,16 +138,17 @@ class ModelFile:
 
 
 def locate(ref: str, store: str | Path | None = None, kind: str | None = None) -> ModelFile:
-    """Resolve ``name[:version]`` in the store (BentoML's unless ``store``) and validate its metadata.
+    """Resolve ``name[:version]`` in the store (BentoML's unless ``store``) and validate its metadata. A bare name is
+    the version servers following it serve by default (``biomed.store.default_ref``: promoted, else the newest).
 
     Raises:
         StartupError: naming the model and the file when anything is missing or invalid.
         ValueError: when ``kind`` is given and the model is of another kind.
     """
-    from biomed.store import ModelNotFound, onnx_path, resolve
+    from biomed.store import ModelNotFound, default_ref, onnx_path, resolve
 
     try:
-        stored = resolve(ref, store) if store else resolve(ref)
+        stored = resolve(default_ref(ref, store).ref, store)
     except ModelNotFound as err:
         raise StartupError(str(err)) from None
     path = onnx_path(stored)

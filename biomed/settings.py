@@ -148,6 +148,28 @@ def as_destination(value: str) -> str:
     return value
 
 
+def as_audit(value: str) -> str:
+    """``""`` (off), ``file:PATH``, ``udp://HOST:PORT`` or ``tcp://HOST:PORT``."""
+    value = value.strip()
+    if not value:
+        return value
+    if value.startswith("file:"):
+        if not value[5:].strip():
+            raise ValueError("names no file (file:PATH)")
+        return value
+    found = re.match(r"^(udp|tcp)://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):([0-9]{1,5})$", value)
+    if found is None or not 0 < int(found[3]) <= 65535:
+        raise ValueError("is not file:PATH, udp://HOST:PORT (RFC 5426) or tcp://HOST:PORT (RFC 6587)")
+    return value
+
+
+def as_positive(value: str) -> int:
+    x = as_int(value)
+    if x < 1:
+        raise ValueError("must be at least 1")
+    return x
+
+
 def as_canary(value: str) -> tuple[tuple[str, str, float], ...]:
     """A comma list of ``name:version=percent`` (the share of the requests for ``name``)."""
     out, shares = [], {}
@@ -166,6 +188,32 @@ def as_canary(value: str) -> tuple[tuple[str, str, float], ...]:
             raise ValueError(f"gives {name} canary shares that add up to {shares[name]:g}%, over 100")
         out.append((name, version, percent))
     return tuple(out)
+
+
+def as_choice(*choices: str) -> Callable[[str], str]:
+    """One of ``choices``, compared in lower case; an empty text is the first."""
+
+    def read(value: str) -> str:
+        value = value.strip().lower()
+        if value not in choices:
+            raise ValueError(f"is not one of: {', '.join(c or 'empty' for c in choices)}")
+        return value
+
+    return read
+
+
+def as_positive_number(value: str) -> float:
+    x = as_float(value)
+    if not x > 0:
+        raise ValueError("must be a positive number")
+    return x
+
+
+def as_count(value: str) -> int:
+    x = as_int(value)
+    if x < 1:
+        raise ValueError("must be at least 1")
+    return x
 
 
 def _spool_default(env: Mapping[str, str]) -> str:
@@ -213,6 +261,19 @@ class Settings:
                                  "when `tensorrt` is requested)", as_text)
     api_token: str = setting("BIOMED_API_TOKEN", "", "when set, every non-open path needs `Authorization: Bearer "
                              "<token>`", as_secret, shown="empty (auth off)")
+    api_tokens_file: str = setting(
+        "BIOMED_API_TOKENS_FILE", "", "a file of named API tokens, one `name:token` a line (`#` comments; e.g. a mounted "
+        "Kubernetes Secret), read again when it changes: each opens the non-open paths like `BIOMED_API_TOKEN` (beside "
+        "it), and the [audit trail](#the-audit-trail) names the client by its token's name. Set, it turns auth on even "
+        "when it holds no token", as_text, shown="empty (none)")
+    audit: str = setting(
+        "BIOMED_AUDIT", "", "where the [audit trail](#the-audit-trail) goes: `file:PATH` (created with mode 0600), "
+        "`udp://HOST:PORT` (syslog, RFC 5426) or `tcp://HOST:PORT` (syslog, RFC 6587 octet counting); RFC 5424 "
+        "messages holding DICOM audit messages (PS3.15 A.5). The only place patient and study identifiers are written",
+        as_audit, shown="empty (off)")
+    audit_buffer: int = setting(
+        "BIOMED_AUDIT_BUFFER", "10000", "audit messages one worker holds while its target is slow or down; past it "
+        "they are dropped and counted (`biomed_audit_dropped_total`), never making a request wait", as_positive)
     cors_origins: tuple[str, ...] = setting(
         "BIOMED_CORS_ORIGINS", "", "comma list of allowed origins. When set, CORS allows methods `GET`, `POST` and "
         "headers `Authorization`, `Content-Type`, `X-Request-ID`", as_list, shown="empty (CORS off)")
@@ -248,10 +309,6 @@ class Settings:
         "BIOMED_MAX_VOXELS", "268435456", "the most voxels of one series a [volume model](#volume-models) takes, rows × "
         "columns × frames over its files, counted from their headers before any is decoded (512 × 512 × 1024 at the "
         "default); past it, 413", as_int)
-    max_series_bytes: int = setting(
-        "BIOMED_MAX_SERIES_MB", "1024", "the cap on one series: its files' bytes together, checked before they are "
-        "parsed (a [volume model](#volume-models)'s request, and a `/explain_series` body, read part by part); past it, "
-        "413", as_mb)
     small_upload_bytes: int = setting(
         "BIOMED_SMALL_UPLOAD_KB", "256", "image uploads up to this many KiB decode on a pool of their own (half of "
         "`BIOMED_PREPROCESS_THREADS`, at least 1), so they never wait behind large ones", as_kb)
@@ -318,8 +375,10 @@ class Settings:
         "worker listens on it (`SO_REUSEPORT`). `biomed serve --dicom-port P` sets it; needs an image model and "
         "`BIOMED_DICOM_ALLOWED_AETS`", as_port, shown="`0` (off)")
     dicom_host: str = setting(
-        "BIOMED_DICOM_HOST", "0.0.0.0", "the receiver's bind address (`biomed serve --dicom-port` uses its `--host` when "
-        "this is unset)", as_text)
+        "BIOMED_DICOM_HOST", "0.0.0.0", "the receiver's bind address. Unset under `biomed serve --dicom-port`, it is "
+        "`biomed serve`'s `--host` (by default `127.0.0.1`: this machine only); a modality on another host needs "
+        "`--host 0.0.0.0` or this set to `0.0.0.0`", as_text,
+        shown="`biomed serve`: its `--host` (`127.0.0.1`); else `0.0.0.0`")
     dicom_aet: str = setting(
         "BIOMED_DICOM_AET", "BIOMED", "the receiver's AE title, and the calling AE title of C-STOREs to a DIMSE "
         "destination (1-16 printable ASCII characters, no backslash)", as_aet)
@@ -352,6 +411,30 @@ class Settings:
     dicom_spool: str = setting(
         "BIOMED_DICOM_SPOOL", "", "the durable spool of SRs on their way to the destination (created if missing; keep it "
         "on persistent storage)", as_text, shown="`$BENTOML_HOME/dicom-spool`", computed=_spool_default)
+    dicom_group_by: str = setting(
+        "BIOMED_DICOM_GROUP_BY", "series", "how instances received over C-STORE and STOW-RS are [grouped into one "
+        "result](#one-result-per-series): `series` (one SR per series), `study` (one per study) or `instance` (one SR per "
+        "instance, as they arrive). Groups live in the spool, shared by the workers and the pods that share it",
+        as_choice("series", "study", "instance"))
+    dicom_group_timeout_s: float = setting(
+        "BIOMED_DICOM_GROUP_TIMEOUT_S", "10", "seconds without a new instance after which a group is closed and its SR "
+        "made (the quiet period; it resumes after a restart)", as_positive_number)
+    dicom_group_max_instances: int = setting(
+        "BIOMED_DICOM_GROUP_MAX_INSTANCES", "2000", "a group holding this many instances not yet in a result is closed at "
+        "once; the next instances of the series make a new SR naming that one", as_count)
+    series_aggregate: str = setting(
+        "BIOMED_SERIES_AGGREGATE", "", "how the instances' results make the series' one: `max` (any slice shows it) or "
+        "`mean`, for probabilities and regression values alike. Empty: the model's `output.aggregate` metadata (`max` "
+        "for probabilities, `mean` for values when it has none)", as_choice("", "max", "mean"),
+        shown="empty (the model's)")
+    sr_per_instance: bool = setting(
+        "BIOMED_SR_PER_INSTANCE", "0", "on: a series SR also holds one measurement group per instance and frame (the "
+        "instance SR's groups) after the series' own", as_flag, shown="off")
+    max_series_bytes: int = setting(
+        "BIOMED_MAX_SERIES_MB", "1024", "the cap on one series: a [`/predict_series`](#post-predict_series) or "
+        "[`/explain_series`](#post-explain_series) body (read part by part; each part within `BIOMED_MAX_UPLOAD_MB`), "
+        "and the files of a [volume model](#volume-models)'s series together, checked before they are parsed; past it, "
+        "413", as_mb)
     dicom_retry_max_s: float = setting(
         "BIOMED_DICOM_RETRY_MAX_S", "300", "the longest wait between delivery attempts; waits double from 1 s up to it "
         "while the destination fails", as_float)

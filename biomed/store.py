@@ -103,6 +103,17 @@ class Row:
                    model.info.creation_time.strftime("%Y-%m-%d %H:%M"), str(meta.get("source", "biomed")))
 
 
+def check_kind(name: str, kind: str, store: str | Path | None = None) -> None:
+    """Refuse (ValueError) a ``kind`` model under a ``name`` whose versions in the store are of another kind: servers
+    following the name would take it up as the name's newest version and serve the wrong kind under it."""
+    from biomed.errors import with_article
+
+    others = sorted({str(m.info.labels.get("kind")) for m in biomed_models(store) if m.tag.name == name} - {kind})
+    if others:
+        raise ValueError(f"model {name!r} holds {' and '.join(others)} models in the store; this is "
+                         f"{with_article(kind)} model: export it under another name (--name)")
+
+
 def import_onnx(path: str | Path, name: str | None = None, store: str | Path | None = None) -> str:
     """Put an exported ``model.onnx`` (with its ``biomed`` metadata) into the store; returns ``name:version``.
 
@@ -122,6 +133,7 @@ def save(onnx_bytes: bytes, doc: dict[str, Any], name: str, store: str | Path | 
     store as ``name:<doc's version>``, with ``files`` beside it (a model card); returns the tag. The store entry's
     labels and metadata are what ``biomed models`` lists: kind, labels, variant, AUROC (NaN when none was
     measured, as for an imported model) and, for an imported model, its source format."""
+    check_kind(name, doc["kind"], store)  # a name holds one kind of model
     metrics = doc.get("training", {}).get("metrics", {})
     labels = {"biomed": "1", "kind": doc["kind"], "arch": str(doc.get("architecture", {}).get("arch", "?")),
               "variant": str(doc.get("export", {}).get("variant", "fp32"))}
@@ -271,6 +283,44 @@ def set_canary(ref: str, percent: float, store: str | Path | None = None) -> dic
         rollout["canary"] = canary
         write_rollout(name_dir, rollout)
     return {"model": name, **rollout}
+
+
+def rollout_default(rollout: dict[str, Any], latest: str | None) -> str | None:
+    """The default version a rollout file sets (``latest``: the newest export, ``latest``), or None when it sets none.
+
+    One rule for servers (``service/lifecycle.py``) and this machine's commands (``default_ref``).
+    """
+    default = rollout.get("default")
+    return latest if default == LATEST else default or None
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The version a bare model name means: ``ref`` (``name:version``), why (``promoted``, ``newest``), and the canary
+    shares servers give other versions (``{version: percent}``)."""
+
+    ref: str
+    why: str
+    canary: dict[str, float]
+
+
+def default_ref(ref: str, store: str | Path | None = None) -> Choice:
+    """What servers following ``name`` serve by default, for a command on this machine: ``name:version`` as given;
+    ``name`` (or ``name:latest``) is the promoted version (``biomed models promote``), else the newest export.
+
+    Raises ModelNotFound when the name (or the version) is not in the store.
+    """
+    name, version = split_ref(ref)
+    if version and version != LATEST:
+        return Choice(ref, "named", {})
+    stored = resolve(name, store)
+    folder = Path(stored.path).parent
+    rollout = read_rollout(folder)
+    newest = latest_version(folder) or str(stored.tag.version)
+    promoted = rollout_default(rollout, newest)
+    chosen = promoted or newest
+    canary = {v: p for v, p in (rollout.get("canary") or {}).items() if v != chosen}
+    return Choice(f"{name}:{chosen}", "promoted" if rollout.get("default") not in (None, LATEST) else "newest", canary)
 
 
 def rollout_of(name: str, store: str | Path | None = None) -> dict[str, Any]:

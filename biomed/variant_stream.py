@@ -11,6 +11,10 @@ the same windows, in the same order, as ``/score_variants`` builds from
 
 Memory is bounded by the chunk size, never by the number of variants.
 
+Contig names of either convention match the reference's (``1`` or ``chr1``: ``biomed.genome``);
+a record on a contig the reference lacks is kept in its chunk with status ``no_contig`` for each
+ALT (passed through unscored, and listed by the command), never dropped.
+
 Shared by ``biomed score-variants`` (local onnxruntime or a remote biomed-serve) and the
 benchmarks; VCF and TSV writing stays in the command line (``cli/``).
 """
@@ -130,7 +134,7 @@ class Chunk:
     ``records``), ``alt_index`` (index into the record's ALTs), ``contexts`` (n, 2 * half + 1) and
     ``alt_codes``. ``mismatch`` marks records whose REF disagrees with the reference (their
     alleles are not scored); ``status[r][a]`` says, per record and ALT, ``snv``, ``ref_mismatch``
-    or why it was skipped.
+    or why it was skipped (``no_contig``: the reference lacks the record's contig).
     """
 
     index: int
@@ -146,10 +150,18 @@ class Chunk:
     def __len__(self) -> int:
         return len(self.records)
 
+    @property
+    def missing(self) -> list[VcfRecord]:
+        """The records on contigs the reference lacks."""
+        return [r for r, s in zip(self.records, self.status) if s and s[0] == "no_contig"]
+
 
 def build_chunk(index: int, records: list[VcfRecord], reader: ContextReader) -> Chunk:
     """Classify each ALT, read the contexts of the SNVs (one vectorised gather per contig run), check REF."""
-    statuses = [tuple(allele_status(r.ref, a) for a in r.alts) for r in records]
+    known: dict[str, bool] = {}
+    statuses = [tuple(allele_status(r.ref, a) for a in r.alts)
+                if known.setdefault(r.chrom, reader.reference.name(r.chrom) is not None) else ("no_contig",) * len(r.alts)
+                for r in records]
     rec_idx = [i for i, s in enumerate(statuses) for st in s if st == "snv"]
     alt_idx = [j for s in statuses for j, st in enumerate(s) if st == "snv"]
     n = len(rec_idx)
@@ -181,8 +193,8 @@ def read_chunks(lines: Iterable[str], reference: Reference, size: int, source: s
                 first_line: int = 1, keep: Callable[[VcfRecord], bool] | None = None) -> Iterator[list[VcfRecord]]:
     """Data lines (header lines and blank lines skipped) parsed into lists of ``size`` records.
 
-    ``keep`` filters records (a shard keeps those whose POS lies in its regions). Contigs are
-    checked against the reference on first sight, so a naming mismatch stops the run at once.
+    ``keep`` filters records (a shard keeps those whose POS lies in its regions). Each contig's name is
+    matched with the reference's on first sight (``Reference.name``: the match is recorded there).
     """
     batch: list[VcfRecord] = []
     seen: set[str] = set()
@@ -191,7 +203,7 @@ def read_chunks(lines: Iterable[str], reference: Reference, size: int, source: s
             continue
         record = parse_record(line, number, source)
         if record.chrom not in seen:
-            reference.check(record.chrom, where=f" (line {number} of {source})")
+            reference.name(record.chrom)
             seen.add(record.chrom)
         if keep is not None and not keep(record):
             continue

@@ -15,7 +15,7 @@ def cmd_motifs(args: argparse.Namespace) -> int:
     run = Path(args.run)
     if not run.is_dir():
         raise NotADirectoryError(f"run {str(run)!r} is not a folder; give a `biomed train dna` run")
-    rows = motif_report(run, top=args.top)
+    rows = motif_report(run, top=args.top, data=args.data, reference=args.reference)
     print(f"{'FILTER':>6}  {'BITS':>5}  {'SITES':>6}  {'MATRIX ID':<10} {'NAME':<14} {'SCORE':>6}  STRAND")
     for r in rows:
         print(f"{r.filter:>6}  {r.information:5.1f}  {r.n_sites:>6}  {r.match_id:<10} {r.match_name:<14} {r.score:6.3f}  {r.strand}")
@@ -37,4 +37,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "match them to JASPAR CORE vertebrates, write motifs.tsv and motifs.png.")
     p.add_argument("run", help="a `biomed train dna` run folder")
     p.add_argument("--top", type=_positive, help="show only the N most informative filters")
+    p.add_argument("--data", help="where the run's training data is now, when it is not where the run recorded it")
+    p.add_argument("--reference", help="likewise for a BED run's reference FASTA")
     p.set_defaults(func=cmd_motifs)

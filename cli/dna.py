@@ -54,10 +54,11 @@ def _explain_input(args: argparse.Namespace) -> tuple[str, str]:
 
 def cmd_explain(args: argparse.Namespace) -> int:
     from biomed import dna_ops, runtime
+    from cli.local import load_local
     from biomed.preprocess.dna import DnaSpec
 
     name, sequence = _explain_input(args)
-    model = runtime.load_model(args.model, runtime.RuntimeOptions(), kind=KIND)
+    model = load_local(args.model, KIND)
     spec = DnaSpec.from_dict(model.doc["preprocess"])
     result = asyncio.run(dna_ops.explain(runtime.predictor(model, CHUNK_ROWS), model.labels, spec, sequence, args.task,
                                          args.rc))

@@ -48,13 +48,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def cmd_explain_image(args: argparse.Namespace) -> int:
     from biomed import occlusion, runtime
+    from cli.local import load_local
     from biomed.errors import InputError
     from biomed.outputs import overlay
     from biomed.preprocess.image import ImageSpec, Limits, load_presented
     from biomed.preprocess.upload import Upload
 
     path = Path(args.file)
-    model = runtime.load_model(args.model, runtime.RuntimeOptions(), kind=KIND)
+    model = load_local(args.model, KIND)
     spec = ImageSpec.from_dict(model.doc["preprocess"])
     try:
         grid = occlusion.plan(spec.size, args.patch, args.stride)

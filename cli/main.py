@@ -65,7 +65,22 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     exported = export_run(args.run, args.name, quantize=args.quantize, fp16=args.fp16, force=args.force)
     print(exported.tag)
+    print(_export_note(exported.tag), file=sys.stderr)
     return 0
+
+
+def _export_note(tag: str) -> str:
+    """What an export means for the servers following its name (stdout stays the tag alone, for scripts)."""
+    from biomed import store
+
+    name, version = store.split_ref(tag)
+    promoted = store.rollout_default(store.rollout_of(name), version)
+    if promoted and promoted != version:
+        return (f"biomed: {tag} is in the store; servers following {name} keep serving {name}:{promoted}, the "
+                f"promoted version, until `biomed models promote {tag}`")
+    return (f"biomed: {tag} is now the newest version of {name}: servers following {name} ({env('models')}={name}, "
+            f"nothing promoted) load it and serve it as the default within {env('model_poll_s')} (10 s); to stage "
+            f"exports instead, promote the version serving now first (`biomed models promote {name}:VERSION`)")
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -81,9 +96,15 @@ def cmd_models(args: argparse.Namespace) -> int:
         if args.action == "promote":
             if args.percent is not None:
                 raise ValueError("biomed models promote takes NAME:VERSION only")
+            if not store.split_ref(args.ref)[1]:
+                raise ValueError(f"biomed models promote needs NAME:VERSION (or {args.ref}:latest: follow the newest "
+                                 f"export); `biomed models` lists the versions")
+            ended = store.rollout_of(store.split_ref(args.ref)[0], where).get("canary") or {}
             rollout = store.promote(args.ref, where)
-            print(f"{rollout['model']}: default {rollout['default']} (canary ended); servers watching the store take "
-                  f"it up within {env('model_poll_s')}")
+            canary = ", ".join(f"{v} {p:g}%" for v, p in ended.items())
+            default = "the newest export" if rollout["default"] == store.LATEST else rollout["default"]
+            print(f"{rollout['model']}: default {default}" + (f" (canary {canary} ended)" if canary else "")
+                  + f"; servers watching the store take it up within {env('model_poll_s')}")
         else:
             if args.percent is None:
                 raise ValueError("biomed models canary needs NAME:VERSION PERCENT (0 ends it)")
@@ -145,7 +166,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_train)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(train: bool = True) -> argparse.ArgumentParser:
+    """The whole command line. ``train=False`` leaves out the arguments of ``biomed train`` (they need torch to list
+    the architectures), for every other command: they then start without importing torch."""
     from training.demo import DATASETS
 
     parser = _Parser(prog="biomed", description="Train, export and serve biomedical image, volume and DNA models.")
@@ -163,9 +186,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variants", type=int, help="genome: neutral SNVs besides the motif-breaking ones (1 per 100 bases)")
     p.set_defaults(func=cmd_demo_data)
 
-    _add_train(sub)
+    if train:
+        _add_train(sub)
+    else:
+        sub.add_parser("train", help="train an image or DNA model")
 
-    p = sub.add_parser("export", help="export a run to verified ONNX in the model store")
+    p = sub.add_parser("export", help="export a run to verified ONNX in the model store",
+                       description="Export a run's best model as one verified ONNX file into the model store and print "
+                       "NAME:VERSION. Servers that follow NAME (nothing promoted) take the new version up as their "
+                       f"default within {env('model_poll_s')}; a NAME holds one kind of model.")
     p.add_argument("run")
     p.add_argument("--name", required=True)
     p.add_argument("--quantize", choices=["int8"])
@@ -193,8 +222,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo_models)
 
     p = sub.add_parser("serve", help="serve the HTTP API (BentoML)")
-    p.add_argument("--port", type=int, default=int(os.environ.get("PORT", "3000")))
-    p.add_argument("--host", default=os.environ.get(env("host"), "127.0.0.1"))
+    p.add_argument("--port", type=int, default=int(os.environ.get("PORT", "3000")),
+                   help="HTTP port (default PORT or 3000)")
+    p.add_argument("--host", default=os.environ.get(env("host"), "127.0.0.1"),
+                   help=f"address to listen on (default {env('host')} or 127.0.0.1: this machine only; 0.0.0.0: every "
+                   f"interface); the C-STORE receiver of --dicom-port too, unless {env('dicom_host')} is set")
     p.add_argument("--workers", type=int, help=f"worker processes (default {env('workers')} or 1)")
     p.add_argument("--models", help=f"comma list of name[:version] (default {env('models')} or demo-image,demo-dna,demo-volume)")
     p.add_argument("--dicom-port", type=int, help=f"also receive DICOM (C-STORE) on this port ({env('dicom_port')}; "
@@ -219,7 +251,8 @@ def _extra_commands() -> list[Callable[[argparse._SubParsersAction], None]]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(train=command == "train").parse_args(argv)
     args.argv = argv
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:

@@ -4,8 +4,10 @@ Each region is cut into bins of ``--step`` bases (``biomed/regions.py``); a bin'
 probability of the model-length window centred on it (both strands averaged unless
 ``--no-reverse-complement``), exactly what ``/predict_dna`` answers for that window. Windows
 go to onnxruntime in ``--batch-rows`` tiles (or to a biomed-serve with ``--server``) while
-the next tile is read; values are written to the tracks as they come, so memory stays flat
-in the size of the regions. The tracks open in IGV or the UCSC browser.
+the next tile is read; values are spooled to the tracks as they come, so memory stays flat
+in the size of the regions. The tracks open in IGV or the UCSC browser. Contigs named in the
+other convention than the FASTA's (``1`` / ``chr1``) are matched and the match reported; regions
+on contigs the FASTA lacks are counted and listed in ``DIR/missing_contigs.bed``.
 """
 
 from __future__ import annotations
@@ -57,9 +59,10 @@ def _positive(text: str) -> int:
 
 def local_predictor(ref: str, rc: bool, batch_rows: int | None) -> tuple[dict, Callable[[np.ndarray], np.ndarray]]:
     from biomed import dna_ops, runtime
+    from cli.local import load_local
     from cli.dna import CHUNK_ROWS, KIND
 
-    model = runtime.load_model(ref, runtime.RuntimeOptions(), kind=KIND)
+    model = load_local(ref, KIND)
     predict = runtime.predictor(model, batch_rows or CHUNK_ROWS)
     info = {"name": model.name, "version": model.version, "sha256": model.sha256, "labels": list(model.labels),
             "length": int(model.doc["preprocess"]["length"])}
@@ -113,7 +116,7 @@ def cmd_predict_regions(args: argparse.Namespace) -> int:
         total = bin_count(regions.regions, step)
         reader = ContextReader(genome, context_half(length))
         out = Path(args.out)
-        tracks = Tracks(out, info["labels"], genome.lengths)
+        tracks = Tracks(out, info["labels"], genome.lengths_as_given())
         ok = False
         try:
             with make_progress() as progress, ThreadPoolExecutor(max_workers=1, thread_name_prefix="biomed-tracks") as pool:
@@ -138,14 +141,31 @@ def cmd_predict_regions(args: argparse.Namespace) -> int:
     finally:
         if remote is not None:
             remote.close()
-    summary = {"model": {k: info[k] for k in ("name", "version", "sha256")}, "reference": str(genome.path.resolve()),
-               "regions": len(regions.regions), "bed_lines": regions.given, "merged": regions.merged,
-               "clipped": regions.clipped, "bases": regions.bases, "step": step, "windows": total,
-               "reverse_complement": args.rc, "tracks": tracks.summary()}
+    summary = {"model": {k: info[k] for k in ("name", "version", "sha256")}, "reference": genome.path.name,
+               "contig_names": dict(genome.renamed), "regions": len(regions.regions), "bed_lines": regions.given,
+               "merged": regions.merged, "clipped": regions.clipped, "missing_contigs": len(regions.missing),
+               "bases": regions.bases, "step": step, "windows": total, "reverse_complement": args.rc,
+               "tracks": tracks.summary()}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    _report_names(genome, regions, out, Path(args.bed).name)
     print(f"{regions.bases:,} bases in {len(regions.regions)} regions ({regions.merged} merged, {regions.clipped} clipped "
           f"at a contig end), {total:,} windows of {length} every {step} bases with {info['name']}:{info['version']}"
           + (f" on {remote.url} ({remote.stats.describe()})" if remote else ""))
     for t in tracks.summary():
         print(f"  {t['task']}: mean {t['mean']:.4f}, max {t['max']:.4f} at {t['max_at']} -> {out / t['track']}")
     return 0
+
+
+def _report_names(genome, regions, out: Path, bed: str) -> None:
+    """The contig names matched across conventions, and the regions on contigs the FASTA lacks (``DIR/
+    missing_contigs.bed``: their BED lines as given; an earlier run's list is removed when there are none)."""
+    side = out / "missing_contigs.bed"
+    if genome.renamed:
+        print(f"contig names of {bed} matched to {genome.path.name}'s: {genome.mapping()}")
+    if not regions.missing:
+        side.unlink(missing_ok=True)
+        return
+    side.write_text("".join(f"{line}\n" for _, line in regions.missing))
+    contigs = sorted({line.split()[0] for _, line in regions.missing})
+    print(f"{len(regions.missing)} regions of {bed} on contigs {genome.path.name} lacks ({', '.join(contigs[:5])}"
+          f"{' ...' if len(contigs) > 5 else ''}) were not predicted -> {side}")

@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence, TypeVar
 
+from biomed.errors import with_article
 from biomed.kinds.dna import KIND as DNA
 from biomed.settings import env
 
@@ -169,8 +170,8 @@ class Remote:
         for m in models:
             if m["name"] == name and (not version or version == "latest" or m["version"] == version):
                 if m["kind"] != DNA.name:
-                    raise RemoteError(f"model {ref!r} on {self.url} is a {m['kind']} model; these commands need a "
-                                      f"{DNA.name} model")
+                    raise RemoteError(f"model {ref!r} on {self.url} is {with_article(m['kind'])} model; these commands need "
+                                      f"{with_article(DNA.name)} model")
                 return m
         served = ", ".join(f"{m['name']}:{m['version']}" for m in models) or "none"
         raise RemoteError(f"{self.url} does not serve model {ref!r}; it serves: {served}")

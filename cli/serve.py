@@ -7,6 +7,7 @@ import shutil
 import sys
 
 from biomed import settings
+from biomed.runtime import check_providers
 from biomed.store import has_models
 from service.config import ServiceConfig
 
@@ -31,6 +32,7 @@ def serve(port: int, host: str, workers: int | None, models: str | None, dicom_p
         env[settings.env("grpc_port")] = str(grpc_port)
         env.setdefault(settings.env("grpc_host"), host)
     config = ServiceConfig.from_env(env)  # the server reads the same; a bad setting fails here, before the exec
+    check_providers(config.providers)  # as the server would at start-up, in one line here
     wanted = tuple(ref.split(":")[0] for ref in config.models)
     if not has_models(wanted, config.model_store or None):
         raise LookupError(f"the model store lacks some of {', '.join(wanted)}; run `make demo-models` or `biomed export`")

@@ -10,6 +10,10 @@ onnxruntime here in ``--batch-rows`` windows per session call, or by a biomed-se
 chunks go to ``OUT.parts/`` (``cli/parts.py``), so an interrupted run resumes; at the
 end they become ``OUT``: an annotated VCF (``biomed/outputs/vcf.py``; bgzip + tabix for
 ``.vcf.gz``) or the TSV.
+
+Contig names of the other convention than the FASTA's (``1`` / ``chr1``, ``MT`` / ``chrM``) are
+matched and the match reported; records on contigs the FASTA lacks pass through unscored, are
+counted, and are listed in ``OUT.missing_contigs.tsv`` (line, chrom, pos, id, ref, alt).
 """
 
 from __future__ import annotations
@@ -154,31 +158,33 @@ def shard_regions(lengths: dict[str, int], index: int, count: int) -> list[tuple
 
 
 def open_shard(path: Path, genome, index: int, count: int) -> Source:
-    """The records of shard ``index`` of ``count`` from a tabix-indexed VCF (those whose POS lies in its spans)."""
+    """The records of shard ``index`` of ``count`` from a tabix-indexed VCF (those whose POS lies in its spans);
+    shard 0 also takes every record on a contig the reference lacks (to be counted and listed, not lost)."""
     import pysam
 
     if not (Path(f"{path}.tbi").is_file() or Path(f"{path}.csi").is_file()):
         raise ValueError(f"--shard reads {path.name} by region and needs it bgzip-compressed with a tabix index "
                          f"({path.name}.tbi): bgzip it and run `tabix -p vcf {path.name}`")
     tbx = pysam.TabixFile(str(path))
-    for contig in tbx.contigs:  # a naming mismatch stops every shard at once, with the same one line
-        genome.check(contig, where=f" (in the index of {path.name})")
-    present = set(tbx.contigs)
-    regions = [(c, s, e) for c, s, e in shard_regions(genome.lengths, index, count) if c in present]
+    named = {genome.name(c): c for c in tbx.contigs if genome.name(c) is not None}  # the reference's name -> VCF's
+    lacking = [c for c in tbx.contigs if genome.name(c) is None]
+    regions = [(named[c], s, e) for c, s, e in shard_regions(genome.lengths, index, count) if c in named]
+    total = sum(e - s for _, s, e in regions)
+    if index == 0:
+        regions += [(c, 0, 2**31 - 1) for c in lacking]
     spans = {c: (s, e) for c, s, e in regions}
     state = {"at": 0}
 
     def lines() -> Iterator[str]:
         for contig, start, end in regions:
             yield from tbx.fetch(contig, start, end)
-            state["at"] += end - start
+            state["at"] += 0 if contig in lacking else end - start
 
     def keep(record) -> bool:  # tabix returns records overlapping a span; a shard owns those that start in it
         span = spans.get(record.chrom)
         return span is not None and span[0] <= record.pos - 1 < span[1]
 
-    return Source(list(tbx.header), lines(), max(sum(e - s for _, s, e in regions), 1), lambda: state["at"],
-                  tbx.close, path.name, keep)
+    return Source(list(tbx.header), lines(), max(total, 1), lambda: state["at"], tbx.close, path.name, keep)
 
 
 # ---------------------------------------------------------------- scoring
@@ -187,9 +193,10 @@ def open_shard(path: Path, genome, index: int, count: int) -> Source:
 def local_scorer(ref: str, rc: bool, batch_rows: int | None) -> tuple[Producer, Callable]:
     """onnxruntime on this machine: the model's windows in ``batch_rows``-row session calls."""
     from biomed import dna_ops, runtime
+    from cli.local import load_local
     from cli.dna import CHUNK_ROWS, KIND
 
-    model = runtime.load_model(ref, runtime.RuntimeOptions(), kind=KIND)
+    model = load_local(ref, KIND)
     length = int(model.doc["preprocess"]["length"])
     predict = runtime.predictor(model, batch_rows or CHUNK_ROWS)
     placements = len(dna_ops.variant_offsets(length))
@@ -257,7 +264,7 @@ def cmd_score_variants(args: argparse.Namespace) -> int:
             info, score = remote_scorer(remote, args.model, args.rc, args.request_variants)
         else:
             info, score = local_scorer(args.model, args.rc, args.batch_rows)
-        writer = (VcfAnnotator(info, str(genome.path.resolve()), genome.lengths, args.rc) if fmt == "vcf"
+        writer = (VcfAnnotator(info, genome.path.name, genome.lengths, args.rc) if fmt == "vcf"
                   else TsvWriter(info.labels, info.output))
         header = writer.header(source.header)
         identity = {"command": "score-variants", "format": fmt, "input": file_identity(vcf),
@@ -269,11 +276,13 @@ def cmd_score_variants(args: argparse.Namespace) -> int:
             print(f"{parts.dir.name} held a run with other inputs or settings; starting afresh", file=sys.stderr)
         reader = ContextReader(genome, context_half(info.length))
         chunks = read_chunks(source.lines, genome, args.chunk_size, source.name, keep=source.keep)
-        totals = Counter()
+        totals: Counter = Counter()
+        missing: list[list] = []  # each record on a contig the reference lacks: line, chrom, pos, id, ref, alt
         with make_progress() as progress:
             bar = progress.add_task("scoring variants", total=source.total, status="")
 
-            def advance(counts: Counter) -> None:
+            def advance(counts: dict) -> None:
+                missing.extend(counts.pop("missing", []))
                 totals.update(counts)
                 progress.update(bar, completed=min(source.done(), source.total),
                                 status=f"{totals['records']:,} records, {totals['ref_mismatch']} ref mismatches")
@@ -281,13 +290,42 @@ def cmd_score_variants(args: argparse.Namespace) -> int:
             count = _pipeline(chunks, reader, build_chunk, score, writer, parts, advance,
                               workers=2 if remote else 1)
             progress.update(bar, completed=source.total)
+        if fmt == "vcf":  # the contigs as the records name them, now that every record was read
+            writer.contigs, writer.missing = genome.lengths_as_given(), sorted({row[1] for row in missing})
+            header = writer.header(source.header)
         warning = parts.finish(header, count, index_vcf=fmt == "vcf", keep=args.keep_parts)
+        _list_missing(out, missing)
     finally:
         source.close()
         if remote is not None:
             remote.close()
     _summary(args, info, totals, fmt, parts, count, remote, warning)
+    _report_names(genome, missing, out, vcf.name)
     return 0
+
+
+def missing_path(out: Path) -> Path:
+    return out.with_name(out.name + ".missing_contigs.tsv")
+
+
+def _list_missing(out: Path, missing: list[list]) -> None:
+    """``OUT.missing_contigs.tsv``: the records on contigs the reference lacks (none: an earlier run's is removed)."""
+    side = missing_path(out)
+    if not missing:
+        side.unlink(missing_ok=True)
+        return
+    rows = ["\t".join(str(x) for x in row) for row in missing]
+    side.write_text("#line\tchrom\tpos\tid\tref\talt\n" + "".join(f"{r}\n" for r in rows))
+
+
+def _report_names(genome, missing: list[list], out: Path, vcf: str) -> None:
+    if genome.renamed:
+        print(f"contig names of {vcf} matched to {genome.path.name}'s: {genome.mapping()}")
+    if missing:
+        per = Counter(row[1] for row in missing)
+        shown = ", ".join(f"{c}: {n}" for c, n in sorted(per.items())[:5]) + (" ..." if len(per) > 5 else "")
+        print(f"{len(missing)} records on contigs {genome.path.name} lacks ({shown}) were passed through unscored "
+              f"-> {missing_path(out)}")
 
 
 def _pipeline(chunks, reader, build, score, writer, parts, advance, workers: int) -> int:
@@ -299,15 +337,16 @@ def _pipeline(chunks, reader, build, score, writer, parts, advance, workers: int
         lines = writer.lines(chunk, effects)
         counts = Counter(chunk.counts)
         counts.update(records=len(chunk.records), flagged=int(chunk.mismatch.sum()))
-        parts.write(chunk.index, lines, dict(counts))
-        advance(counts)
+        saved = {**counts, "missing": [[r.number, r.chrom, r.pos, r.id, r.ref, ",".join(r.alts)] for r in chunk.missing]}
+        parts.write(chunk.index, lines, saved)
+        advance(saved)
 
     index = 0
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="biomed-score") as pool:
         for records in chunks:
             finished = parts.done(index)
             if finished is not None:
-                advance(Counter(finished))
+                advance(finished)
             else:
                 chunk = build(index, records, reader)
                 future = pool.submit(score, chunk.contexts, chunk.alt_codes) if len(chunk.record) else None
@@ -321,7 +360,7 @@ def _pipeline(chunks, reader, build, score, writer, parts, advance, workers: int
 
 
 def _summary(args, info: Producer, totals: Counter, fmt: str, parts, chunks: int, remote, warning: str | None) -> None:
-    skipped = {k: totals[k] for k in ("not_snv", "not_acgt") if totals[k]}
+    skipped = {k: totals[k] for k in ("not_snv", "not_acgt", "no_contig") if totals[k]}
     reasons = ", ".join(f"{k}: {v}" for k, v in sorted(skipped.items()))
     line = (f"scored {totals['snv']} SNVs with {info.name}:{info.version}; {totals['ref_mismatch']} ref_mismatch; "
             f"skipped {sum(skipped.values())} other alleles{f' ({reasons})' if reasons else ''} -> {args.out}")

@@ -4,7 +4,9 @@
 #
 # Findings listed in deploy/audit-accepted.txt ("<vuln id> <package> <reason>") are reported but
 # accepted; any other finding fails. Exit codes: 0 clean or all accepted, 1 unaccepted findings,
-# 2 pip-audit could not run or could not look some packages up (no network to the vulnerability service).
+# 2 the vulnerability database could not be reached (no package could be looked up: no network to it),
+# 3 the audit could not be done for another reason (pip-audit could not be installed or failed, or only
+#   some packages could be looked up). Only 2 is "offline"; 3 is a broken audit and must be fixed.
 #
 # Usage: scripts/audit.sh            (PIP_AUDIT_VERSION, BIOMED_TOOLS_VENV, VENV override)
 set -euo pipefail
@@ -21,12 +23,16 @@ trap 'rm -rf "$WORK"' EXIT
 
 if [[ ! -x "$TOOLS/bin/pip-audit" ]] || ! "$TOOLS/bin/pip-audit" --version | grep -q "$PIP_AUDIT_VERSION"; then
     [[ -x "$TOOLS/bin/python" ]] || "$PYTHON" -m venv "$TOOLS"
-    "$TOOLS/bin/python" -m pip install --quiet "pip-audit==$PIP_AUDIT_VERSION" || { echo "cannot install pip-audit" >&2; exit 2; }
+    "$TOOLS/bin/python" -m pip install --quiet "pip-audit==$PIP_AUDIT_VERSION" || { echo "cannot install pip-audit $PIP_AUDIT_VERSION into $TOOLS" >&2; exit 3; }
 fi
 
 # The serving closure, pinned to what .venv has installed (what the bento ships).
 "$VENV/bin/python" - "$WORK/serving.txt" <<'PY'
-import re, sys, tomllib
+import re, sys
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    import tomli as tomllib
 from importlib import metadata
 from packaging.requirements import Requirement
 
@@ -56,8 +62,12 @@ code=$?
 set -e
 if [[ ! -s "$WORK/audit.json" ]]; then
     cat "$WORK/stderr" >&2
-    echo "pip-audit did not run (exit $code)" >&2
-    exit 2
+    if grep -qiE "ConnectionError|Max retries exceeded|Failed to establish a new connection|Name or service not known|Temporary failure in name resolution|Network is unreachable|timed out" "$WORK/stderr"; then
+        echo "pip-audit could not reach the vulnerability database (exit $code)" >&2
+        exit 2
+    fi
+    echo "pip-audit failed (exit $code)" >&2
+    exit 3
 fi
 
 "$VENV/bin/python" - "$WORK/audit.json" "$ACCEPTED" <<'PY'
@@ -87,5 +97,12 @@ for dep in skipped[:5]:
     print(f"not audited: {dep['skip_reason']}")
 audited = len(report.get("dependencies", [])) - len(skipped)
 print(f"{audited} distributions audited, {len(skipped)} could not be, {bad} unaccepted finding(s)")
-sys.exit(1 if bad else 2 if skipped else 0)  # an audit that could not look is not a clean audit
+if bad:
+    sys.exit(1)
+if skipped and not audited:
+    print("the vulnerability database answered for no package: it is not reachable from here")
+    sys.exit(2)
+if skipped:
+    print("some packages could not be looked up: the audit is incomplete")
+    sys.exit(3)
 PY

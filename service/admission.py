@@ -1,6 +1,8 @@
 """Admission: the gates every door passes before work starts, HTTP or not (one object per worker).
 
-- the token (``BIOMED_API_TOKEN``), compared in constant time;
+- the token (``BIOMED_API_TOKEN`` or a named one of ``BIOMED_API_TOKENS_FILE``: ``service/tokens.py``),
+  compared in constant time; ``authorised`` answers whose it is (the audit trail's client), and a
+  refusal is written to the audit trail (``service/audit``);
 - a concurrency slot: at most ``ceil(BIOMED_MAX_CONCURRENCY / workers)`` requests in flight in this
   worker, past it 429 at once;
 - body bytes: what all request bodies (and received DICOM instances, and v2 answers being sent)
@@ -18,7 +20,6 @@ threads: every count is under one lock.
 from __future__ import annotations
 
 import contextlib
-import hmac
 import math
 import threading
 from typing import Iterator
@@ -26,7 +27,9 @@ from typing import Iterator
 from biomed.errors import InputError, Overloaded
 from biomed.preprocess.budget import DecodeBudget
 from biomed.settings import env
+from service import audit
 from service.config import ServiceConfig
+from service.tokens import Tokens
 
 
 PEER_SHARE = 0.5  # the share of BIOMED_MAX_BODIES_MB one peer address may hold
@@ -56,24 +59,31 @@ class Admission:
         self.bodies = 0  # bytes of bodies held
         self.peer_cap = peer_cap(config)
         self._peers: dict[str, int] = {}  # bytes of bodies held, per peer address
-        self._token = config.api_token.encode()
+        self.tokens = Tokens(config.api_token, config.api_tokens_file)  # TokensError (a ValueError): a bad file
         self._lock = threading.Lock()
 
     @property
     def token_required(self) -> bool:
-        return bool(self._token)
+        return self.tokens.required
 
-    def authorised(self, token: bytes | str | None) -> bool:
-        """Whether ``token`` (the bearer credential a client presented; None: none) opens the non-open doors."""
-        if not self._token:
-            return True
+    def authorised(self, token: bytes | str | None, address: str = "", door: str = "") -> str | None:
+        """Who ``token`` (the bearer credential a client presented; None: none) belongs to, when it opens the
+        non-open doors: its name (``service/tokens.py``), or ``anonymous`` when no token is required; None when it
+        opens nothing, which the audit trail records (a failed authentication from ``address`` through ``door``)."""
+        if not self.tokens.required:
+            return audit.ANONYMOUS
         given = token.encode("utf-8", "surrogateescape") if isinstance(token, str) else token or b""
-        return hmac.compare_digest(given.strip(), self._token)
+        who = self.tokens.name_of(given)
+        if who is None:
+            audit.current().authentication_failed(address, door)
+        return who
 
-    def check_token(self, token: bytes | str | None) -> None:
-        """Raises ``Unauthorized`` (401) unless ``token`` opens the non-open doors."""
-        if not self.authorised(token):
-            raise Unauthorized(f"send the bearer token ({env('api_token')})")
+    def check_token(self, token: bytes | str | None, address: str = "", door: str = "") -> str:
+        """Who ``token`` belongs to (``authorised``); raises ``Unauthorized`` (401) when it opens nothing."""
+        who = self.authorised(token, address, door)
+        if who is None:
+            raise Unauthorized(f"send the bearer token ({env('api_token')} or one of {env('api_tokens_file')})")
+        return who
 
     def enter(self) -> None:
         """Take a concurrency slot; ``Overloaded`` (429) when this worker's are all in use."""

@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route as StarletteRoute
 
+from service.audit import audited
 from service.openapi import openapi_document
 from service.routes import ROUTES, error_body, match_any
 
@@ -46,8 +47,10 @@ async def not_found(request: Request) -> Response:
 
 
 def build_app() -> Starlette:
-    """Every route of ``service.routes.ROUTES`` with an endpoint, behind its door's error handling, then the catch-all."""
-    routes = [StarletteRoute(r.path, r.wrap(r.name, r.endpoint), methods=[r.method])
+    """Every route of ``service.routes.ROUTES`` with an endpoint, behind its door's error handling, then the catch-all;
+    the routes marked ``audited`` record each request in the audit trail (``service/audit``)."""
+    routes = [StarletteRoute(r.path, r.wrap(r.name, audited(r.door, r.name, r.endpoint) if r.audited else r.endpoint),
+                             methods=[r.method])
               for r in ROUTES if r.endpoint is not None and r.wrap is not None]
     routes.append(StarletteRoute("/{path:anything}", not_found, methods=METHODS))
     app = Starlette(routes=routes)

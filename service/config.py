@@ -16,9 +16,14 @@ __all__ = ["DICOM_PEER", "ServiceConfig"]
 
 BASELINE_BYTES = 400 * 2**20  # a worker at rest: Python, BentoML, onnxruntime, two demo-sized models (measured ~340 MB)
 SLACK_BYTES = 128 * 2**20  # responses being written, parsed JSON within its value cap, allocator overhead
+AUDIT_MESSAGE_BYTES = 4 * 2**10  # an audit event waiting in the buffer: its values, studies counted (~0.9 KB measured)
 # One connection to the C-STORE receiver: a P-DATA-TF PDU (at most 256 KiB + 6) as read, joined and decoded, a dataset
 # fragment on its way to the temporary file, and the stacks its three threads touch.
 DICOM_CONNECTION_BYTES = 2**20
+# One instance in a group's result while its SR is built (service/dicom/groups.py): its member record, its image
+# library entry and evidence item as datasets, the SR's bytes (measured 25 KiB; 75 KiB with BIOMED_SR_PER_INSTANCE).
+GROUP_MEMBER_BYTES = 32 * 2**10
+GROUP_MEMBER_PER_INSTANCE_BYTES = 96 * 2**10
 
 
 @dataclass(frozen=True)
@@ -42,7 +47,10 @@ class ServiceConfig(Settings):
         (``BIOMED_DICOM_MAX_CONNECTIONS``, each at most one PDU in memory; the incoming datasets,
         ``BIOMED_DICOM_TEMP_MB``, are on disk, not in memory); with the gRPC door on, the request
         messages it has read but not yet admitted into the bodies' budget (``BIOMED_GRPC_MAX_STREAMS`` of at most
-        ``BIOMED_MAX_UPLOAD_MB`` each; once admitted they count among the bodies).
+        ``BIOMED_MAX_UPLOAD_MB`` each; once admitted they count among the bodies); with the audit trail on, the events
+        waiting for its target (``BIOMED_AUDIT_BUFFER`` of them); with results per series (``BIOMED_DICOM_GROUP_BY``
+        series or study, and a destination), the one result the worker's closer builds at a time, of at most
+        ``BIOMED_DICOM_GROUP_MAX_INSTANCES`` instances.
         """
         # Models loaded at once: each entry of BIOMED_MODELS and canary version not among them, and while the store
         # is watched one more (a reload warms the new version up beside the old one, which drains before it goes).
@@ -51,5 +59,13 @@ class ServiceConfig(Settings):
         received = 3 * self.max_body_bytes + self.dicom_max_connections * DICOM_CONNECTION_BYTES \
             if self.dicom_port else 0  # instances the C-STORE receiver holds, and its connections
         messages = self.grpc_max_streams * self.max_upload_bytes if self.grpc_port else 0  # gRPC messages being read
+        audit = self.audit_buffer * AUDIT_MESSAGE_BYTES if self.audit else 0  # audit events waiting for the target
         return BASELINE_BYTES + 3 * self.max_body_bytes + self.max_decoding_bytes + n * 3 * self.max_queued_bytes \
-            + SLACK_BYTES + received + messages
+            + SLACK_BYTES + received + messages + audit + self.group_bytes()
+
+    def group_bytes(self) -> int:
+        """What the worker's group closer holds while it builds a result's SR (0 without grouping)."""
+        if not self.dicom_destination or self.dicom_group_by == "instance":
+            return 0
+        each = GROUP_MEMBER_PER_INSTANCE_BYTES if self.sr_per_instance else GROUP_MEMBER_BYTES
+        return self.dicom_group_max_instances * each

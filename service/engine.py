@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator
 
-from biomed.errors import InputError
+from biomed.errors import InputError, with_article
 from biomed.preprocess.budget import DecodeBudget
 from biomed.runtime import LoadedModel, StartupError
 from biomed.settings import env
@@ -81,6 +82,17 @@ class Engine:
         v = self.versions.get(name)
         return list(v.handlers) if v is not None else []
 
+    def _not_loaded(self, ref: str) -> str:
+        """The 404 detail for ``ref``, with a hint when the store holds it but ``BIOMED_MODELS`` does not ask for it."""
+        name, _, version = ref.partition(":")
+        detail = f"model {ref!r} is not loaded; loaded: {self._names()}"
+        parts = [name, *([version] if version and version != "latest" else [])]
+        if all(_STORE_NAME.fullmatch(p) and ".." not in p for p in parts) and any(
+                root.joinpath(*parts).is_dir() for root in {d.parent for d in self.lifecycle.dirs.values()}):
+            detail += (f"; {ref} is in the model store but not served here: add it to {env('models')} (or "
+                       f"{env('canary')}) and restart to serve it")
+        return detail
+
     def pick(self, ref: str | None, operation: str | None = None, request_id: str | None = None) -> Handler:
         """The handler for ``ref`` that serves ``operation`` (a handler method a door calls; None: any model).
 
@@ -102,20 +114,20 @@ class Engine:
                 if _serves(v.default_handler, operation):
                     handler, route = v.route(request_id)
                     return self._hold(handler, route, scope)
-            raise UnknownModel(f"no loaded model serves this endpoint (it needs a {_kinds(operation)} model); "
+            raise UnknownModel(f"no loaded model serves this endpoint (it needs {with_article(_kinds(operation))} model); "
                                f"loaded: {self._names()}")
         name, _, version = ref.partition(":")
         v = self.versions.get(name)
         if v is None:
-            raise UnknownModel(f"model {ref!r} is not loaded; loaded: {self._names()}")
+            raise UnknownModel(self._not_loaded(ref))
         if version in ("", "latest"):
             handler, route = v.route(request_id)
         elif version in v.handlers:
             handler, route = v.handlers[version], "named"
         else:
-            raise UnknownModel(f"model {ref!r} is not loaded; loaded: {self._names()}")
+            raise UnknownModel(self._not_loaded(ref))
         if not _serves(handler, operation):
-            raise InputError(f"model {ref!r} is a {handler.kind} model; this endpoint needs a {_kinds(operation)} "
+            raise InputError(f"model {ref!r} is {with_article(handler.kind)} model; this endpoint needs {with_article(_kinds(operation))} "
                              "model", code="wrong_model_kind")
         return self._hold(handler, route, scope)
 
@@ -191,6 +203,9 @@ class Engine:
 
 def _serves(handler: Handler, operation: str | None) -> bool:
     return operation is None or operation in handler.operations
+
+
+_STORE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")  # a name or version that can be a store folder
 
 
 def _kinds(operation: str | None) -> str:

@@ -5,8 +5,9 @@ The gates themselves (token, concurrency slots, body bytes) are the worker's ``A
 
 1. Framing: a request with both ``Content-Length`` and ``Transfer-Encoding`` is refused (400):
    two framings of one body are how requests are smuggled past a proxy.
-2. Auth: every route not marked open in the route table needs ``Authorization: Bearer
-   <BIOMED_API_TOKEN>`` when a token is set (compared in constant time), before any body is read.
+2. Auth: every route not marked open in the route table needs ``Authorization: Bearer <token>``
+   when a token is set (``Admission.authorised``: constant time), before any body is read; the
+   token's name is left in the scope for the audit trail (``service/audit``).
 3. The body, read whole into memory before the request counts as in flight: capped
    (``BIOMED_MAX_UPLOAD_MB``, 413), on time (within ``BIOMED_BODY_TIMEOUT_S`` and at
    ``BIOMED_BODY_MIN_KBPS`` or faster after its first 2 s, else 408), and within what all bodies
@@ -40,7 +41,7 @@ from typing import Any, Awaitable, Callable
 
 from biomed.errors import InputError, MalformedInput, Overloaded, TooLarge
 from biomed.settings import env
-from service import routes
+from service import audit, routes
 from service.admission import Admission
 from service.config import ServiceConfig
 from service.engine import current
@@ -152,7 +153,10 @@ class Guard:
                 or routes.is_open(scope.get("path", "")):
             return True
         scheme, _, given = headers.get(b"authorization", b"").partition(b" ")
-        return scheme.lower() == b"bearer" and admission.authorised(given)
+        # Whose the token is, for the audit trail (service/audit: a refusal is recorded by the admission).
+        who = admission.authorised(given if scheme.lower() == b"bearer" else None, peer_of(scope) or "", "http")
+        scope[audit.CLIENT] = who
+        return who is not None
 
     def _refuse(self, scope: Scope, reason: str) -> None:
         route = routes.match(scope.get("path", ""))

@@ -1,5 +1,9 @@
 """The v2 data plane: a parsed ``InferRequest`` through a model's handler to an ``InferResponse``, for every door.
 
+A person input whose kind declares the ``group`` parameter (images: ``series``) runs its elements as
+one group (``Handler.predict_group``): one output row, and the group's description as the answer's
+parameters.
+
 What a model takes over v2 comes from its kind's declaration (``biomed.kinds``: the BYTES input of
 what a person has, its extra outputs and parameters) and its metadata (the ONNX input), with the
 service's caps; nothing here knows one kind from another. The REST door parses and encodes HTTP
@@ -116,12 +120,17 @@ async def infer(handler: Handler, req: InferRequest, door: str) -> InferResponse
     sig = signature(handler)
     parameters = _parameters(req, sig)
     produced: dict[str, np.ndarray] = {}
+    answer: dict[str, Any] | None = None
     if req.input.array is not None:
         produced[handler.semantics.name] = await handler.predict_rows(req.input.array, door=door)
     else:
         person = kinds.get(handler.kind).person
-        probs, extra = await handler.predict_items(_items(req, person.base64_in_json), parameters, door=door)
+        items = _items(req, person.base64_in_json)
+        if parameters.get("group", "instance") != "instance":  # declared by the kind's person input (its default)
+            probs, extra, answer = await handler.predict_group(items, parameters, door=door)
+        else:
+            probs, extra = await handler.predict_items(items, parameters, door=door)
         produced.update(extra)
         produced[handler.semantics.name] = probs
     outputs = [OutputTensor(name, sig.outputs[name][0], produced[name], binary) for name, binary in req.outputs]
-    return InferResponse(handler.model.name, handler.model.version, outputs, req.id)
+    return InferResponse(handler.model.name, handler.model.version, outputs, req.id, answer)

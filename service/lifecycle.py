@@ -30,9 +30,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Protocol
 
+from biomed.errors import with_article
 from biomed.runtime import LoadedModel, StartupError, load_model, warm_up
 from biomed.settings import env
-from biomed.store import LATEST, ModelNotFound, latest_version, read_rollout, resolve
+from biomed.store import LATEST, ModelNotFound, latest_version, read_rollout, resolve, rollout_default
 from service import memory
 from service.config import ServiceConfig
 from service.footprint import Footprint
@@ -103,9 +104,7 @@ def desired(plan: Plan, latest: str | None, rollout: dict) -> Desired:
     after the first, stay loaded whatever the default is.
     """
     entries = list(plan.entries)
-    default = rollout.get("default")
-    if default == LATEST:
-        default = latest
+    default = rollout_default(rollout, latest)  # the same rule as the commands' (biomed.store.default_ref)
     if default and entries[0] is None:
         entries = entries[1:]
     configured = [v for v in (e if e is not None else latest for e in entries) if v]
@@ -182,7 +181,7 @@ class Lifecycle:
                                f"{', '.join(served_kinds())}")
         current = self.engine.versions.get(name)
         if current is not None and current.handlers and current.default_handler.kind != model.kind:
-            raise StartupError(f"model {name}:{version} is a {model.kind} model; the loaded versions of {name} are "
+            raise StartupError(f"model {name}:{version} is {with_article(model.kind)} model; the loaded versions of {name} are "
                                f"{current.default_handler.kind} models")
         warm_up(model, handler.max_batch_size(config))
         model.memory = before.cost(model.provider)

@@ -14,6 +14,7 @@ from biomed.settings import env
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+GROUP_BUCKETS = (1, 2, 5, 10, 15, 20, 30, 45, 60, 90, 120, 300, 600, 1800)  # seconds: the quiet period, then more
 
 
 @dataclass(frozen=True)
@@ -30,9 +31,14 @@ class Metrics:
     dicom_received: Any
     dicom_forwarded: Any
     dicom_spool_depth: Any
+    dicom_groups_open: Any
+    dicom_group_instances: Any
+    dicom_group_seconds: Any
+    dicom_group_overdue: Any
     model_memory: Any
     model_requests: Any
     model_reloads: Any
+    audit_dropped: Any
 
 
 @functools.lru_cache(maxsize=1)
@@ -64,6 +70,15 @@ def metrics() -> Metrics:
                                 "rejected, duplicate)", ["outcome"]),
         dicom_spool_depth=Gauge("biomed_dicom_spool_depth", "result SRs in the spool, not yet confirmed by the destination",
                                 [], multiprocess_mode="livemax"),
+        dicom_groups_open=Gauge("biomed_dicom_groups_open", "groups of instances (series or studies) with instances "
+                                 "no result covers yet, in the spool", [], multiprocess_mode="livemax"),
+        dicom_group_instances=Histogram("biomed_dicom_group_instances", "instances a group's result (its SR) covers",
+                                        [], buckets=BATCH_BUCKETS),
+        dicom_group_seconds=Histogram("biomed_dicom_group_seconds", "from a group's last instance to the destination's "
+                                      "confirmation of its SR", [], buckets=GROUP_BUCKETS),
+        dicom_group_overdue=Gauge("biomed_dicom_group_overdue_seconds", "how long the open group waiting longest has "
+                                  f"waited past its quiet period ({env('dicom_group_timeout_s')}); 0 when none has",
+                                  [], multiprocess_mode="livemax"),
         model_memory=Gauge("biomed_model_memory_bytes", "memory a loaded model version takes, summed over the workers "
                            "(device: host, or gpu for the accelerator's memory)", ["model", "version", "device"],
                            multiprocess_mode="livesum"),
@@ -72,6 +87,9 @@ def metrics() -> Metrics:
                                  ["model", "version", "route"], buckets=LATENCY_BUCKETS),
         model_reloads=Counter("biomed_model_reloads_total", "model versions loaded, unloaded or failing to load while "
                               "serving (outcome: loaded, unloaded, failed)", ["model", "outcome"]),
+        audit_dropped=Counter("biomed_audit_dropped_total", f"audit messages lost ({env('audit')}): reason full (the "
+                              "buffer was full: the target slow or down), unreachable (not written before the worker "
+                              "stopped), error (a message that could not be made)", ["reason"]),
     )
 
 

@@ -43,6 +43,12 @@ def _request_body(route: Route, components: dict) -> dict | None:
                 "properties": {"file": {"type": "string", "format": "binary"}, "model": {"type": "string"},
                                **route.form_fields}}
         return {"required": True, "content": {"multipart/form-data": {"schema": form}}}
+    if route.body == "series":  # /predict_series: the DICOM instances of one series, one 'file' field each
+        form = {"type": "object", "required": ["file"],
+                "properties": {"file": {"type": "array", "items": {"type": "string", "format": "binary"}},
+                               "model": {"type": "string"}}}
+        return {"required": True, "content": {"multipart/form-data": {"schema": form,
+                                                                      "encoding": {"file": {"contentType": "application/dicom"}}}}}
     if route.body == "dicom":  # STOW-RS: DICOM Part-10 instances, one per part
         return {"required": True, "content": {'multipart/related; type="application/dicom"': {
             "schema": {"type": "string", "format": "binary"}}}}

@@ -17,7 +17,7 @@ from pydantic import BaseModel
 
 from biomed.settings import env
 from service import schemas
-from service.doors import admin, dicomweb, native, page, v2
+from service.doors import admin, dicomweb, native, page, series, v2
 from service.protocol import errors
 
 ERRORS_JSON = (400, 401, 404, 413, 415, 422)
@@ -34,7 +34,7 @@ class Route:
     endpoint: Callable[..., Any] | None = None  # the door's function; None: served by BentoML
     wrap: Callable[[str, Callable[..., Any]], Callable[..., Any]] | None = None  # the door's error handling
     open: bool = False  # served without the bearer token
-    body: str | None = None  # "json" | "upload" | "dicom" (multipart/related DICOM instances) | None
+    body: str | None = None  # "json" | "upload" | "dicom" (multipart/related DICOM instances) | "series" | None
     request: type[BaseModel] | None = None
     response: type[BaseModel] | None = None
     response_media: str = "application/json"
@@ -47,6 +47,7 @@ class Route:
     streams_body: bool = False  # the guard does not buffer the body: the door reads it as a stream
     body_cap: str | None = None  # the setting (a ServiceConfig field) capping a streamed body
     log_template: bool = False  # the access log writes the template: the path's parameters identify a study
+    audited: bool = False  # a prediction or explanation: each request recorded in the audit trail (service/audit)
 
     @functools.cached_property
     def pattern(self) -> re.Pattern[str]:
@@ -63,25 +64,31 @@ def _native(path: str, name: str, endpoint: Callable[..., Any], summary: str, **
     return Route(path, method, name, summary, endpoint, native.wrap, **kw)
 
 
+
 ROUTES: tuple[Route, ...] = (
     _native("/predict_image", "predict_image", native.predict_image,
             "Classify a DICOM, PNG or JPEG image; one prediction per frame (output=sr: a DICOM SR)", body="upload",
-            response=schemas.ImageResponse, errors=ERRORS_JSON, response_alt_media=("application/dicom",),
+            response=schemas.ImageResponse, errors=ERRORS_JSON, response_alt_media=("application/dicom",), audited=True,
             form_fields={"output": {"type": "string", "enum": ["json", "sr"]}}),
+    _native("/predict_series", "predict_series", series.predict_series,
+            "Classify the DICOM instances of one series (repeated 'file' fields, streamed): one result for the series "
+            "and each instance's", body="series", response=schemas.SeriesResponse, errors=ERRORS_JSON,
+            streams_body=True, body_cap="max_series_bytes"),
     _native("/predict_dna", "predict_dna", native.predict_dna,
             "Predict tasks for DNA sequences (tiled, reverse-complement averaged)", body="json",
-            request=schemas.DnaRequest, response=schemas.DnaResponse, errors=ERRORS_JSON),
+            request=schemas.DnaRequest, response=schemas.DnaResponse, errors=ERRORS_JSON, audited=True),
     _native("/predict_fasta", "predict_fasta", native.predict_fasta, "Predict tasks for the records of a FASTA file",
-            body="upload", response=schemas.DnaResponse, errors=ERRORS_JSON,
+            body="upload", response=schemas.DnaResponse, errors=ERRORS_JSON, audited=True,
             form_fields={"reverse_complement": {"type": "string", "enum": ["true", "false"]}}),
     _native("/score_variants", "score_variants", native.score_variants,
             "Score SNVs: ref/alt probabilities, difference, log-odds difference", body="json",
-            request=schemas.VariantsRequest, response=schemas.VariantsResponse, errors=ERRORS_JSON),
+            request=schemas.VariantsRequest, response=schemas.VariantsResponse, errors=ERRORS_JSON, audited=True),
     _native("/explain_dna", "explain_dna", native.explain_dna, "In-silico mutagenesis of one sequence", body="json",
-            request=schemas.ExplainRequest, response=schemas.ExplainResponse, errors=ERRORS_JSON),
+            request=schemas.ExplainRequest, response=schemas.ExplainResponse, errors=ERRORS_JSON, audited=True),
     _native("/explain_image", "explain_image", native.explain_image,
             "Occlusion sensitivity of an image's label: a map as JSON, a PNG overlay or a DICOM object", body="upload",
             response=schemas.ImageExplainResponse, errors=ERRORS_JSON, response_alt_media=("image/png", "application/dicom"),
+            audited=True,
             form_fields={"format": {"type": "string", "enum": ["json", "png", "dicom"]}, "label": {"type": "string"},
                          "patch": {"type": "string", "pattern": "^[0-9]{1,4}$"},
                          "stride": {"type": "string", "pattern": "^[0-9]{1,4}$"},
@@ -127,10 +134,12 @@ ROUTES: tuple[Route, ...] = (
          {"response": schemas.V2ModelReady, "errors": (401, 404)}),
         ("/v2/models/{name}/infer", "POST", "v2_infer", "v2 inference: the model's tensor, or whole files / sequences "
          "as BYTES; JSON or binary tensors", v2.infer,
-         {"body": "json", "request": schemas.V2InferRequest, "response": schemas.V2InferResponse, "errors": ERRORS_JSON}),
+         {"body": "json", "request": schemas.V2InferRequest, "response": schemas.V2InferResponse, "errors": ERRORS_JSON,
+          "audited": True}),
         ("/v2/models/{name}/versions/{version}/infer", "POST", "v2_version_infer", "v2 inference on a version",
          v2.infer,
-         {"body": "json", "request": schemas.V2InferRequest, "response": schemas.V2InferResponse, "errors": ERRORS_JSON}),
+         {"body": "json", "request": schemas.V2InferRequest, "response": schemas.V2InferResponse, "errors": ERRORS_JSON,
+          "audited": True}),
     )),
     *(Route(path, "POST", name, summary, dicomweb.store, native.wrap, body="dicom", response_media=dicomweb.MEDIA,
             statuses=(202, 409), errors=(400, 401, 404, 413, 415), streams_body=True, body_cap="max_stow_bytes",
@@ -140,7 +149,8 @@ ROUTES: tuple[Route, ...] = (
         ("/dicomweb/studies/{StudyInstanceUID}", "stow_study", "STOW-RS into one study: instances of another study fail"),
     )),
     _native("/admin/models/promote", "admin_promote", admin.promote, "Make a model version the default on every "
-            f"worker watching the store (only with {env('api_token')} set; else 404)", body="json",
+            f"worker watching the store (only with {env('api_token')} or {env('api_tokens_file')} set; else 404)",
+            body="json",
             request=schemas.PromoteRequest, response=schemas.PromoteResponse, errors=(400, 401, 404, 409, 413, 415, 422)),
     Route("/livez", "GET", "livez", "Liveness: 200 while the process serves", open=True, response_media="text/plain"),
     Route("/readyz", "GET", "readyz", "Readiness: 200 once every model is loaded and warmed up", open=True,

@@ -89,6 +89,35 @@ class ImageResponse(BaseModel):
     input: dict
 
 
+class SeriesResult(BaseModel):
+    uid: str = Field(description="the Series Instance UID")
+    instances: int = Field(description="instances in the result (a resent identical instance counts once)")
+    aggregate: str = Field(description="how the instances combine: max or mean")
+    label: Optional[str] = Field(default=None, description="the label of the highest combined probability (none for "
+                                 "regression values)")
+    probabilities: Optional[dict[str, float]] = None
+    values: Optional[dict[str, float]] = Field(default=None, description=VALUES)
+    source_instance: str = Field(description="the SOP Instance UID of the instance that drove the result: the "
+                                 "highest value of the winning label (a regression model's first value)")
+    source_frame: int = Field(description="its frame (0-based)")
+    mixed: Optional[str] = Field(default=None, description="what the series mixes (sizes, modalities, SOP classes), "
+                                 "as counts; every instance is in the result")
+
+
+class SeriesInstance(BaseModel):
+    sop_instance_uid: str
+    instance_number: int
+    predictions: list[FramePrediction]
+
+
+class SeriesResponse(BaseModel):
+    model: str
+    version: str
+    series: SeriesResult
+    instances: list[SeriesInstance] = Field(description="each instance's predictions, in series order (Instance "
+                                            "Number, then SOP Instance UID)")
+
+
 class VariantScore(BaseModel):
     id: str
     ref: dict[str, float]

@@ -19,7 +19,7 @@ import warnings
 import bentoml
 
 from biomed.runtime import StartupError
-from service import dicom, memory, traffic
+from service import audit, dicom, memory, traffic
 from service.config import ServiceConfig
 from service.guard import Guard
 from service.app import build_app
@@ -92,6 +92,7 @@ class Biomed:
         self.grpc = None
         try:
             config = ServiceConfig.from_env()
+            self.audit = audit.configure(config)  # the audit trail (BIOMED_AUDIT), before anything it records
             if config.grpc_port:  # listening at once: a port in use stops start-up before the models load
                 from service.doors import grpc
 
@@ -110,6 +111,7 @@ class Biomed:
                      model.provider, model.sha256[:12])
         log.info("worst-case memory of this worker under its limits: %.0f MB (docs/reliability.md, memory model)",
                  self.engine.config.memory_bound() / 2**20)
+        self.audit.application(started=True)
         # Everything loaded so far lives as long as the worker: keep the collector from walking it again on every
         # full collection (~100k objects, 50 ms a pass on this CPU: a stall of the event loop each time).
         gc.collect()
@@ -125,6 +127,8 @@ class Biomed:
         if self.dicom is not None:
             self.dicom.close()
         self.engine.close()
+        self.audit.application(started=False)
+        audit.close()
 
 
 Biomed.add_asgi_middleware(Guard)

@@ -63,11 +63,13 @@ class Versions:
 
 @dataclass
 class Scope:
-    """One request: its id, when it started, and the handlers picked for it (with how each was chosen)."""
+    """One request: its id, when it started, the handlers picked for it (with how each was chosen), and the DICOM
+    instances its handlers read (``service.audit.noted``: for its audit event only)."""
 
     request_id: str | None
     started: float = field(default_factory=time.perf_counter)
     picked: list[tuple["Handler", str]] = field(default_factory=list)
+    subjects: list = field(default_factory=list)
 
 
 current_scope: contextvars.ContextVar[Scope | None] = contextvars.ContextVar("biomed_request_scope", default=None)

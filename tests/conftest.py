@@ -66,20 +66,23 @@ def metrics_text(client: "TestClient") -> str:  # noqa: F821
 
 
 @pytest.fixture(scope="session")
-def demo_workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("demo")
+def demo_workdir() -> Path:
+    """The demo data and training runs, kept beside the test store (a reused ``BIOMED_TEST_STORE`` keeps its runs)."""
+    return Path(os.environ["BIOMED_TEST_STORE"]) / "demo-workdir"
 
 
 @pytest.fixture(scope="session")
 def demo_models(demo_workdir: Path) -> dict[str, str]:
     """Tiny demo data, trained for two epochs and exported as demo-image, demo-dna and demo-volume (tags by kind).
 
-    Accuracy is not the point here (see the slow demo-model test); the pipeline is.
+    Accuracy is not the point here (see the slow demo-model test); the pipeline is. A reused store without the
+    runs that made its models (tests compare the served models with their training runs) is rebuilt.
     """
     from training.demo.build import build_demo_models
     from biomed.store import resolve
 
-    build_demo_models(demo_workdir, force=False, quick=True)
+    runs = [demo_workdir / "runs" / kind / "split.json" for kind in ("image", "dna", "volume")]
+    build_demo_models(demo_workdir, force=not all(r.is_file() for r in runs), quick=True)
     return {"image": str(resolve("demo-image").tag), "dna": str(resolve("demo-dna").tag),
             "volume": str(resolve("demo-volume").tag), "workdir": str(demo_workdir)}
 

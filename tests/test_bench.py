@@ -205,8 +205,13 @@ def test_bench_quick_end_to_end(demo_models: dict[str, str], tmp_path: Path) -> 
     assert explained["model_rows"] == 226 and all(explained[f"{f}_median_s"] > 0 for f in ("json", "png", "dicom"))
     dicom = {r["door"].split(":")[0]: r for r in results["dicom"]}  # instances/s through the DICOM doors
     assert {"C-STORE", "STOW-RS"} <= set(dicom) and all(r["per_s"] > 0 for r in dicom.values())
+    [series] = results["dicom_series"]  # a series through C-STORE, one SR per series, timed to the PACS
+    assert series["instances"] == 8 and series["per_s"] > 0 and series["quiet_s"] <= series["sr_after_s"] < 60
+    assert any(t["target"].startswith("C-STORE, a 8-slice series") and t["measured"] for t in results["targets"])
     assert results["machine"]["cores"] >= 1 and "bentoml" in results["machine"]["versions"]
+    # the timings the tests do not assert (bench/timings.py): every row measured, beside its goal
+    assert len(results["timings"]) == 14 and all(r["seconds"] > 0 and r["goal_s"] > 0 for r in results["timings"])
     text = (out / "results.md").read_text()
-    assert "## 2. Service efficiency" in text and "| demo-image |" in text and "Open Inference Protocol v2" in text
+    assert "## 7. Refusals and heavy inputs" in text and "## 2. Service efficiency" in text and "| demo-image |" in text and "Open Inference Protocol v2" in text
     for plot in ("throughput.png", "latency_p99.png"):
         assert (out / plot).read_bytes().startswith(b"\x89PNG")

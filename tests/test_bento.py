@@ -57,9 +57,9 @@ def _bare(requirement: str) -> str:
 def test_the_dependency_lists_agree() -> None:
     """pyproject.toml's dependencies are the one list: the bento's packages and the GPU kit's wheels say the same
     (the bento takes onnxruntime-gpu with its CUDA wheels; the kit pins its onnxruntime-gpu build)."""
-    import tomllib
-
     import yaml
+
+    tomllib = __import__("tomllib" if sys.version_info >= (3, 11) else "tomli")  # tomli: the test extra on 3.10
 
     sys.path.insert(0, str(ROOT / "scripts" / "gpu"))
     import kit

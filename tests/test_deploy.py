@@ -19,8 +19,8 @@ import yaml
 
 if sys.version_info >= (3, 11):
     import tomllib
-else:  # Python 3.10
-    tomllib = pytest.importorskip("tomli")
+else:  # Python 3.10: tomli is in the test extra for it
+    import tomli as tomllib
 
 try:
     from tests.prom import free_port, running_prometheus, wait_for_query
@@ -39,8 +39,8 @@ BENTO_UID = 1034  # the `bentoml` user of BentoML's generated Dockerfile
 # The inference routes, as the `endpoint` label has them (the route template): what a pod's in-flight requests count.
 LATENCY_ENDPOINTS = {"/predict_image", "/predict_dna", "/predict_fasta", "/score_variants", "/explain_dna",
                      "/explain_image", "/v2/models/{name}/infer", "/v2/models/{name}/versions/{version}/infer"}
-# + STOW-RS and a volume's explanation (a series, not a latency)
-API_ENDPOINTS = LATENCY_ENDPOINTS | {"/dicomweb/studies", "/dicomweb/studies/{StudyInstanceUID}", "/explain_series"}
+API_ENDPOINTS = LATENCY_ENDPOINTS | {"/dicomweb/studies", "/dicomweb/studies/{StudyInstanceUID}",  # + STOW-RS
+                                     "/predict_series", "/explain_series"}  # and a series in one request: none is a latency
 
 KUSTOMIZATIONS = {
     "cpu": K8S / "overlays" / "cpu",
@@ -62,13 +62,14 @@ CRD_REQUIRED = {
 # the proposed biomed_gpu_required), BentoML 1.4's own, and kube-state-metrics'.
 HISTOGRAMS = {
     "biomed_inference_seconds", "biomed_batch_size", "biomed_preprocess_seconds", "biomed_queue_seconds",
-    "biomed_model_request_seconds",
+    "biomed_model_request_seconds", "biomed_dicom_group_instances", "biomed_dicom_group_seconds",
     "bentoml_service_request_duration_seconds", "bentoml_service_adaptive_batch_size",
 }
 SAMPLES = {
     "biomed_predictions_total", "biomed_rejected_requests_total", "biomed_model_info",
     "biomed_gpu_required", "biomed_queue_rows", "biomed_model_memory_bytes", "biomed_model_reloads_total",
-    "biomed_dicom_forwarded_total",
+    "biomed_dicom_forwarded_total", "biomed_audit_dropped_total", "biomed_dicom_groups_open",
+    "biomed_dicom_group_overdue_seconds",
     "bentoml_service_request_total",
     "bentoml_service_request_in_progress", "bentoml_service_last_request_timestamp_seconds",
     "kube_deployment_status_replicas_available", "up",
@@ -547,7 +548,7 @@ def test_rules_cover_the_required_alerts() -> None:
     assert {
         "BiomedHigh5xxRate", "BiomedHigh4xxRate", "BiomedHighP99Latency", "BiomedBatchSaturated",
         "BiomedInferenceSlowdown", "BiomedGPUFallbackToCPU", "BiomedNoReadyPods", "BiomedHighQueueTime",
-        "BiomedModelLoadFailing",
+        "BiomedModelLoadFailing", "BiomedAuditMessagesDropped",
     } <= set(alerts)
     for name, rule in alerts.items():
         assert rule["labels"]["severity"] in {"critical", "warning", "info"}, name

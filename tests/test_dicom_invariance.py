@@ -20,7 +20,7 @@ from pydicom.uid import JPEG2000Lossless
 
 from conftest import ROOT, inprocess_client
 from test_preprocess_image import FRAMES, _frame_group, dataset, to_bytes
-from tools import require_tool
+from tools import require_system_tool
 
 DATA = Path(pydicom.__file__).parent / "data"  # the outcome table names files relative to this
 
@@ -67,9 +67,9 @@ DCMTK = [
 @pytest.mark.parametrize("name, command, syntax", DCMTK, ids=[d[0] for d in DCMTK])
 def test_transcoded_twins_give_identical_probabilities(name: str, command: list[str], syntax: str, source: Path,
                                                         client, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    require_tool(command[0], "dcmtk")
+    tool = require_system_tool(command[0], "apt-get install dcmtk")
     out = tmp_path / "twin.dcm"
-    subprocess.run([*command, str(source), str(out)], check=True, capture_output=True, timeout=60)
+    subprocess.run([tool, *command[1:], str(source), str(out)], check=True, capture_output=True, timeout=60)
     assert str(pydicom.dcmread(out, stop_before_pixels=True).file_meta.TransferSyntaxUID) == syntax
     reference, twin = predict(client, source.read_bytes()), predict(client, out.read_bytes())
     assert twin["input"]["transfer_syntax"] != reference["input"]["transfer_syntax"] or name == "explicit VR"

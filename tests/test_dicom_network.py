@@ -9,6 +9,7 @@ logs must never show.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import re
 import socket
@@ -27,12 +28,12 @@ from pydicom.uid import generate_uid
 try:
     from tests import dicom_objects, live_server
     from tests.orthanc import Orthanc
-    from tests.tools import require_tool
+    from tests.tools import require_system_tool, require_tool
 except ImportError:  # tests/ is not a package: pytest puts it on sys.path
     import dicom_objects
     import live_server
     from orthanc import Orthanc
-    from tools import require_tool
+    from tools import require_system_tool, require_tool
 
 pytestmark = pytest.mark.slow
 
@@ -47,7 +48,7 @@ WAIT_S = 90.0
 
 @pytest.fixture(scope="module")
 def tools() -> dict[str, str]:
-    return {name: require_tool(name, "apt-get install dcmtk") for name in ("storescu", "echoscu")}
+    return {name: require_system_tool(name, "apt-get install dcmtk") for name in ("storescu", "echoscu")}
 
 
 @pytest.fixture(scope="module")
@@ -72,14 +73,15 @@ class Service:
                     "BIOMED_DICOM_HOST": "127.0.0.1", "BIOMED_DICOM_AET": CALLED,
                     "BIOMED_DICOM_ALLOWED_AETS": f"{CALLING},BENCH", "BIOMED_DICOM_DESTINATION": orthanc.dicomweb,
                     "BIOMED_DICOM_SPOOL": str(self.spool), "BIOMED_DICOM_RETRY_MAX_S": "1",
-                    "BIOMED_MAX_UPLOAD_MB": "2", "BIOMED_MAX_BODIES_MB": "4", "BIOMED_MAX_STOW_MB": "12"}
+                    "BIOMED_MAX_UPLOAD_MB": "2", "BIOMED_MAX_BODIES_MB": "4", "BIOMED_MAX_STOW_MB": "12",
+                    "BIOMED_DICOM_GROUP_BY": "instance"}  # an SR per instance (results per series: test_dicom_series)
         self.server: live_server.Server | None = None
         self.runs = 0
 
     def start(self, **env: str) -> live_server.Server:
         self.env.update(env)
         self.runs += 1
-        self.server = live_server.start(self.root / f"server-{self.runs}.log", workers=2, **self.env)
+        self.server = live_server.start(self.root / f"server-{self.runs}.log", workers=2, through_cli=True, **self.env)
         self.server.wait_ready()
         return self.server
 
@@ -102,7 +104,12 @@ def service(demo_models: dict[str, str], orthanc: Orthanc, tmp_path_factory: pyt
 
 @pytest.fixture(scope="module")
 def model(service: Service) -> dict:
+    """The served model as /models describes it; its sha256 checked against the store's file here."""
+    from biomed.store import onnx_path, resolve
+
     [m] = httpx.get(f"{service.server.url}/models", timeout=10).json()["models"]
+    stored = onnx_path(resolve(f"{m['name']}:{m['version']}"))
+    assert m["sha256"] == hashlib.sha256(stored.read_bytes()).hexdigest()
     return m
 
 

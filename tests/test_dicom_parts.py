@@ -24,7 +24,7 @@ from pydicom.data import get_testdata_file
 from biomed.errors import MalformedInput
 from biomed.outputs import DICOM_STORAGE, Producer, sr
 from biomed.preprocess.dicom_read import is_uid
-from service.config import DICOM_CONNECTION_BYTES, ServiceConfig
+from service.config import DICOM_CONNECTION_BYTES, GROUP_MEMBER_BYTES, ServiceConfig
 from service.dicom import multipart
 from service.dicom.spool import Forwarder, Spool
 from sr_reader import probabilities_of, read_results
@@ -425,11 +425,14 @@ def test_dicom_settings_and_their_defaults(tmp_path: Path) -> None:
     c = ServiceConfig.from_env({"BENTOML_HOME": str(tmp_path)})
     assert (c.dicom_port, c.dicom_aet, c.dicom_destination) == (0, "BIOMED", "")
     assert c.dicom_spool == str(tmp_path / "dicom-spool") and c.max_stow_bytes == 1024 * 2**20
-    on = ServiceConfig.from_env({"BIOMED_DICOM_PORT": "11112", "BIOMED_DICOM_ALLOWED_AETS": "CT01, PACS",
-                                 "BIOMED_DICOM_DESTINATION": "PACS@[::1]:104"})
+    env_on = {"BIOMED_DICOM_PORT": "11112", "BIOMED_DICOM_ALLOWED_AETS": "CT01, PACS",
+              "BIOMED_DICOM_DESTINATION": "PACS@[::1]:104"}
+    on = ServiceConfig.from_env(env_on)
     assert on.dicom_allowed_aets == ("CT01", "PACS")
-    # the receiver's instances, and its connections (32 at most, one PDU each)
-    assert on.memory_bound() == c.memory_bound() + 3 * c.max_body_bytes + 32 * DICOM_CONNECTION_BYTES
+    # the receiver's instances, its connections (32 at most, one PDU each), and the result of a series being built
+    assert on.memory_bound() == c.memory_bound() + 3 * c.max_body_bytes + 32 * DICOM_CONNECTION_BYTES \
+        + 2000 * GROUP_MEMBER_BYTES
+    assert ServiceConfig.from_env({**env_on, "BIOMED_DICOM_GROUP_BY": "instance"}).group_bytes() == 0
     assert (on.dicom_max_connections, on.dicom_associate_timeout_s, on.dicom_temp_bytes) == (32, 10.0, 1024 * 2**20)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import time
 from pathlib import Path
 from typing import Any
 
@@ -128,8 +127,7 @@ def test_bad_arguments(tmp_path: Path, kwargs: dict[str, Any], message: str) -> 
     assert not list(tmp_path.iterdir())
 
 
-def test_default_size_is_fast(tmp_path: Path) -> None:
-    started = time.perf_counter()
+def test_default_size(tmp_path: Path) -> None:
+    """3,000 sequences and a header by default (how long it takes: python -m bench.timings)."""
     table = generate_dna(tmp_path)
-    assert time.perf_counter() - started < 2.0
     assert sum(1 for _ in table.open()) == 3001

@@ -72,3 +72,35 @@ def test_messages_take_a_setting_s_name_from_its_declaration() -> None:
                   if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings
                   and set(re.findall(r"BIOMED_[A-Z0-9_]*[A-Z0-9]", node.value)) & names]
     assert typed == []
+
+
+def test_make_help_prints_the_port_it_serves_on() -> None:
+    import os
+    import subprocess
+
+    out = subprocess.run(["make", "--no-print-directory", "help"], cwd=ROOT, env={**os.environ, "PORT": "8123"},
+                         capture_output=True, text=True, timeout=60).stdout
+    assert "serve on http://127.0.0.1:8123" in out and "$(PORT)" not in out, out
+
+
+def test_every_serve_flag_says_what_it_does() -> None:
+    import argparse
+
+    from cli.main import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    flags = {a.option_strings[0]: a.help for a in sub.choices["serve"]._actions if a.option_strings}
+    assert {"--port", "--host", "--workers", "--models", "--dicom-port"} <= set(flags)
+    assert all(flags.values()), [f for f, h in flags.items() if not h]
+    assert "0.0.0.0" in flags["--host"] and "127.0.0.1" in flags["--host"]  # who can reach it
+
+
+def test_commands_other_than_train_start_without_torch() -> None:
+    """cli/main.py's promise: ``biomed --help`` and every command but ``train`` parse their arguments without torch."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom cli.main import main\ntry:\n    main(['models', '--help'])\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in ('torch', 'models', 'training.kinds') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout[-500:] + done.stderr[-500:]

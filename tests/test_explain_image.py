@@ -223,11 +223,11 @@ def test_png_and_frames(client, images) -> None:  # type: ignore[no-untyped-def]
 def test_dicom_output_reads_back_and_references_its_source(client, images) -> None:  # type: ignore[no-untyped-def]
     import highdicom as hd
 
-    source = pydicom.dcmread(images["dicom"])
-    r = post(client, images["dicom"], "?format=dicom")
+    source = pydicom.dcmread(images["two_frames"])
+    r = post(client, images["two_frames"], "?format=dicom")
     assert r.status_code == 200 and r.headers["content-type"] == "application/dicom"
     sc = pydicom.dcmread(io.BytesIO(r.content))
-    assert sc.SOPClassUID == pydicom.uid.SecondaryCaptureImageStorage  # a CR without a frame of reference
+    assert sc.SOPClassUID == pydicom.uid.SecondaryCaptureImageStorage  # a multi-frame source: no Parametric Map
     assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
     assert sc.SourceImageSequence[0].ReferencedSOPClassUID == source.SOPClassUID
     assert sc.StudyInstanceUID == source.StudyInstanceUID and sc.PatientID == source.PatientID
@@ -254,6 +254,11 @@ def test_dicom_output_reads_back_and_references_its_source(client, images) -> No
 
     two = pydicom.dcmread(io.BytesIO(post(client, images["two_frames"], "?format=dicom", frame="1").content))
     assert two.SourceImageSequence[0].ReferencedFrameNumber == 2
+    demo = pydicom.dcmread(images["dicom"])  # a demo CT has a frame of reference, position and spacing
+    r = post(client, images["dicom"], "?format=dicom")
+    assert demo.Modality == "CT" and r.status_code == 200, r.text
+    back = pydicom.dcmread(io.BytesIO(r.content))
+    assert back.SOPClassUID == pydicom.uid.ParametricMapStorage and back.FrameOfReferenceUID == demo.FrameOfReferenceUID
 
 
 @pytest.mark.parametrize(("query", "fields", "status", "code"), [

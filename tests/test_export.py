@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -113,14 +114,29 @@ def test_model_card_has_metrics_and_intended_use(exported: dict) -> None:
     assert (exported["cnn"].path.parent / "roc.png").exists()
 
 
-@pytest.mark.parametrize("option", [{"quantize": "int8"}, {"fp16": True}])
-def test_variants_measure_their_metric_change(option: dict, runs: dict[str, Path]) -> None:
+@pytest.mark.parametrize(("option", "tolerance"), [({"quantize": "int8"}, 5e-3), ({"fp16": True}, 5e-4)],
+                         ids=["int8", "fp16"])
+def test_variants_stay_close_to_the_fp32_outputs(option: dict, tolerance: float, exported: dict,
+                                                 runs: dict[str, Path]) -> None:
+    """The variant's probabilities on the held-out inputs against the fp32 export's (not the export's own word), and
+    the AUROC change it reports recomputed from both with sklearn."""
+    from sklearn.metrics import roc_auc_score
+
     result = export_run(runs["deepbind"], "test-variant", force=True, **option)
     info = result.doc["export"]
     assert info["variant"] == ("int8" if "quantize" in option else "fp16")
+    held = np.load(runs["deepbind"] / "heldout.npz")
+    ours, fp32 = run_onnx(result.path, held["x"]), run_onnx(exported["deepbind"].path, held["x"])
+    assert ours.dtype == np.float32 and ours.shape == fp32.shape
+    assert 0 < np.abs(ours - fp32).max() <= tolerance, np.abs(ours - fp32).max()  # changed, and only a little
+    for t in range(fp32.shape[1]):  # and the ranking the AUROC reads is kept
+        assert np.corrcoef(ours[:, t], fp32[:, t])[0, 1] > 0.99
+
+    def macro(p: np.ndarray) -> float:
+        return float(np.mean([roc_auc_score(held["y"][:, t], p[:, t]) for t in range(p.shape[1])]))
+
+    assert info["heldout_auroc_change_vs_fp32"] == pytest.approx(macro(ours) - macro(fp32), abs=1e-6)
     assert abs(info["heldout_auroc_change_vs_fp32"]) < 0.1
-    x = np.load(runs["deepbind"] / "heldout.npz")["x"]
-    assert run_onnx(result.path, x).dtype == np.float32
 
 
 def test_parity_failure_stops_the_export(runs: dict[str, Path]) -> None:
@@ -201,3 +217,36 @@ def test_preprocess_block_is_the_same_document_as_before(config: TrainConfig, sh
     expected = _legacy_preprocess(config, x)
     assert json.dumps(doc["preprocess"]) == json.dumps(expected)  # keys, order, values and types
     assert doc["input"]["shape"] == ["batch", *shape[1:]]
+
+
+def test_a_name_holds_one_kind_of_model(exported: dict, runs: dict[str, Path]) -> None:
+    """An image run under a DNA model's name is refused before the export (servers following the name would load it
+    as its newest version); the store is unchanged."""
+    from biomed.store import biomed_models, import_onnx
+
+    before = {str(m.tag) for m in biomed_models()}
+    with pytest.raises(ValueError, match="model 'test-deepbind' holds dna models in the store; this is an image model"):
+        export_run(runs["cnn"], "test-deepbind")
+    with pytest.raises(ValueError, match="holds image models in the store; this is a dna model"):
+        import_onnx(exported["deepbind"].path, "test-cnn")
+    assert {str(m.tag) for m in biomed_models()} == before
+
+
+def test_export_says_what_the_servers_following_the_name_will_do(runs: dict[str, Path],
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    from biomed import store
+    from cli.main import _export_note, main
+
+    for old in store.biomed_models():  # a reused test store may hold an earlier run's test-live and its promote
+        if old.tag.name == "test-live":
+            (Path(old.path).parent / store.ROLLOUT_FILE).unlink(missing_ok=True)
+    assert main(["export", str(runs["deepbind"]), "--name", "test-live"]) == 0
+    out, err = capsys.readouterr()
+    tag = out.strip()  # stdout: the tag alone, for scripts
+    assert re.fullmatch(r"test-live:[\w.-]+", tag), out
+    assert f"biomed: {tag} is now the newest version of test-live: servers following test-live" in err
+    assert "within BIOMED_MODEL_POLL_S" in err
+    store.promote(tag)
+    later = "test-live:99990101-000000-later"
+    assert _export_note(later) == (f"biomed: {later} is in the store; servers following test-live keep serving {tag}, "
+                                   f"the promoted version, until `biomed models promote {later}`")

@@ -75,7 +75,7 @@ def broken_store(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, demo_models: d
 
     def use(fault: str) -> Path:
         path = _broken_copy(tmp_path / fault, fault)
-        monkeypatch.setattr(store, "resolve", lambda ref: real)
+        monkeypatch.setattr(store, "resolve", lambda ref, where=None: real)
         monkeypatch.setattr(store, "onnx_path", lambda model: path)
         return path
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from cli import main
-from biomed.genome import GenomeError, Reference
+from biomed.genome import GenomeError, Reference, alias
 from biomed.preprocess import dna
 from training.data import DataError, load_bed, load_dna, load_fasta_labels
 
@@ -77,7 +77,6 @@ def test_bed_without_name_column(tmp_path: Path, reference: Path) -> None:
 
 @pytest.mark.parametrize(("rows", "header", "message"), [
     (["chr1\t0\t4\tn\t1\tmaybe"], None, "line 2: label B='maybe' must be 0 or 1"),
-    (["1\t0\t4\tn\t1\t0"], None, "chromosome '1' .*line 2.* is not in ref.fa .*'chr1'"),
     (["chrX\t0\t4\tn\t1\t0"], None, "chromosome 'chrX' .* is not in ref.fa"),
     (["chr1\t5\t4\tn\t1\t0"], None, "must have 0 <= start < end"),
     (["chr1\t0\t4\tn\t1"], None, "has 5 columns; the header has 6"),
@@ -96,13 +95,32 @@ def test_bed_needs_reference(tmp_path: Path) -> None:
         load_dna(bed)
 
 
+@pytest.mark.parametrize(("given", "other"), [
+    ("1", "chr1"), ("chr22", "22"), ("X", "chrX"), ("chrY", "Y"), ("MT", "chrM"), ("chrM", "MT"), ("M", "chrM"),
+    ("chrMT", "MT"), ("chrUn_KI270302v1", None), ("GL000192.1", None), ("chr", None),
+])
+def test_contig_names_of_the_other_convention(given: str, other: str | None) -> None:
+    assert alias(given) == other
+
+
+def test_a_reference_of_ensembl_names_answers_ucsc_ones(tmp_path: Path) -> None:
+    """The other direction: a FASTA of ``1``, ``MT`` read through ``chr1``, ``chrM``; a contig it lacks is None."""
+    (tmp_path / "e.fa").write_text(">1\nACGTACGT\n>MT\nGGCC\n")
+    genome = Reference(tmp_path / "e.fa")
+    assert genome.name("chr1") == "1" and genome.name("chrM") == "MT" and genome.fetch("chrM", 0, 4) == "GGCC"
+    assert genome.name("chr2") is None and genome.renamed == {"chr1": "1", "chrM": "MT"}
+    assert genome.lengths_as_given() == {"chr1": 8, "chrM": 4} and genome.mapping() == "chr1=1, chrM=MT"
+
+
 def test_reference_fetch_and_names(reference: Path) -> None:
     genome = Reference(reference)
     assert genome.lengths == {"chr1": 30, "chr2": 10}
     assert genome.fetch("chr2", -3, 2) == "NNNGG" and genome.fetch("chr2", 8, 12) == "TTNN"
     assert genome.window("chr1", 0, 4) == "NNAC"
-    with pytest.raises(GenomeError, match="the reference calls it 'chr2'"):
-        genome.check("2")
+    assert genome.check("2") == "chr2" and genome.fetch("2", 8, 12) == "TTNN"  # the other convention's name
+    assert genome.renamed == {"2": "chr2"} and genome.lengths_as_given() == {"1": 30, "2": 10}
+    with pytest.raises(GenomeError, match="chromosome 'chrZ' is not in"):
+        genome.check("chrZ")
 
 
 def test_train_dna_on_bed(tmp_path: Path) -> None:

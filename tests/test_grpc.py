@@ -9,8 +9,6 @@ answered with its status code and the REST door's message while the server lives
 
 from __future__ import annotations
 
-import base64
-import concurrent.futures
 import socket
 import struct
 import subprocess
@@ -18,14 +16,13 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc  # serving dependencies (pyproject.toml): a missing one is a broken install, never a skip
 import numpy as np
 import pydicom
 import pytest
-
-grpc = pytest.importorskip("grpc", reason="pip install 'tritonclient[grpc]' (a dependency)")
-grpcclient = pytest.importorskip("tritonclient.grpc")
-from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
-from tritonclient.grpc import service_pb2 as pb, service_pb2_grpc  # noqa: E402
+import tritonclient.grpc as grpcclient
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tritonclient.grpc import service_pb2 as pb, service_pb2_grpc
 
 ROOT = Path(__file__).resolve().parents[1]
 TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
@@ -128,6 +125,16 @@ def test_the_codec_answers_raw_outputs() -> None:
     decoded = outputs(pb.ModelInferResponse.FromString(msg.SerializeToString()))
     assert msg.id == "r1" and msg.model_version == "1" and decoded["element"].dtype == np.int32
     np.testing.assert_array_equal(decoded["probabilities"], probs)
+
+
+def test_the_codec_answers_a_groups_parameters() -> None:
+    from service.protocol.v2 import InferResponse, OutputTensor
+    from service.protocol.v2_grpc import encode_grpc
+
+    msg = encode_grpc(InferResponse("m", "1", [OutputTensor("probabilities", "FP32", np.ones((1, 2), np.float32))],
+                                    parameters={"group": "series", "instances": 3, "flag": True}))
+    back = pb.ModelInferResponse.FromString(msg.SerializeToString()).parameters
+    assert (back["group"].string_param, back["instances"].int64_param, back["flag"].bool_param) == ("series", 3, True)
 
 
 # ---------------------------------------------------------------- a real server
@@ -252,6 +259,38 @@ def test_every_kind_equals_the_native_endpoints(server, triton, stub) -> None:  
     assert answer.model_name == "demo-dna" and answer.model_version == typed.model_version
     assert infer("demo-dna", "sequence", np.array([b"ACGT"], dtype=object), "BYTES",
                  request_id="id-7").get_response().id == "id-7"
+
+
+@pytest.mark.slow
+def test_a_series_over_grpc_equals_predict_series(server, triton) -> None:  # type: ignore[no-untyped-def]
+    """v2's ``group: "series"`` through the gRPC door: one row, the driving file, the series' description."""
+    import io
+
+    import httpx
+    import pydicom
+    from pydicom.uid import generate_uid
+
+    series, files = generate_uid(), []
+    for i in range(3):
+        ds = pydicom.dcmread(CT_SMALL)
+        ds.SeriesInstanceUID, ds.InstanceNumber = series, i + 1
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.PixelData = np.roll(ds.pixel_array, 20 * i, axis=0).astype(ds.pixel_array.dtype).tobytes()
+        buffer = io.BytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+        files.append(buffer.getvalue())
+    want = httpx.post(server.url + "/predict_series", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60,
+                      files=[("file", (f"{i}.dcm", f, "application/dicom")) for i, f in enumerate(files)]).json()
+    inp = grpcclient.InferInput("file", [3], "BYTES")
+    inp.set_data_from_numpy(np.array(files, dtype=object))
+    got = triton.infer("demo-image", [inp], parameters={"group": "series"}, headers=dict(AUTH))
+    np.testing.assert_allclose(got.as_numpy("probabilities")[0], list(want["series"]["probabilities"].values()),
+                               atol=1e-6)
+    source = [i["sop_instance_uid"] for i in want["instances"]].index(want["series"]["source_instance"])
+    assert got.as_numpy("element").tolist() == [source] and got.as_numpy("frame").tolist() == [0]
+    parameters = got.get_response().parameters
+    assert parameters["source_instance"].string_param == want["series"]["source_instance"]
+    assert parameters["instances"].int64_param == 3 and parameters["series_instance_uid"].string_param == series
 
 
 @pytest.mark.slow

@@ -52,7 +52,7 @@ ENV = {"BIOMED_MODELS": "demo-image,demo-dna", "BIOMED_API_TOKEN": TOKEN, "CUDA_
        "BIOMED_DICOM_HOST": "127.0.0.1", "BIOMED_DICOM_AET": CALLED, "BIOMED_DICOM_ALLOWED_AETS": CALLING,
        "BIOMED_DICOM_RETRY_MAX_S": "1", "BIOMED_DICOM_ASSOCIATE_TIMEOUT_S": "3", "BIOMED_DICOM_MAX_CONNECTIONS": "16",
        "BIOMED_DICOM_TEMP_MB": "6", "BIOMED_MAX_UPLOAD_MB": "8", "BIOMED_MAX_BODIES_MB": "32",
-       "BIOMED_MAX_STOW_MB": "64", "BIOMED_BODY_TIMEOUT_S": "6"}
+       "BIOMED_MAX_STOW_MB": "64", "BIOMED_BODY_TIMEOUT_S": "6", "BIOMED_DICOM_GROUP_BY": "instance"}
 
 
 # ---------------------------------------------------------------------------------------------- the server and probe

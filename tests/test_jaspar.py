@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from importlib.resources import files
 
 import numpy as np
@@ -121,12 +120,11 @@ def test_match_noisy_and_partial_gata1(seed: int) -> None:
     assert match(flanked)[0].offset == 3
 
 
-def test_match_is_fast() -> None:
-    query = find_motif("CTCF").ppm
-    match(query)  # builds the cached library
-    started = time.perf_counter()
-    match(np.hstack([query, query[:, :4]]))  # 19 columns
-    assert time.perf_counter() - started < 0.5
+def test_a_longer_query_still_finds_its_motif() -> None:
+    """A 19-column query (CTCF and 4 more columns) matches CTCF at offset 0 (how long it takes: bench.timings)."""
+    ctcf = find_motif("CTCF")
+    top = match(np.hstack([ctcf.ppm, ctcf.ppm[:, :4]]))[0]
+    assert (top.id, top.offset) == (ctcf.id, 0)
 
 
 def test_match_rejects_bad_top() -> None:

@@ -280,9 +280,9 @@ def test_promote_under_wrk_load(server: live_server.Server, models: Path, v1: st
         runner.start()
         sampler.start()
         time.sleep(4)
-        promoted = time.monotonic()
         out = subprocess.run([sys.executable, "-m", "cli", "models", "--store", str(models), "promote",
                               "demo-dna:v2"], capture_output=True, text=True, timeout=120, cwd=live_server.REPO)
+        promoted = time.monotonic()  # the rollout file is written: from here on it is the servers' to take up
         assert out.returncode == 0, out.stderr
         switch = _switch_time(c, "v2", promoted, ids)
         runner.join(60)

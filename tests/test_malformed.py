@@ -1,4 +1,4 @@
-"""A malformed-input corpus against the in-process service: every item is a 4xx with the error body.
+"""A malformed-input corpus against the in-process service: every item gets its documented status and error code.
 
 The corpus is generated here (pydicom, zlib, struct), nothing binary is committed: broken and
 hostile DICOM (truncated, random bytes, no pixel data, headers claiming 60,000 x 60,000 pixels
@@ -40,11 +40,13 @@ MB = 2**20
 
 @dataclass(frozen=True)
 class Item:
-    """One hostile request: a name, how to send it, the statuses accepted (all 4xx)."""
+    """One hostile request: a name, how to send it, and its documented answer: the status and the error code
+    (docs/api.md names each)."""
 
     name: str
     send: Callable[[TestClient], Any]
-    statuses: tuple[int, ...]
+    status: int
+    code: str
 
 
 # --------------------------------------------------------------------------- DICOM and PNG builders
@@ -129,6 +131,10 @@ def _chunks(total: int, size: int = MB) -> Callable[[], Iterator[bytes]]:
     return gen
 
 
+def _fasta(data: bytes) -> Callable[[TestClient], Any]:
+    return lambda c: c.post("/predict_fasta", files={"file": ("x.fa", data)})
+
+
 # --------------------------------------------------------------------------- the corpus
 
 INVALID_CHARACTERS = {
@@ -143,63 +149,65 @@ def corpus() -> list[Item]:
     ct = _ct()
     rng = np.random.default_rng(8)
     items = [
-        Item("dicom_truncated_half", _upload(ct[: len(ct) // 2]), (400, 415, 422)),
-        Item("dicom_truncated_meta", _upload(ct[:160]), (400, 415, 422)),
-        Item("dicom_truncated_preamble", _upload(ct[:100]), (415,)),
-        Item("dicom_random_bytes", _upload(rng.bytes(4096)), (415,)),
-        Item("dicom_random_after_preamble", _upload(b"\0" * 128 + b"DICM" + rng.bytes(4096)), (400, 415, 422)),
-        Item("dicom_empty_file", _upload(b""), (400, 415)),
-        Item("dicom_no_pixel_data", _upload(_no_pixel_data()), (422,)),
-        Item("dicom_60000x60000", _upload(_dicom(60000, 60000)), (413,)),
-        Item("dicom_1000_frames", _upload(_dicom(8, 8, frames=1000, pixel_bytes=64000)), (413,)),
-        Item("dicom_pixels_over_cap_multiframe", _upload(_dicom(1024, 1024, frames=200)), (413,)),
-        Item("dicom_pixel_data_short", _upload(_dicom(64, 64, pixel_bytes=100)), (422,)),
-        Item("dicom_zero_rows", _upload(_dicom(0, 64)), (400, 422)),
-        Item("dicom_deflate_bomb", _upload(_deflate_bomb()), (413,)),
-        Item("png_60000x60000", _upload(_png_header(60000, 60000), "x.png"), (413,)),
-        Item("png_truncated", _upload(_png_header(16, 16)[:40], "x.png"), (422,)),
-        Item("jpeg_truncated", _upload(b"\xff\xd8\xff\xe0" + rng.bytes(200), "x.jpg"), (422,)),
+        Item("dicom_truncated_half", _upload(ct[: len(ct) // 2]), 422, "bad_pixel_data"),
+        Item("dicom_truncated_meta", _upload(ct[:160]), 422, "no_pixel_data"),
+        Item("dicom_truncated_preamble", _upload(ct[:100]), 415, "unsupported_media_type"),
+        Item("dicom_random_bytes", _upload(rng.bytes(4096)), 415, "unsupported_media_type"),
+        Item("dicom_random_after_preamble", _upload(b"\0" * 128 + b"DICM" + rng.bytes(4096)), 422, "no_pixel_data"),
+        Item("dicom_empty_file", _upload(b""), 415, "unsupported_media_type"),
+        Item("dicom_no_pixel_data", _upload(_no_pixel_data()), 422, "no_pixel_data"),
+        Item("dicom_60000x60000", _upload(_dicom(60000, 60000)), 413, "too_large"),
+        Item("dicom_1000_frames", _upload(_dicom(8, 8, frames=1000, pixel_bytes=64000)), 413, "too_large"),
+        Item("dicom_pixels_over_cap_multiframe", _upload(_dicom(1024, 1024, frames=200)), 413, "too_large"),
+        Item("dicom_pixel_data_short", _upload(_dicom(64, 64, pixel_bytes=100)), 422, "bad_pixel_data"),
+        Item("dicom_zero_rows", _upload(_dicom(0, 64)), 400, "malformed_dicom"),
+        Item("dicom_deflate_bomb", _upload(_deflate_bomb()), 413, "too_large"),
+        Item("png_60000x60000", _upload(_png_header(60000, 60000), "x.png"), 413, "too_large"),
+        Item("png_truncated", _upload(_png_header(16, 16)[:40], "x.png"), 422, "bad_pixel_data"),
+        Item("jpeg_truncated", _upload(b"\xff\xd8\xff\xe0" + rng.bytes(200), "x.jpg"), 422, "bad_pixel_data"),
         Item("image_url_in_file_field", lambda c: c.post("/predict_image", files={"file": (None, "http://127.0.0.1:9/x.dcm")}),
-             (400,)),
-        Item("image_no_multipart_boundary", _raw("/predict_image", b"--x\r\n", "multipart/form-data"), (400,)),
-        Item("image_wrong_content_type", _raw("/predict_image", b"{}", "text/plain"), (415,)),
-        Item("image_unknown_model", _upload(ct, model="nope:1"), (404,)),
-        Item("json_not_utf8", _raw("/predict_dna", b'{"sequences": ["\xff\xfe\xfd"]}'), (400,)),
-        Item("json_latin1_body", _raw("/predict_dna", '{"sequences": ["ACGTé"]}'.encode("latin-1")), (400,)),
-        Item("json_truncated", _raw("/predict_dna", b'{"sequences": ["ACGT"'), (400,)),
+             400, "missing_file"),
+        Item("image_no_multipart_boundary", _raw("/predict_image", b"--x\r\n", "multipart/form-data"), 400, "malformed"),
+        Item("image_wrong_content_type", _raw("/predict_image", b"{}", "text/plain"), 415, "unsupported_media_type"),
+        Item("image_unknown_model", _upload(ct, model="nope:1"), 404, "unknown_model"),
+        Item("json_not_utf8", _raw("/predict_dna", b'{"sequences": ["\xff\xfe\xfd"]}'), 400, "malformed"),
+        Item("json_latin1_body", _raw("/predict_dna", '{"sequences": ["ACGTé"]}'.encode("latin-1")), 400, "malformed"),
+        Item("json_truncated", _raw("/predict_dna", b'{"sequences": ["ACGT"'), 400, "malformed"),
         Item("json_deep_nesting", _raw("/predict_dna", b'{"sequences": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"),
-             (400,)),
-        Item("json_over_upload_cap_declared", _raw("/predict_dna", b"{}", **{"content-length": str(65 * MB)}), (413,)),
-        Item("json_over_upload_cap_chunked", _raw("/predict_dna", _chunks(65 * MB)), (413,)),
-        Item("json_wrong_content_type", _raw("/predict_dna", b'{"sequences": ["ACGT"]}', "text/csv"), (415,)),
-        Item("json_not_an_object", _json("/predict_dna", ["ACGT"]), (400,)),
-        Item("json_sequence_not_string", _json("/predict_dna", {"sequences": [12345]}), (400,)),
-        Item("json_extra_field", _json("/predict_dna", {"sequences": ["ACGT"], "evil": 1}), (400,)),
-        Item("sequences_empty_list", _json("/predict_dna", {"sequences": []}), (400, 422)),
-        Item("sequence_empty_string", _json("/predict_dna", {"sequences": [""]}), (400, 422)),
-        Item("variants_empty_list", _json("/score_variants", {"variants": []}), (400, 422)),
-        Item("explain_empty_sequence", _json("/explain_dna", {"sequence": ""}), (400, 422)),
+             400, "malformed"),
+        Item("json_over_upload_cap_declared", _raw("/predict_dna", b"{}", **{"content-length": str(65 * MB)}),
+             413, "too_large"),
+        Item("json_over_upload_cap_chunked", _raw("/predict_dna", _chunks(65 * MB)), 413, "too_large"),
+        Item("json_wrong_content_type", _raw("/predict_dna", b'{"sequences": ["ACGT"]}', "text/csv"),
+             415, "unsupported_media_type"),
+        Item("json_not_an_object", _json("/predict_dna", ["ACGT"]), 400, "invalid_body"),
+        Item("json_sequence_not_string", _json("/predict_dna", {"sequences": [12345]}), 400, "invalid_body"),
+        Item("json_extra_field", _json("/predict_dna", {"sequences": ["ACGT"], "evil": 1}), 400, "invalid_body"),
+        Item("sequences_empty_list", _json("/predict_dna", {"sequences": []}), 400, "invalid_body"),
+        Item("sequence_empty_string", _json("/predict_dna", {"sequences": [""]}), 422, "empty_sequence"),
+        Item("variants_empty_list", _json("/score_variants", {"variants": []}), 400, "invalid_body"),
+        Item("explain_empty_sequence", _json("/explain_dna", {"sequence": ""}), 400, "invalid_body"),
         Item("sequences_one_million", _raw("/predict_dna", b'{"sequences": [' + b",".join([b'"A"'] * 10**6) + b"]}"),
-             (413,)),
-        Item("bases_over_cap", _json("/predict_dna", {"sequences": ["ACGT" * 600_000]}), (413,)),
-        Item("explain_over_cap", _json("/explain_dna", {"sequence": "A" * 5001}), (413,)),
+             413, "too_large"),
+        Item("bases_over_cap", _json("/predict_dna", {"sequences": ["ACGT" * 600_000]}), 413, "too_large"),
+        Item("explain_over_cap", _json("/explain_dna", {"sequence": "A" * 5001}), 413, "too_large"),
         Item("variant_ref_mismatch", _json("/score_variants", {"variants": [
-            {"sequence": "ACGTACGT", "position": 0, "ref": "G", "alt": "T"}]}), (422,)),
+            {"sequence": "ACGTACGT", "position": 0, "ref": "G", "alt": "T"}]}), 422, "ref_mismatch"),
         Item("variant_position_outside", _json("/score_variants", {"variants": [
-            {"sequence": "ACGT", "position": 99, "ref": "A", "alt": "T"}]}), (422,)),
+            {"sequence": "ACGT", "position": 99, "ref": "A", "alt": "T"}]}), 422, "position_out_of_range"),
         Item("variant_position_negative", _json("/score_variants", {"variants": [
-            {"sequence": "ACGT", "position": -1, "ref": "A", "alt": "T"}]}), (400, 422)),
-        Item("fasta_not_utf8", lambda c: c.post("/predict_fasta", files={"file": ("x.fa", b">s\nAC\xffGT\n")}), (400,)),
-        Item("fasta_no_header", lambda c: c.post("/predict_fasta", files={"file": ("x.fa", b"ACGT\n")}), (400,)),
-        Item("fasta_empty", lambda c: c.post("/predict_fasta", files={"file": ("x.fa", b"")}), (400,)),
-        Item("fasta_bad_base", lambda c: c.post("/predict_fasta", files={"file": ("x.fa", b">s\nACGTXACGT\n")}), (422,)),
+            {"sequence": "ACGT", "position": -1, "ref": "A", "alt": "T"}]}), 400, "invalid_body"),
+        Item("fasta_not_utf8", _fasta(b">s\nAC\xffGT\n"), 400, "malformed"),
+        Item("fasta_no_header", _fasta(b"ACGT\n"), 400, "malformed"),
+        Item("fasta_empty", _fasta(b""), 400, "malformed"),
+        Item("fasta_bad_base", _fasta(b">s\nACGTXACGT\n"), 422, "invalid_sequence"),
         Item("fasta_bad_flag", lambda c: c.post("/predict_fasta", files={"file": ("x.fa", b">s\nACGT\n")},
-                                                data={"reverse_complement": "maybe"}), (400,)),
+                                                data={"reverse_complement": "maybe"}), 400, "malformed"),
     ]
     for kind, seq in INVALID_CHARACTERS.items():
         items.append(Item(f"dna_invalid_{kind}", _json("/predict_dna", {"sequences": [{"id": "q", "sequence": seq}]}),
-                          (422,)))
-        items.append(Item(f"explain_invalid_{kind}", _json("/explain_dna", {"sequence": seq}), (422,)))
+                          422, "invalid_sequence"))
+        items.append(Item(f"explain_invalid_{kind}", _json("/explain_dna", {"sequence": seq}), 422, "invalid_sequence"))
     return items
 
 
@@ -214,8 +222,8 @@ def client(demo_models: dict[str, str]) -> Iterator[TestClient]:
 
 def _check(client: TestClient, item: Item) -> None:
     response = item.send(client)
-    assert response.status_code in item.statuses, (item.name, response.status_code, response.text[:300])
     body = response.json()
+    assert (response.status_code, body.get("error")) == (item.status, item.code), (item.name, response.text[:300])
     assert set(body) == {"error", "detail"} and all(isinstance(v, str) and v for v in body.values()), (item.name, body)
 
 

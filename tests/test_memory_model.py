@@ -35,6 +35,20 @@ def test_the_bound_adds_up_the_documented_terms() -> None:
     assert ServiceConfig().memory_bound() < 3 * 2**30  # the default limits fit the 4 GiB pod limit with headroom
 
 
+def test_the_readme_s_memory_figures_are_the_bound_at_the_defaults() -> None:
+    """README: "... bound a worker's memory (X MB at the defaults, Y MB with the C-STORE receiver on; logged at
+    start-up ...)": the figures are ServiceConfig().memory_bound(), without and with a DICOM port, as logged."""
+    import re
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    found = re.search(r"worker's memory \(([\d,]+) MB at the defaults, ([\d,]+) MB with the C-STORE receiver on",
+                      " ".join(text.split()))
+    assert found, "the README's memory sentence moved"
+    plain, dicom = (int(v.replace(",", "")) for v in found.groups())
+    receiver = ServiceConfig.from_env({"BIOMED_DICOM_PORT": "11112", "BIOMED_DICOM_ALLOWED_AETS": "STORESCU"})
+    assert (plain, dicom) == (round(ServiceConfig().memory_bound() / 2**20), round(receiver.memory_bound() / 2**20))
+
+
 def _big_ct(rows: int) -> bytes:
     """CT_small grown to rows x rows 16-bit (2 rows^2 bytes of pixel data), noise so nothing compresses."""
     ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))

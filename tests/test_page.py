@@ -1,7 +1,8 @@
 """The page at ``/`` in a real headless Chromium (Debian's ``chromium`` + ``chromium-driver``, driven by Selenium),
-against a real ``bentoml serve`` with a token set: an uploaded DICOM gets its label, probabilities, header fields and a
-non-empty heat map; a pasted sequence gets its predictions and importance track; a bad file and a missing token show
-the API's ``detail`` text. Screenshots go to the test's temporary folder (``BIOMED_SCREENSHOTS`` names another).
+against a real server started as users start it (``biomed serve``) with a token set: an uploaded DICOM shows the API's
+label and probabilities, its header fields, and a heat map whose hottest canvas pixels are where the API's map peaks;
+a pasted sequence gets its predictions and importance track; a bad file and a missing token show the API's ``detail``
+text. Screenshots go to the test's temporary folder (``BIOMED_SCREENSHOTS`` names another).
 """
 
 from __future__ import annotations
@@ -26,12 +27,13 @@ CHROME_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-sh
                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
                 "--window-size=1280,1700")
 WAIT_S = 60
+DEFAULT_OPACITY = 60  # service/ui/index.html's slider
 
 
 @pytest.fixture(scope="module")
 def server(demo_models: dict, tmp_path_factory: pytest.TempPathFactory) -> Iterator[live_server.Server]:
     log = tmp_path_factory.mktemp("page-server") / "server.log"
-    with live_server.running(log, BIOMED_API_TOKEN=TOKEN) as s:
+    with live_server.running(log, through_cli=True, BIOMED_API_TOKEN=TOKEN) as s:  # as users start it
         yield s
 
 
@@ -114,27 +116,70 @@ def browser_log(browser) -> list[str]:  # type: ignore[no-untyped-def]
         return []
 
 
-def test_a_dicom_shows_its_label_probabilities_header_and_a_heat_map(  # type: ignore[no-untyped-def]
+def canvas_pixels(browser, element_id: str) -> "np.ndarray":  # type: ignore[no-untyped-def]  # noqa: F821
+    """The canvas's pixels as the page drew them, (rows, columns, RGBA) uint8, read back through toDataURL (PNG)."""
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    url = browser.execute_script(f"return document.getElementById('{element_id}').toDataURL('image/png');")
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).convert("RGBA"))
+
+
+def set_opacity(browser, percent: int) -> None:  # type: ignore[no-untyped-def]
+    browser.execute_script(f"const s = document.getElementById('image-opacity'); s.value = '{percent}';"
+                           "s.dispatchEvent(new Event('input'));")
+
+
+def test_a_dicom_shows_the_apis_label_probabilities_header_and_heat_map(  # type: ignore[no-untyped-def]
         browser, server, files, shots) -> None:
+    """The page shows what the API answers for the same file: the label and every probability, and a heat map whose
+    hottest pixels on the canvas sit where the API's occlusion map peaks."""
+    import httpx
+    import numpy as np
     from selenium.webdriver.common.by import By
 
+    answer = httpx.post(f"{server.url}/explain_image", headers={"Authorization": f"Bearer {TOKEN}"},
+                        files={"file": (files["dicom"].name, files["dicom"].read_bytes())}, timeout=60).json()
     open_page(browser, server)
     wait_for(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#models-list .card"), "the model cards")
     assert "demo-image" in text(browser, "models-list") and "research use only" in text(browser, "models-list")
     browser.find_element(By.ID, "image-file").send_keys(str(files["dicom"]))
     wait_for(browser, lambda d: shown(d, "image-result"), "the image result")
-    assert text(browser, "image-predicted") in {"cavity", "nodule", "normal"}
-    assert len(browser.find_elements(By.CSS_SELECTOR, "#image-probabilities tbody tr")) == 3
+    assert text(browser, "image-predicted") == answer["predicted"]
+    shown_probabilities = {row.find_element(By.CSS_SELECTOR, "td").text: float(row.find_elements(By.CSS_SELECTOR,
+                           "td")[1].text) for row in browser.find_elements(By.CSS_SELECTOR, "#image-probabilities tbody tr")}
+    assert shown_probabilities.keys() == answer["probabilities"].keys()
+    for label, p in answer["probabilities"].items():
+        assert abs(shown_probabilities[label] - p) < 0.001, (label, shown_probabilities[label], p)
     header = text(browser, "image-header")
     assert "modality" in header and "transfer syntax" in header and "window" in header
     canvas = browser.find_element(By.ID, "image-canvas")
-    assert int(canvas.get_attribute("data-heat-pixels")) > 0
-    assert (int(canvas.get_attribute("width")), int(canvas.get_attribute("height"))) != (64, 64)  # presented geometry
+    assert (int(canvas.get_attribute("width")), int(canvas.get_attribute("height"))) == (
+        answer["presented"]["columns"], answer["presented"]["rows"])  # the presented geometry, not the model's
+    # The heat layer, read from the canvas: the grey image (R = G = B) plus the ramp (red > blue) at the map's alpha,
+    # so R - B is 0 where the map is 0 and largest where it is hottest.
+    set_opacity(browser, 0)
+    plain = canvas_pixels(browser, "image-canvas").astype(int)
+    assert (plain[..., 0] == plain[..., 2]).all()  # no heat drawn at opacity 0
+    set_opacity(browser, 100)
+    heat = canvas_pixels(browser, "image-canvas").astype(int)
+    warmth = heat[..., 0] - heat[..., 2]
+    rows, columns = warmth.shape
+    m = answer["map"]
+    values = np.asarray(m["values"])
+    scale = (m["rows"] / rows, m["columns"] / columns)  # canvas pixel -> model-input pixel of the API's map
+    peak = (int((m["peak"]["row"] + 0.5) / scale[0]), int((m["peak"]["column"] + 0.5) / scale[1]))
+    assert warmth[peak] >= 0.9 * warmth.max(), (peak, warmth[peak], warmth.max())  # the API's peak is hot here
+    hottest = np.unravel_index(int(np.argmax(warmth)), warmth.shape)
+    assert values[int(hottest[0] * scale[0]), int(hottest[1] * scale[1])] >= 0.8 * values.max()  # and vice versa
     assert "Demo^Synthetic" not in browser.page_source  # no patient data on the page
+    set_opacity(browser, DEFAULT_OPACITY)
     browser.find_element(By.ID, "image").screenshot(str(shots / "page-image.png"))
     browser.save_screenshot(str(shots / "page.png"))
-    browser.execute_script("const s = document.getElementById('image-opacity'); s.value = '25';"
-                           "s.dispatchEvent(new Event('input'));")
+    set_opacity(browser, 25)
     assert canvas.get_attribute("data-opacity") == "25"
     assert not [m for m in browser_log(browser) if "Content Security Policy" in m or "Refused" in m]
 

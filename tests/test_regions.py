@@ -1,5 +1,6 @@
-"""`biomed predict-regions`: bigWig tracks that read back with pyBigWig, peak at the planted motifs, equal
-/predict_dna window by window, and come out the same through --server (slow); BED handling.
+"""`biomed predict-regions`: bigWig tracks that read back with pyBigWig, whose zoom records (decoded from the bytes)
+hold the exact means, that peak at the planted motifs, equal /predict_dna window by window, and come out the same
+through --server (slow); BED handling, contig names of the other convention, regions on contigs the FASTA lacks.
 
 One small model trained here (seconds) on the demo motifs and the few-kb demo genome of `biomed demo-data genome`.
 """
@@ -13,6 +14,7 @@ from typing import Iterator
 import numpy as np
 import pytest
 
+from bigwig_zoom import zoom_levels
 from conftest import inprocess_client
 from genomics import demo_genome, run_cli, train_small_dna
 
@@ -116,19 +118,57 @@ def test_bed_regions_are_sorted_merged_and_clipped(tmp_path: Path) -> None:
     found = read_regions(tmp_path / "x.bed", genome)
     assert [(r.chrom, r.start, r.end) for r in found.regions] == [("a", 100, 250), ("a", 300, 400), ("b", 10, 20)]
     assert (found.given, found.merged, found.clipped, found.bases) == (4, 1, 1, 260)
+    (tmp_path / "z.bed").write_text("chrZ\t1\t5\nb\t1\t5\n")
+    assert read_regions(tmp_path / "z.bed", genome).missing == ((1, "chrZ\t1\t5"),)
     (tmp_path / "bad.bed").write_text("chrZ\t1\t5\n")
-    with pytest.raises(GenomeError, match="chromosome 'chrZ' \\(line 1 of bad.bed\\)"):
+    with pytest.raises(GenomeError, match="no regions inside the reference's contigs \\(1 on contigs it lacks"):
         read_regions(tmp_path / "bad.bed", genome)
     (tmp_path / "bad.bed").write_text("a\t5\t5\n")
     with pytest.raises(GenomeError, match="0 <= start < end"):
         read_regions(tmp_path / "bad.bed", genome)
 
 
-def test_unknown_chromosome_is_one_line(model: str, genome: Path, tmp_path: Path) -> None:
-    (tmp_path / "x.bed").write_text("1\t0\t100\n")
-    rc, _, err = run_cli("predict-regions", "--model", model, "--bed", str(tmp_path / "x.bed"), "--fasta",
-                         str(genome / "genome.fa"), "--out", str(tmp_path / "t"))
-    assert rc == 1 and "chromosome '1'" in err and "calls it 'chr1'" in err and err.count("\n") == 1
+def test_zoom_records_hold_the_exact_means(tracks: dict, genome: Path) -> None:
+    """Every zoom record of every track, decoded from the file's bytes: its bases and mean are those of the bins it
+    covers (the last record of each block and contig included; pyBigWig's writer left its sum at 0)."""
+    import pyBigWig
+
+    lengths = Reference(genome / "genome.fa").lengths
+    for task in TASKS:
+        path = tracks["dir"] / f"{task}.bw"
+        with pyBigWig.open(str(path)) as bw:
+            bins = {chrom: np.array(bw.intervals(chrom), dtype=np.float64) for chrom in lengths}
+        levels = zoom_levels(path)
+        assert levels and all(records for _, records in levels)
+        for reduction, records in levels:
+            assert {r[0] for r in records} == set(lengths)
+            for chrom, start, end, valid, low, high, total, _ in records:
+                b = bins[chrom]
+                width = np.clip(np.minimum(b[:, 1], end) - np.maximum(b[:, 0], start), 0, None)
+                inside = b[width > 0, 2]
+                assert valid == width.sum() and end - start <= reduction
+                assert abs(total / valid - (b[:, 2] * width).sum() / width.sum()) <= 1e-6, (task, chrom, start, end)
+                assert low == pytest.approx(inside.min(), abs=1e-7) and high == pytest.approx(inside.max(), abs=1e-7)
+
+
+def test_other_contig_names_match_and_missing_ones_are_listed(tracks: dict, model: str, genome: Path,
+                                                              tmp_path: Path) -> None:
+    """A BED naming ``1``, ``2`` against the FASTA's ``chr1``, ``chr2`` is matched (the tracks keep the BED's names,
+    their values the same); a region on a contig the FASTA lacks is counted and listed, not dropped unsaid."""
+    import pyBigWig
+
+    (tmp_path / "x.bed").write_text("1\t0\t3000\nchrZ\t0\t100\tlost\n2\t1000\t1100\n")
+    rc, stdout, err = run_cli("predict-regions", "--model", model, "--bed", str(tmp_path / "x.bed"), "--fasta",
+                              str(genome / "genome.fa"), "--out", str(tmp_path / "t"), "--step", str(STEP))
+    assert rc == 0, err
+    assert "matched to genome.fa's: 1=chr1, 2=chr2" in stdout and "1 regions of x.bed on contigs genome.fa lacks" in stdout
+    assert (tmp_path / "t" / "missing_contigs.bed").read_text() == "chrZ\t0\t100\tlost\n"
+    summary = json.loads((tmp_path / "t" / "summary.json").read_text())
+    assert summary["contig_names"] == {"1": "chr1", "2": "chr2"} and summary["missing_contigs"] == 1
+    assert summary["reference"] == "genome.fa"
+    with pyBigWig.open(str(tmp_path / "t" / "CTCF.bw")) as renamed, pyBigWig.open(str(tracks["dir"] / "CTCF.bw")) as bw:
+        assert list(renamed.chroms()) == ["1", "2"]
+        assert renamed.intervals("1") == bw.intervals("chr1") and renamed.intervals("2") == bw.intervals("chr2", 1000, 1100)
 
 
 @pytest.fixture(scope="module")

@@ -311,3 +311,75 @@ def test_concurrent_promotes_are_serialised(client, models: Path, demo_models: d
             assert failed.status_code == 422 and "demo-dna:v3-broken cannot be loaded" in failed.json()["detail"]
             assert store.read_rollout(models / "demo-dna")["default"] == good  # it stuck
             assert _loaded(client)[f"demo-dna:{good}"]["default"]
+
+
+def test_admin_promote_is_409_where_the_store_cannot_be_written(client, models: Path) -> None:  # type: ignore[no-untyped-def]
+    """The rollout file cannot be replaced (here a folder stands where it goes; a bento's read-only store fails the
+    same way): 409 ``store_read_only``, pointing at ``biomed models promote``; nothing changes."""
+    blocker = models / "demo-dna" / store.ROLLOUT_FILE
+    blocker.unlink(missing_ok=True)
+    blocker.mkdir()
+    try:
+        r = client.post("/admin/models/promote", json={"model": "demo-dna:v2"}, headers=AUTH)
+        assert (r.status_code, r.json()["error"]) == (409, "store_read_only"), r.text
+        assert "biomed models promote" in r.json()["detail"]
+    finally:
+        blocker.rmdir()
+    assert [p.name for p in blocker.parent.iterdir() if p.name.startswith(f".{store.ROLLOUT_FILE}.")] == []  # no temp file
+
+
+def test_commands_here_run_the_version_the_servers_serve(client, models: Path, demo_models: dict[str, str],  # type: ignore[no-untyped-def]
+                                                         monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """``score-variants``, ``predict-regions``, ``explain`` and ``explain-image`` without a version load what a server
+    following the name serves by default (one rule: biomed.store.rollout_default), and say so when a promote or a
+    canary is in play."""
+    from cli.local import load_local
+
+    v1 = demo_models["dna"].split(":")[1]
+    monkeypatch.setenv("BIOMED_MODEL_STORE", str(models))  # the store the servers load from
+    try:
+        store.promote(f"demo-dna:{v1}", models)
+        assert _until(lambda: client.post("/predict_dna", json={"sequences": ["ACGT"]}, headers=AUTH).json()["version"]
+                      == v1)
+        (models / "demo-dna" / store.ROLLOUT_FILE).unlink()
+        assert store.default_ref("demo-dna", models) == store.Choice(f"demo-dna:{v1}", "newest", {})  # nothing promoted
+        capsys.readouterr()
+        assert load_local("demo-dna", "dna").version == v1 and capsys.readouterr().err == ""
+        store.promote("demo-dna:v2", models)
+        store.set_canary(f"demo-dna:{v1}", 10, models)
+        served = _until(lambda: client.post("/predict_dna", json={"sequences": ["ACGT"]},
+                                            headers={**AUTH, "X-Request-ID": "x-3"}).json()["version"] == "v2")
+        assert served and load_local("demo-dna", "dna").version == "v2"  # what the servers serve by default
+        note = capsys.readouterr().err
+        assert f"demo-dna is demo-dna:v2, the version promoted in the store; the canary {v1} (10%)" in note, note
+        assert load_local(f"demo-dna:{v1}", "dna").version == v1 and capsys.readouterr().err == ""  # named: as named
+    finally:
+        (models / "demo-dna" / store.ROLLOUT_FILE).unlink(missing_ok=True)
+
+
+def test_a_model_in_the_store_but_not_served_gets_a_404_that_says_how_to_serve_it(client) -> None:  # type: ignore[no-untyped-def]
+    r = client.post("/predict_dna", json={"sequences": ["ACGT"], "model": "demo-dna:v3-broken"}, headers=AUTH)
+    assert (r.status_code, r.json()["error"]) == (404, "unknown_model")
+    assert "demo-dna:v3-broken is in the model store but not served here: add it to BIOMED_MODELS" in r.json()["detail"]
+    for absent in ("demo-dna:v9", "nope", "../demo-dna"):
+        r = client.post("/predict_dna", json={"sequences": ["ACGT"], "model": absent}, headers=AUTH)
+        assert r.status_code == 404 and "in the model store" not in r.json()["detail"], (absent, r.text)
+
+
+def test_models_promote_is_explicit_and_says_what_ended(models: Path, demo_models: dict[str, str],  # type: ignore[no-untyped-def]
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    from cli.main import main
+
+    v1 = demo_models["dna"].split(":")[1]
+    try:
+        assert main(["models", "--store", str(models), "promote", "demo-dna"]) == 1  # which version? refused
+        assert "needs NAME:VERSION (or demo-dna:latest: follow the newest export)" in capsys.readouterr().err
+        assert not (models / "demo-dna" / store.ROLLOUT_FILE).exists()
+        assert main(["models", "--store", str(models), "promote", "demo-dna:v2"]) == 0
+        assert capsys.readouterr().out.startswith("demo-dna: default v2; servers watching")  # no canary, none ended
+        store.set_canary(f"demo-dna:{v1}", 5, models)
+        assert main(["models", "--store", str(models), "promote", "demo-dna:latest"]) == 0
+        assert capsys.readouterr().out.startswith(f"demo-dna: default the newest export (canary {v1} 5% ended);")
+    finally:
+        (models / "demo-dna" / store.ROLLOUT_FILE).unlink(missing_ok=True)

@@ -7,6 +7,7 @@ The auth and tiny-limit variants need a service started with other settings: tes
 
 from __future__ import annotations
 
+import hashlib
 import gc
 import http.server
 import io
@@ -107,7 +108,6 @@ def test_probes(client) -> None:  # type: ignore[no-untyped-def]
 
 def test_models_lists_every_demo_model_with_provenance(client, demo_models: dict[str, str]) -> None:  # type: ignore[no-untyped-def]
     from biomed.store import onnx_path, resolve
-    from biomed.runtime import sha256_of
 
     entries = {m["name"]: m for m in client.get("/models").json()["models"]}
     assert set(entries) == {"demo-image", "demo-dna", "demo-volume"}  # the default BIOMED_MODELS
@@ -116,7 +116,7 @@ def test_models_lists_every_demo_model_with_provenance(client, demo_models: dict
         m = entries[tag.split(":")[0]]
         assert f"{m['name']}:{m['version']}" == tag and m["kind"] == kind
         assert m["provider"] in ("CPUExecutionProvider", "CUDAExecutionProvider", "TensorrtExecutionProvider")
-        assert m["sha256"] == sha256_of(onnx_path(resolve(tag)))
+        assert m["sha256"] == hashlib.sha256(onnx_path(resolve(tag)).read_bytes()).hexdigest()  # of the file itself
         assert m["metrics"] and isinstance(m["metrics"], dict)
         assert "research use only" in m["intended_use"].lower() and "not for diagnostic use" in m["intended_use"].lower()
         assert m["labels"] and m["input"]["shape"][0] not in (1, 2) and m["preprocess"]
@@ -299,7 +299,9 @@ def test_explain_dna(client, models) -> None:  # type: ignore[no-untyped-def]
     assert (scores[np.arange(len(seq)), codes] == 0).all()
     np.testing.assert_allclose(body["importance"], np.abs(scores).sum(axis=1) / 3, atol=1e-6)
     default = client.post("/explain_dna", json={"sequence": seq}).json()
-    assert default["task"] in models["dna"]["labels"]
+    predicted = client.post("/predict_dna", json={"sequences": [seq]}).json()["predictions"][0]["probabilities"]
+    assert default["task"] == max(predicted, key=predicted.get)  # documented: the task the sequence scores highest
+    assert default["probability"] == pytest.approx(predicted[default["task"]], abs=1e-6)
 
 
 # --- errors ----------------------------------------------------------------------------------
@@ -459,9 +461,20 @@ def test_422_broken_pixel_data(client) -> None:  # type: ignore[no-untyped-def]
 
 
 def test_422_wrong_model_kind(client) -> None:  # type: ignore[no-untyped-def]
-    assert_error(client.post("/predict_dna", json={"sequences": ["ACGT"], "model": "demo-image"}), 422, "wrong_model_kind")
+    body = assert_error(client.post("/predict_dna", json={"sequences": ["ACGT"], "model": "demo-image"}), 422,
+                        "wrong_model_kind")
+    assert "is an image model; this endpoint needs a dna model" in body["detail"]
     assert_error(client.post("/explain_dna", json={"sequence": "ACGT", "model": "demo-image"}), 422, "wrong_model_kind")
-    assert_error(upload(client, CT_SMALL.read_bytes(), model="demo-dna"), 422, "wrong_model_kind")
+    body = assert_error(upload(client, CT_SMALL.read_bytes(), model="demo-dna"), 422, "wrong_model_kind")
+    assert "is a dna model; this endpoint needs an image model" in body["detail"]
+
+
+def test_a_dicom_sent_as_fasta_is_told_it_is_not_fasta(client) -> None:  # type: ignore[no-untyped-def]
+    r = client.post("/predict_fasta", files={"file": ("ct.dcm", CT_SMALL.read_bytes(), "application/dicom")})
+    body = assert_error(r, 400, "malformed")
+    assert body["detail"].startswith("the upload is a DICOM file, not FASTA; send images to /predict_image")
+    r = client.post("/predict_fasta", files={"file": ("x.fa", b">s\nAC\xffGT\n", "text/plain")})
+    assert assert_error(r, 400, "malformed")["detail"].startswith("the upload is not FASTA: it is not UTF-8 text")
 
 
 def test_no_5xx_for_odd_requests_and_service_still_serves(client) -> None:  # type: ignore[no-untyped-def]
@@ -629,8 +642,7 @@ def test_patient_data_never_reaches_logs_or_responses(client, caplog, capfd) -> 
 
 def _run(demo_models: dict[str, str], kind: str) -> Path:
     run = Path(demo_models["workdir"]) / "runs" / kind
-    if not (run / "split.json").exists():
-        pytest.skip(f"{run} is missing: the model store was reused (BIOMED_TEST_STORE) so no demo run was trained")
+    assert (run / "split.json").is_file(), f"{run}: the demo models' training run is missing"
     return run
 
 

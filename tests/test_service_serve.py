@@ -15,7 +15,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import numpy as np
+import psutil
 import pydicom
 import pytest
 
@@ -31,8 +33,6 @@ except ImportError:  # tests/ is not a package: pytest puts it on sys.path
 
 pytestmark = pytest.mark.slow
 
-httpx = pytest.importorskip("httpx")
-psutil = pytest.importorskip("psutil")
 
 CT_SMALL = Path(pydicom.__file__).parent / "data" / "test_files" / "CT_small.dcm"
 TOKEN = "serve-test-token"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import itertools
 import json
 import subprocess
 import sys
@@ -9,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from cli import main as cli
 from training.config import TrainConfig
@@ -98,7 +101,30 @@ def test_split_is_disjoint_complete_and_seeded(y: np.ndarray) -> None:
         assert set(y[split["test"]]) == {0, 1, 2}
 
 
-def test_tiny_dna_run_writes_metrics_plots_and_checkpoints(dna_table: Path, tmp_path: Path) -> None:
+def _kmer_counts(sequence: str, k: int = 5) -> np.ndarray:
+    """Strand-symmetric k-mer counts of one sequence, written here from the definition (docs: the DNA baseline)."""
+    index = {"".join(p): i for i, p in enumerate(itertools.product("ACGT", repeat=k))}
+    rc = str.maketrans("ACGT", "TGCA")
+    counts = np.zeros(4**k)
+    for i in range(len(sequence) - k + 1):
+        word = sequence[i : i + k].upper()
+        if word in index:
+            counts[index[word]] += 1
+            counts[index[word.translate(rc)[::-1]]] += 1
+    return counts
+
+
+def test_tiny_dna_run_metrics_are_what_its_held_out_predictions_give(dna_table: Path, tmp_path: Path) -> None:
+    """metrics.json recomputed with sklearn: the network's AUROC/AUPRC from best.pt on heldout.npz, the baseline's from
+    a logistic regression on k-mer counts computed here, fitted on the run's own training split."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import average_precision_score, roc_auc_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from training.engine import predict
+    from training.export import load_run_model
+
     config = TrainConfig(kind="dna", data=str(dna_table), out=str(tmp_path / "run"), arch="deepbind", epochs=2, seed=1)
     summary = fit(config)
     run = Path(config.out)
@@ -106,9 +132,25 @@ def test_tiny_dna_run_writes_metrics_plots_and_checkpoints(dna_table: Path, tmp_
                  "curves.png", "roc.png"):
         assert (run / name).exists(), name
     saved = json.loads((run / "metrics.json").read_text())
-    assert saved["test"]["auroc"].keys() == {"CTCF", "REST", "TP53"}
-    assert 0.0 <= saved["baseline"]["auroc_macro"] <= 1.0
-    assert summary["split"]["test"] == len(np.load(run / "heldout.npz")["y"])
+    held = np.load(run / "heldout.npz")
+    labels = [str(label) for label in held["labels"]]
+    assert labels == ["CTCF", "REST", "TP53"] and saved["test"]["auroc"].keys() == set(labels)
+    probs = predict(load_run_model(run)[0], held["x"], True, torch.device("cpu"))
+    rows = list(csv.reader(dna_table.open()))[1:]
+    split = json.loads((run / "split.json").read_text())
+    y = np.array([[int(v) for v in row[1:]] for row in rows])
+    np.testing.assert_array_equal(held["y"], y[split["test"]])
+    features = np.array([_kmer_counts(row[0]) for row in rows])
+    for t, label in enumerate(labels):
+        assert saved["test"]["auroc"][label] == pytest.approx(roc_auc_score(held["y"][:, t], probs[:, t]), abs=1e-6)
+        assert saved["test"]["auprc"][label] == pytest.approx(average_precision_score(held["y"][:, t], probs[:, t]),
+                                                              abs=1e-6)
+        baseline = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=500, random_state=config.seed))
+        p = baseline.fit(features[split["train"]], y[split["train"], t]).predict_proba(features[split["test"]])[:, 1]
+        assert saved["baseline"]["auroc"][label] == pytest.approx(roc_auc_score(y[split["test"], t], p), abs=1e-3)
+    assert saved["test"]["auroc_macro"] == pytest.approx(np.mean(list(saved["test"]["auroc"].values())))
+    assert saved["baseline"]["auroc_macro"] > 0.6  # the planted motifs are visible to 5-mer counts: not chance
+    assert summary["split"]["test"] == len(held["y"])
     assert TrainConfig.load(run) == config
 
 
@@ -131,3 +173,43 @@ def test_cli_help_for_every_command() -> None:
         with pytest.raises(SystemExit) as exit_info:
             cli([command, "--help"])
         assert exit_info.value.code == 0
+
+
+@pytest.mark.parametrize(("make", "says"), [
+    (lambda out: __import__("training.demo.dicom_demo", fromlist=["x"]).generate_images(out, n=3, seed=1),
+     "has too few images per class ('cavity': 1, 'nodule': 1, 'normal': 1; 3 in all); training needs at least 3 per"),
+    (lambda out: __import__("training.demo.dna_demo", fromlist=["x"]).generate_dna(out, n=6, seed=1, length=60),
+     "has too few examples (6): task"),
+])
+def test_data_too_small_to_train_on_is_refused_before_training(make, says: str, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    data = make(tmp_path / "data")
+    kind = "image" if data.is_dir() else "dna"
+    assert cli(["train", kind, "--data", str(data), "--out", str(tmp_path / "run")]) == 1
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("biomed: error: data ") and says in line, line
+    assert not (tmp_path / "run").exists()  # nothing trained, nothing written
+
+
+def test_a_run_records_absolute_paths_and_says_where_a_missing_one_came_from(  # type: ignore[no-untyped-def]
+        dna_table: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """Trained with relative paths, the run works from another directory (``motifs``, ``--resume``); once its data
+    moves, both say which config.json named the path, and ``--data`` points them at it."""
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    work.mkdir(), elsewhere.mkdir()
+    (work / "seqs.csv").write_bytes(dna_table.read_bytes())
+    monkeypatch.chdir(work)
+    assert cli(["train", "dna", "--data", "seqs.csv", "--out", "run", "--epochs", "1"]) == 0
+    run = work / "run"
+    assert json.loads((run / "config.json").read_text())["data"] == str(work / "seqs.csv")
+    monkeypatch.chdir(elsewhere)
+    assert cli(["motifs", str(run), "--top", "2"]) == 0 and (run / "motifs.tsv").is_file()
+    moved = tmp_path / "moved.csv"
+    (work / "seqs.csv").rename(moved)
+    capsys.readouterr()
+    for args in (["motifs", str(run)], ["train", "--resume", str(run)]):
+        assert cli(args) == 1
+        error = capsys.readouterr().err
+        assert f"recorded in {run / 'config.json'} is not there" in error and "--data PATH" in error, error
+    assert cli(["motifs", str(run), "--top", "2", "--data", str(moved)]) == 0
+    assert cli(["train", "--resume", str(run), "--data", str(moved)]) == 0

@@ -446,16 +446,16 @@ def _check_token_routes(routes) -> None:  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture(scope="module")
-def server(demo_models, tmp_path_factory):  # type: ignore[no-untyped-def]
-    import live_server
-
-    with live_server.running(tmp_path_factory.mktemp("v2") / "server.log") as srv:
-        yield srv
+def server(shared_server):  # type: ignore[no-untyped-def]
+    """The session's server (``biomed serve``, demo-image and demo-dna, no token): the v2 door as users run it."""
+    return shared_server
 
 
 @pytest.fixture(scope="module")
 def triton(server):  # type: ignore[no-untyped-def]
-    httpclient = pytest.importorskip("tritonclient.http", reason="pip install 'tritonclient[http]' (test extra)")
+    from tools import require_module
+
+    httpclient = require_module("tritonclient.http", "pip install 'tritonclient[http]' (the test extra)")
     client = httpclient.InferenceServerClient(server.url.removeprefix("http://"))
     yield client
     client.close()

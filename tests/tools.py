@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import os
 import shutil
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -49,6 +50,14 @@ def require_tool(name: str, install: str, path: str | Path | None = None) -> str
     return str(found)
 
 
+def require_file(path: str | Path, install: str) -> Path:
+    """Return ``path`` (a data file a tool needs, e.g. a jar) or skip (fail under CI)."""
+    candidate = Path(path)
+    if not candidate.is_file():
+        _missing(str(candidate), install)
+    return candidate
+
+
 def require_module(name: str, install: str) -> ModuleType:
     """Import and return Python module ``name`` or skip (fail under CI)."""
     try:
@@ -56,6 +65,25 @@ def require_module(name: str, install: str) -> ModuleType:
     except ImportError:
         _missing(f"Python module {name}", install)
         raise  # unreachable: _missing raises
+
+
+def require_system_tool(name: str, install: str) -> str:
+    """The absolute path of system executable ``name`` (dcmtk's ``storescu``, say), never one of a Python venv's.
+
+    pynetdicom installs scripts named like dcmtk's (``storescu``, ``echoscu``, ...) into the venv's ``bin``;
+    with the venv activated they come first on PATH and take other arguments. This looks on PATH without
+    the running interpreter's ``bin`` (and ``$VIRTUAL_ENV/bin``), so the test always runs the real tool.
+    """
+    venvs = [sys.prefix] if sys.prefix != sys.base_prefix else []
+    venvs += [os.environ["VIRTUAL_ENV"]] if os.environ.get("VIRTUAL_ENV") else []
+    venv_bins = {(Path(v) / "bin").resolve() for v in venvs}
+    for folder in os.environ.get("PATH", "").split(os.pathsep):
+        if folder and Path(folder).resolve() not in venv_bins:
+            candidate = Path(folder) / name
+            if candidate.is_file() and os.access(candidate, os.X_OK):
+                return str(candidate.resolve())
+    _missing(f"{name} (outside the venv)", install)
+    raise AssertionError("unreachable")  # _missing raises
 
 
 def tools_venv_bin(name: str) -> Path:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 from typing import Callable
+from pathlib import Path
 
 from models import ARCHS, DEFAULT_ARCH
 from training import kinds
-from training.config import TrainConfig
+from training.config import TrainConfig, recorded_data
 
 # Flags copied into TrainConfig when given (argparse dest == field name).
 _FIELDS = ("epochs", "seed", "batch_size", "lr", "weight_decay", "dropout", "patience", "image_size", "window", "stride",
@@ -75,17 +76,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reference", metavar="REF.fa", help="DNA: reference FASTA the BED intervals of --data are read from")
     p.add_argument("--amp", choices=["auto", "off", "bf16", "fp16"], help="mixed precision on CUDA (off on CPU)")
     p.add_argument("--nproc", type=int, default=1, help="processes for DistributedDataParallel (torchrun)")
-    p.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its last checkpoint")
+    p.add_argument("--resume", metavar="RUN", help="continue an interrupted run from its last checkpoint (with --data: "
+                   "where its data is now, when it moved)")
+
+
+def _absolute(path: str | None) -> str | None:
+    return str(Path(path).expanduser().resolve()) if path else path
 
 
 def config_from(args: argparse.Namespace) -> TrainConfig:
-    """The run's configuration: the saved one for ``--resume``, else the flags over the defaults."""
+    """The run's configuration: the saved one for ``--resume`` (``--data``/``--reference`` say where its data is now,
+    when it moved), else the flags over the defaults. Paths are made absolute, so the run folder can be used from
+    any working directory (``--resume``, ``biomed motifs``)."""
     if args.resume:
-        return TrainConfig.load(args.resume)
+        config = TrainConfig.load(args.resume)
+        moved = {k: _absolute(getattr(args, k)) for k in ("data", "reference") if getattr(args, k)}
+        return recorded_data(config.with_(out=_absolute(args.resume), **moved), Path(args.resume), "--data")
     if not args.kind or not args.data or not args.out:
         raise ValueError(f"train needs KIND ({' or '.join(kinds.names())}), --data and --out, or --resume RUN")
-    values = {"kind": args.kind, "data": args.data, "out": args.out, "arch": args.arch or DEFAULT_ARCH[args.kind]}
+    values = {"kind": args.kind, "data": _absolute(args.data), "out": _absolute(args.out),
+              "arch": args.arch or DEFAULT_ARCH[args.kind]}
     values.update({name: getattr(args, name) for name in _FIELDS if getattr(args, name) is not None})
+    values["reference"] = _absolute(values.get("reference"))
     return TrainConfig(**values)
 
 

@@ -64,3 +64,16 @@ class TrainConfig:
 
     def with_(self, **changes: Any) -> "TrainConfig":
         return replace(self, **changes)
+
+
+def recorded_data(config: TrainConfig, run: Path, flag: str) -> TrainConfig:
+    """``config`` when the data (and reference) its run recorded are there; else FileNotFoundError saying where the
+    path came from (``run``'s config.json, older runs: relative to where they were trained) and that ``flag`` points
+    at it now."""
+    for name in ("data", "reference"):
+        path = getattr(config, name)
+        if path and not Path(path).exists():
+            raise FileNotFoundError(f"the {name} {path!r} recorded in {run / 'config.json'} is not there (moved, or a "
+                                    f"relative path from another working directory); give where it is now with "
+                                    f"{flag if name == 'data' else '--reference'} PATH")
+    return config

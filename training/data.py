@@ -265,3 +265,29 @@ def split_indices(y: np.ndarray, seed: int, val_fraction: float, test_fraction: 
         parts["val"].append(group[n_test : n_test + n_val])
         parts["train"].append(group[n_test + n_val :])
     return {name: np.sort(np.concatenate(p)) for name, p in parts.items()}
+
+
+MIN_PER_CLASS = 3  # one example each for the test, validation and training splits
+
+
+def check_trainable(data: Dataset, split: dict[str, np.ndarray], source: str) -> None:
+    """Refuse, before anything is trained or written, data too small to train and measure on (DataError, one line).
+
+    Single-label: every class needs ``MIN_PER_CLASS`` examples (a test, a validation and a training one). Multi-label:
+    every task needs a positive and a negative example among the training split (the baseline fits one per task).
+    """
+    what = "images" if data.x.ndim == 4 else "examples"
+    if not data.multilabel:
+        counts = np.bincount(data.y, minlength=len(data.labels))
+        few = [f"{label!r}: {n}" for label, n in zip(data.labels, counts) if n < MIN_PER_CLASS]
+        if few:
+            raise DataError(f"data {source!r} has too few {what} per class ({', '.join(few)}; {len(data.y)} in all); "
+                            f"training needs at least {MIN_PER_CLASS} per class (test, validation, training)")
+        return
+    train = data.y[split["train"]]
+    for t, label in enumerate(data.labels):
+        if train[:, t].min() == train[:, t].max():
+            raise DataError(f"data {source!r} has too few {what} ({len(data.y)}): task {label!r} has only "
+                            f"{'positive' if train[:, t].min() else 'negative'} examples in the training split; "
+                            "training needs both for every task")
+

@@ -253,8 +253,11 @@ def export_run(run: str | Path, name: str, quantize: str | None = None, fp16: bo
     """
     import bentoml
 
+    from biomed.store import check_kind
+
     run = Path(run)
     model, best = load_run_model(run)
+    check_kind(name, best["config"]["kind"])  # before the work: a name holds one kind of model
     summary = json.loads((run / "metrics.json").read_text())
     check_baseline(summary, force)
     held = np.load(run / "heldout.npz")

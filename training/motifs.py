@@ -20,7 +20,7 @@ from torch import nn
 
 from biomed import jaspar
 from biomed.kinds.dna import KIND as DNA
-from training.config import TrainConfig
+from training.config import TrainConfig, recorded_data
 from training.data import load_dna
 
 PSEUDOCOUNT = 0.5  # per base and column, added to the site counts
@@ -124,16 +124,19 @@ def filter_pwms(
     return motifs
 
 
-def training_codes(run: Path) -> np.ndarray:
+def training_codes(run: Path, data: str | Path | None = None, reference: str | Path | None = None) -> np.ndarray:
     """(N, L) uint8 codes of the run's TRAINING split: its data and saved ``split.json``.
 
     The data is read as training read it (``training.data.load_dna``, by suffix): a CSV table,
-    a FASTA with header labels, or a BED with the run's ``--reference``.
+    a FASTA with header labels, or a BED with the run's ``--reference``. ``data``/``reference``: where the run's
+    data is now, when it is no longer where ``config.json`` recorded it.
     """
     config = TrainConfig.load(run)
     if config.kind != DNA.name:
         raise ValueError(f"{run}: motifs need a {DNA.name} run (first-layer filters over bases); this one is "
                          f"{config.kind!r}")
+    moved = {k: str(v) for k, v in (("data", data), ("reference", reference)) if v}
+    config = recorded_data(config.with_(**moved), run, "--data")
     data = load_dna(config.data, config.reference)
     split = json.loads((run / "split.json").read_text())
     return data.x[np.asarray(split["train"], dtype=np.int64)]
@@ -156,13 +159,15 @@ class MotifRow:
 TSV_FIELDS = ("filter", "n_sites", "information", "match_id", "match_name", "score", "strand", "offset")
 
 
-def motif_report(run: str | Path, top: int | None = None, min_information: float = MIN_INFORMATION) -> list[MotifRow]:
+def motif_report(run: str | Path, top: int | None = None, min_information: float = MIN_INFORMATION,
+                 data: str | Path | None = None, reference: str | Path | None = None) -> list[MotifRow]:
     """Read a run's best model's filters as motifs, match them to JASPAR, write ``motifs.tsv`` and ``motifs.png``.
 
     Args:
         run: a ``biomed train dna`` run folder.
         top: keep only the ``top`` most informative filters (default: every informative filter).
         min_information: filters with fewer bits are left out of the table and the logos.
+        data, reference: where the run's training data is now, when it moved (default: as ``config.json`` says).
 
     Returns:
         The rows written to ``motifs.tsv``, most informative filter first.
@@ -171,7 +176,8 @@ def motif_report(run: str | Path, top: int | None = None, min_information: float
 
     run = Path(run)
     model, _ = load_run_model(run)
-    motifs = [m for m in filter_pwms(model, training_codes(run)) if m.n_sites and m.information >= min_information]
+    codes = training_codes(run, data, reference)
+    motifs = [m for m in filter_pwms(model, codes) if m.n_sites and m.information >= min_information]
     motifs.sort(key=lambda m: -m.information)
     motifs = motifs[:top] if top else motifs
     rows = []

@@ -24,7 +24,7 @@ from biomed.progress import make_progress
 from models import OUTPUT_ARG, build_model, saved_kwargs
 from training import checkpoint, distributed, kinds, metrics, plots
 from training.config import TrainConfig
-from training.data import Dataset, split_indices
+from training.data import Dataset, check_trainable, split_indices
 from training.engine import predict, train_one_epoch
 
 log = logging.getLogger(__name__)
@@ -73,6 +73,7 @@ def _fit(config: TrainConfig, ctx: distributed.Context, resume: bool) -> dict:
     np.random.seed(config.seed)
     data = kinds.get(config.kind).load(config)
     split = split_indices(data.y, config.seed, config.val_fraction, config.test_fraction)
+    check_trainable(data, split, config.data)  # before anything is trained or written
     train, val, test = (data.subset(split[k]) for k in ("train", "val", "test"))
     kwargs = model_kwargs(config, data)
     model: nn.Module = build_model(config.kind, config.arch, **kwargs).to(ctx.device)

@@ -12,6 +12,7 @@ import hashlib
 import json
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -151,7 +152,8 @@ def build(proto: onnx.ModelProto, description: dict[str, Any], name: str, source
         "input": {"name": "input", "shape": [graph.batch if graph.batch is not None else "batch", *dims],
                   "dtype": dtype},
         "output": {"name": semantics.name, "activation": activation(description),
-                   **({"units": units(description)} if semantics.regression else {})},
+                   **({"units": units(description)} if semantics.regression else {}),
+                   **({"aggregate": description["output"]["aggregate"]} if "aggregate" in description["output"] else {})},
         "preprocess": adapter.preprocess(),
         "import": {"source": source, "description": description, "checks": {**(checks or {}), **found}},
         "intended_use": metadata.INTENDED_USE,
@@ -182,8 +184,6 @@ def _dims(shape: tuple[int | None, ...]) -> str:
 
 def source_of(path: "str | Path", fmt: str, **more: Any) -> dict[str, Any]:
     """The metadata's ``import.source`` of a file: its format, name and sha256 (a folder: its manifest's)."""
-    from pathlib import Path
-
     from biomed.runtime import sha256_of
 
     return {"format": fmt, "file": Path(path).name, "sha256": sha256_of(Path(path)), **more}

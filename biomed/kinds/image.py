@@ -10,7 +10,8 @@ KIND = Kind(
     summary="medical images (DICOM, PNG, JPEG), classified frame by frame",
     spec=ImageSpec,
     person=PersonInput(name="file", items="files", base64_in_json=True, cap="max_frames",
-                       outputs=(("element", "INT32"), ("frame", "INT32"))),
+                       outputs=(("element", "INT32"), ("frame", "INT32")),
+                       parameters={"group": "instance"}),  # or "series": the files as one series, one row
     preprocess_schema={
         "type": "object",
         "required": ["type", "size", "channels"],

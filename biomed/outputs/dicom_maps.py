@@ -104,10 +104,14 @@ def parametric_map(ds: Dataset, values: np.ndarray, label: str, model: str, vers
             [_prepared(ds)], values, generate_uid(), 9901, generate_uid(), 1, MANUFACTURER, _truncate(model, 64),
             _truncate(f"{biomed.__version__} {version}", 64), _truncate(version, 64),
             contains_recognizable_visual_features=False, real_world_value_mappings=[mapping],
-            voi_lut_transformations=[hd.VOILUTTransformation(window_center=top / 2, window_width=top)],
+            # LINEAR_EXACT: the window is exact for any width (the map's is often < 1, which LINEAR would clamp to a flat
+            # image; PS3.3 C.11.2.1.3.2).
+            voi_lut_transformations=[hd.VOILUTTransformation(window_center=top / 2, window_width=top,
+                                                             voi_lut_function="LINEAR_EXACT")],
             content_label="OCCLUSION",
             content_description=_truncate(f"occlusion map, {label}; {INTENDED_USE}", 64),
             content_creator_name=None, series_description=_truncate(f"{model} explanation ({INTENDED_USE})", 64))
+    _laterality(pm, ds)
     return pm
 
 
@@ -177,7 +181,22 @@ def secondary_capture(ds: Dataset, rgb: np.ndarray, label: str, model: str, vers
     reference.PurposeOfReferenceCodeSequence = [_code(Code("121322", "DCM", "Source image for image processing "
                                                                                 "operation"))]
     sc.SourceImageSequence = [reference]
+    _laterality(sc, ds)
     return sc
+
+
+def _laterality(out: Dataset, ds: Dataset) -> None:
+    """The source's Body Part Examined and Laterality (General Series; Laterality is Type 2C: required for a paired
+    body part). Laterality R or L is copied; without it, a source that names its body part leaves Laterality
+    absent (had the part been paired, the source would have said which side), and one that names neither gets it
+    empty: unknown (PS3.3 C.7.3.1)."""
+    part, side = str(ds.get("BodyPartExamined", "") or "").strip(), ds.get("Laterality", "")
+    if part:
+        out.BodyPartExamined = part[:16]
+    if side in ("R", "L"):
+        out.Laterality = side
+    elif not part:
+        out.Laterality = ""
 
 
 def _code(code: Code) -> Dataset:

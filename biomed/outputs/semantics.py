@@ -3,7 +3,8 @@
 Every answer and output format asks this object instead of branching on it: the JSON field and v2
 output name (``probabilities`` or ``values``), how a long sequence's windows are summarised, what
 variant effects are reported (``diff`` and ``log_odds_diff``, or ``diff`` and ``log2_fold_change``),
-the VCF tags, the SR's measurement names and units, and what ``biomed_predictions_total`` counts.
+the VCF tags, the SR's measurement names and units, what ``biomed_predictions_total`` counts, and how
+the instances of a series combine into its result (``aggregate``: ``biomed.series``).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import numpy as np
 
 EPS = 1e-7
 REGRESSION = "none"  # the metadata's output activation of regression values
+AGGREGATES = ("max", "mean")  # how a series' instances combine (``Semantics.aggregate``)
 
 
 @dataclass(frozen=True)
@@ -25,11 +27,14 @@ class Semantics:
         name: the output's name: the ONNX output, the v2 output and the JSON field (``probabilities``, ``values``).
         activation: ``softmax``, ``sigmoid`` (probabilities) or ``none`` (regression values).
         units: regression only: each value's UCUM unit, in label order (``1``: no unit).
+        aggregate: how a series' instances combine: ``max`` (any slice shows it) or ``mean``; the metadata's
+            ``output.aggregate``, else ``max`` for probabilities and ``mean`` for values.
     """
 
     name: str = "probabilities"
     activation: str = "softmax"
     units: tuple[str, ...] = ()
+    aggregate: str = "max"
 
     @classmethod
     def of(cls, doc: Mapping[str, Any]) -> "Semantics":
@@ -43,7 +48,10 @@ class Semantics:
         units = tuple(output.get("units") or ())
         if activation == REGRESSION and not units:
             units = ("1",) * width
-        return cls("values" if activation == REGRESSION else "probabilities", activation, units)
+        aggregate = str(output.get("aggregate") or ("mean" if activation == REGRESSION else "max"))
+        if aggregate not in AGGREGATES:
+            raise ValueError(f"output.aggregate {aggregate[:20]!r} is unknown; accepted: {', '.join(AGGREGATES)}")
+        return cls("values" if activation == REGRESSION else "probabilities", activation, units, aggregate)
 
     @property
     def regression(self) -> bool:

@@ -1,13 +1,18 @@
 """Classification results as a DICOM Comprehensive 3D SR (TID 1500 Measurement Report), with highdicom.
 
-One SR per classified instance: one TID 1501 image-level measurement group per frame, holding
-the predicted label as a qualitative evaluation and every label's probability as a measurement
-(``1`` UCUM, no units), each concept coded in our private coding scheme ``99BIOMED`` (declared
-in the SR's Coding Scheme Identification Sequence). Each group references its source image
-(and frame, for multi-frame images) and identifies the algorithm (TID 4019: model name, version,
-the ONNX file's sha256). A regression model's group holds each value as a measurement in its
-UCUM unit (``Producer.output``), with no predicted label. The document is UNVERIFIED, its Content Qualification RESEARCH, and its
-series description says "research use only, not for diagnostic use".
+One SR per classified instance: one TID 1501 image-level measurement group per frame, whose
+Finding (DCM 121071, TID 1501 row 3b) is the predicted label and which holds every label's
+probability as a measurement (``1`` UCUM, no units), each concept coded in our private coding
+scheme ``99BIOMED`` (declared in the SR's Coding Scheme Identification Sequence). Each group
+references its source image (and frame, for multi-frame images) and identifies the algorithm
+(TID 4019: model name, version, parameters with the ONNX file's sha256; the manufacturer is the
+observer device's and the equipment's, not TID 4019's). A regression model's group holds each
+value as a measurement in its UCUM unit (``Producer.output``), its Finding "Image measurement".
+Every content item is one the 2022 templates name, so PixelMed's TID 1500 validator finds none
+"not in template" (docs/conformance.md: the change from SRs written before, which carried a
+"Predicted label" CODE and an "Algorithm Manufacturer" TEXT in each group). The document is
+UNVERIFIED, its Content Qualification RESEARCH, and its series description says "research use
+only, not for diagnostic use".
 
 The patient and study modules are copied from the source, so that a PACS files the SR with
 the study: the one place where the service hands patient data back (to the PACS it came from).
@@ -118,12 +123,10 @@ def _unit(ucum: str):  # type: ignore[no-untyped-def]
     return codes.UCUM.NoUnits if ucum == "1" else CodedConcept(value=ucum, meaning=ucum, scheme_designator="UCUM")
 
 
-PREDICTED_LABEL = ("PRED", "Predicted label")
-FINDING_TYPE = ("CLS", "Image classification")
-MEASURED_TYPE = ("REG", "Image measurement")
+MEASURED_TYPE = ("REG", "Image measurement")  # a regression model's Finding
 
 
-def _evidence(source: Dataset) -> Dataset:
+def evidence(source: Dataset) -> Dataset:
     """A copy of the source header without pixel data, with the empty Type 2 values highdicom reads."""
     header = Dataset()
     for element in source:
@@ -157,6 +160,96 @@ def _image_library(source: Dataset):  # type: ignore[no-untyped-def]
         return [library]
 
 
+def algorithm_id(algorithm: Producer, *notes: str):  # type: ignore[no-untyped-def]
+    """TID 4019: the model's name, version, the ONNX file's sha256, the notice, and ``notes``."""
+    import highdicom as hd
+
+    return hd.sr.AlgorithmIdentification(name=algorithm.name, version=algorithm.version,
+                                         parameters=[f"sha256 of the ONNX file: {algorithm.sha256}", NOTICE, *notes])
+
+
+def measurement_group(row: np.ndarray, algorithm: Producer, algo, sop_class: str, sop_instance: str,  # type: ignore[no-untyped-def]
+                      frame_number: int | None, tracking: tuple[str, str]):
+    """TID 1501 of one result ``row`` (labels): its Finding the predicted label, each probability a measurement (or
+    each regression value in its unit, the Finding "Image measurement"), referencing one source image (and frame,
+    1-based, for a multi-frame one). ``tracking``: the tracking identifier's (UID, text)."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    regression = algorithm.output.regression
+    best = int(row.argmax())
+    if regression:
+        measurements = [hd.sr.Measurement(name=value_code(label, i), value=float(v), unit=_unit(unit))
+                        for i, (label, v, unit) in enumerate(zip(algorithm.labels, row, algorithm.output.units))]
+        finding = _code(*MEASURED_TYPE)
+    else:
+        measurements = [hd.sr.Measurement(name=probability_code(label, i), value=float(p), unit=codes.UCUM.NoUnits)
+                        for i, (label, p) in enumerate(zip(algorithm.labels, row))]
+        finding = label_code(algorithm.labels[best], best)  # the predicted label
+    image = hd.sr.SourceImageForMeasurementGroup(
+        referenced_sop_class_uid=sop_class, referenced_sop_instance_uid=sop_instance,
+        referenced_frame_numbers=[frame_number] if frame_number is not None else None)
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=tracking[0], identifier=tracking[1]),
+        finding_type=finding, algorithm_id=algo, measurements=measurements, source_images=[image])
+
+
+def frame_groups(header: Dataset, probs: np.ndarray, algorithm: Producer, algo) -> list:  # type: ignore[no-untyped-def]
+    """One measurement group per frame of one instance (``probs``: (frames, labels))."""
+    multi_frame = int(probs.shape[0]) > 1 or int(header.get("NumberOfFrames", 1) or 1) > 1
+    return [measurement_group(row, algorithm, algo, str(header.SOPClassUID), str(header.SOPInstanceUID),
+                              frame + 1 if multi_frame else None,
+                              (uid("tracking", str(header.SOPInstanceUID), algorithm.name, algorithm.version, str(frame)),
+                               f"{algorithm.name} frame {frame + 1}"))
+            for frame, row in enumerate(np.asarray(probs, dtype=np.float64))]
+
+
+def report(groups: list, algorithm: Producer, library: list):  # type: ignore[no-untyped-def]
+    """The TID 1500 content tree: the device observer, the measurement ``groups``, and ``library`` (TID 1600 content
+    items) before them."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    device = hd.sr.DeviceObserverIdentifyingAttributes(
+        uid=uid("device", algorithm.name, algorithm.version, algorithm.sha256), name=algorithm.name,
+        manufacturer_name=MANUFACTURER, model_name=f"{algorithm.name} {algorithm.version}"[:64])
+    context = hd.sr.ObservationContext(observer_device_context=hd.sr.ObserverContext(
+        observer_type=codes.cid270.Device, observer_identifying_attributes=device))
+    root = hd.sr.MeasurementReport(observation_context=context, procedure_reported=codes.cid100.ImagingProcedure,
+                                   imaging_measurements=groups)[0]
+    at = next(i for i, item in enumerate(root.ContentSequence)
+              if item.ConceptNameCodeSequence[0].CodeValue == codes.DCM.ImagingMeasurements.value)
+    for offset, item in enumerate(library):
+        root.ContentSequence.insert(at + offset, item)
+    return root
+
+
+def document(header: Dataset, root, algorithm: Producer, sop_instance: str, previous: Previous | None,  # type: ignore[no-untyped-def]
+             now: dt.datetime | None = None, instance_number: int = 1) -> Dataset:
+    """The Comprehensive 3D SR of ``root`` over ``header``'s patient and study (module docstring)."""
+    import highdicom as hd
+    from highdicom.coding_schemes import CodingSchemeIdentificationItem
+
+    now = now or dt.datetime.now()
+    sr = hd.sr.Comprehensive3DSR(
+        evidence=[header], content=root,
+        series_instance_uid=series_uid(str(header.StudyInstanceUID), algorithm),
+        series_number=SERIES_NUMBER, sop_instance_uid=sop_instance,
+        previous_versions=[previous.as_dataset()] if previous is not None else None,
+        instance_number=instance_number, manufacturer=MANUFACTURER, is_complete=True, is_final=False,
+        is_verified=False, content_qualification="RESEARCH",
+        series_description=f"{NOTICE.capitalize()}: {algorithm.name}"[:64],
+        manufacturer_model_name=algorithm.name[:64], software_versions=algorithm.version[:64],
+        coding_schemes=[CodingSchemeIdentificationItem(designator=SCHEME, name=SCHEME_NAME,
+                                                       responsible_organization=MANUFACTURER)],
+        content_date=now.date(), content_time=now.time().replace(microsecond=0),
+    )
+    for keyword in _COPIED:
+        if keyword in header:
+            sr.add(header[keyword])
+    return sr
+
+
 def build_sr(source: Dataset, probs: np.ndarray, algorithm: Producer, identity: str, now: dt.datetime | None = None,
              previous: Previous | None = None) -> Dataset:
     """The SR of one classified instance.
@@ -170,69 +263,10 @@ def build_sr(source: Dataset, probs: np.ndarray, algorithm: Producer, identity: 
         now: content date/time (default: now).
         previous: the SR this one replaces (a corrected source under the same SOP Instance UID).
     """
-    import highdicom as hd
-    from highdicom.coding_schemes import CodingSchemeIdentificationItem
-    from pydicom.sr.codedict import codes
-
-    header = _evidence(source)
-    frames = int(probs.shape[0])
-    multi_frame = frames > 1 or int(source.get("NumberOfFrames", 1) or 1) > 1
-    algo = hd.sr.AlgorithmIdentification(name=algorithm.name, version=algorithm.version,
-                                         parameters=[f"sha256 of the ONNX file: {algorithm.sha256}", NOTICE],
-                                         manufacturer=MANUFACTURER)
-    groups = []
-    regression = algorithm.output.regression
-    for frame, row in enumerate(np.asarray(probs, dtype=np.float64)):
-        best = int(row.argmax())
-        if regression:
-            measurements = [hd.sr.Measurement(name=value_code(label, i), value=float(v), unit=_unit(unit))
-                            for i, (label, v, unit) in enumerate(zip(algorithm.labels, row, algorithm.output.units))]
-            evaluations = []
-        else:
-            measurements = [hd.sr.Measurement(name=probability_code(label, i), value=float(p), unit=codes.UCUM.NoUnits)
-                            for i, (label, p) in enumerate(zip(algorithm.labels, row))]
-            evaluations = [hd.sr.QualitativeEvaluation(name=_code(*PREDICTED_LABEL),
-                                                       value=label_code(algorithm.labels[best], best))]
-        image = hd.sr.SourceImageForMeasurementGroup(
-            referenced_sop_class_uid=header.SOPClassUID, referenced_sop_instance_uid=header.SOPInstanceUID,
-            referenced_frame_numbers=[frame + 1] if multi_frame else None)
-        groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
-            tracking_identifier=hd.sr.TrackingIdentifier(
-                uid=uid("tracking", header.SOPInstanceUID, algorithm.name, algorithm.version, str(frame)),
-                identifier=f"{algorithm.name} frame {frame + 1}"),
-            finding_type=_code(*(MEASURED_TYPE if regression else FINDING_TYPE)), algorithm_id=algo,
-            measurements=measurements, qualitative_evaluations=evaluations or None, source_images=[image]))
-    device = hd.sr.DeviceObserverIdentifyingAttributes(
-        uid=uid("device", algorithm.name, algorithm.version, algorithm.sha256), name=algorithm.name,
-        manufacturer_name=MANUFACTURER, model_name=f"{algorithm.name} {algorithm.version}"[:64])
-    context = hd.sr.ObservationContext(observer_device_context=hd.sr.ObserverContext(
-        observer_type=codes.cid270.Device, observer_identifying_attributes=device))
-    report = hd.sr.MeasurementReport(observation_context=context, procedure_reported=codes.cid100.ImagingProcedure,
-                                     imaging_measurements=groups)
-    root = report[0]
-    library = _image_library(header)
-    at = next(i for i, item in enumerate(root.ContentSequence)
-              if item.ConceptNameCodeSequence[0].CodeValue == codes.DCM.ImagingMeasurements.value)
-    for offset, item in enumerate(library):
-        root.ContentSequence.insert(at + offset, item)
-    now = now or dt.datetime.now()
-    sr = hd.sr.Comprehensive3DSR(
-        evidence=[header], content=root,
-        series_instance_uid=series_uid(str(header.StudyInstanceUID), algorithm),
-        series_number=SERIES_NUMBER, sop_instance_uid=sr_uid(identity, algorithm),
-        previous_versions=[previous.as_dataset()] if previous is not None else None,
-        instance_number=1, manufacturer=MANUFACTURER, is_complete=True, is_final=False, is_verified=False,
-        content_qualification="RESEARCH",
-        series_description=f"{NOTICE.capitalize()}: {algorithm.name}"[:64],
-        manufacturer_model_name=algorithm.name[:64], software_versions=algorithm.version[:64],
-        coding_schemes=[CodingSchemeIdentificationItem(designator=SCHEME, name=SCHEME_NAME,
-                                                       responsible_organization=MANUFACTURER)],
-        content_date=now.date(), content_time=now.time().replace(microsecond=0),
-    )
-    for keyword in _COPIED:
-        if keyword in header:
-            sr.add(header[keyword])
-    return sr
+    header = evidence(source)
+    groups = frame_groups(header, probs, algorithm, algorithm_id(algorithm))
+    root = report(groups, algorithm, _image_library(header))
+    return document(header, root, algorithm, sr_uid(identity, algorithm), previous, now)
 
 
 def sr_bytes(sr: Dataset) -> bytes:

@@ -12,7 +12,13 @@ INFO tags follow kipoi-veff's ``KV:<source>:<model>:<score>`` in an ID that VCF 
 
 Score tags are ``Number=A``: one value per ALT allele, comma-separated, each the task values
 ``|``-joined in the header's task order; ``.`` for an ALT that is not scored (indels, symbolic
-alleles...). ``bcftools norm -m-`` therefore splits them with the record.
+alleles, a contig the reference lacks...). ``bcftools norm -m-`` therefore splits them with the
+record. Each value is written as the shortest decimal that reads back as the same float32 (the
+model's precision: no float32 noise in the last digits).
+
+The header says which reference the scores are relative to: ``##reference=<FASTA file name>``
+(the name only, never a local path), and declares every contig the records
+use (the reference's, named as the input names them, and those the reference lacks, without a length).
 """
 
 from __future__ import annotations
@@ -35,7 +41,6 @@ VALUE_SCORES = (("REF", "value(ref)", "value with the reference allele"),
                 ("ALT", "value(alt)", "value with the alternative allele"),
                 ("DIFF", "value(alt) - value(ref)", "change in value"),
                 ("LOG2FC", "log2(value(alt) / value(ref))", "log2 fold change; . where a value is <= 0"))
-PERCENT = "%.9g"  # 9 significant digits: float32 probabilities and float64 log-odds are kept well within 1e-6
 
 
 def scores(semantics: Semantics) -> tuple[tuple[str, str, str], ...]:
@@ -43,9 +48,13 @@ def scores(semantics: Semantics) -> tuple[tuple[str, str, str], ...]:
     return VALUE_SCORES if semantics.regression else SCORES
 
 
-def _cells(values: list[float]) -> list[str]:
-    """Each value as ``PERCENT`` formats it; ``.`` for a value that does not exist (NaN: a fold change of <= 0)."""
-    return [PERCENT % v if v == v else "." for v in values]
+def texts(values: np.ndarray) -> list[list[str]]:
+    """Each row of ``values`` (n, k) as decimals: the shortest that reads back as the same float32 (numpy's), ``.``
+    for a value that does not exist (NaN: a fold change of <= 0)."""
+    rows = np.asarray(values, dtype=np.float32).reshape(len(values), -1)
+    return [[str(v) if v == v else "." for v in row] for row in rows]
+
+
 _NOT_ID = re.compile(r"[^0-9A-Za-z_.]")
 
 
@@ -76,7 +85,10 @@ class VcfAnnotator:
     """The output header and each annotated record of one model's scores."""
 
     def __init__(self, model: Producer, reference: str, contigs: dict[str, int], reverse_complement: bool) -> None:
+        """``reference``: the FASTA's file name (no path); ``contigs``: its lengths under the input's names (the
+        caller may update them, and ``missing``, the contigs the reference lacks, before the final ``header``)."""
         self.model, self.reference, self.contigs, self.rc = model, reference, contigs, reverse_complement
+        self.missing: list[str] = []
         self.prefix = f"KV_biomed_{sanitise(model.name)}"
         self.scores = scores(model.output)
         self.tags = [f"{self.prefix}_{key}" for key, _, _ in self.scores]
@@ -93,7 +105,7 @@ class VcfAnnotator:
         columns = column.split("\t")
         if len(columns) < 8:
             column = "\t".join(columns + ["QUAL", "FILTER", "INFO"][len(columns) - 5 :])
-        kept, declared = [], set()
+        kept, declared, reference = [], set(), False
         for h in meta:
             found = re.match(r"##(\w+)=<ID=([^,>]+)", h)
             if found and found.group(1) == "INFO" and found.group(2) in self.owned:
@@ -103,11 +115,14 @@ class VcfAnnotator:
                 continue
             if found and found.group(1) == "contig":
                 declared.add(found.group(2))
+            reference = reference or h.startswith("##reference=")
             kept.append(h)
         if not kept or not kept[0].startswith("##fileformat="):
             kept.insert(0, "##fileformat=VCFv4.2")
         tasks = "|".join(self.model.labels)
-        ours = [f"##contig=<ID={name},length={size}>" for name, size in self.contigs.items() if name not in declared]
+        ours = [] if reference else [f"##reference={self.reference}"]  # the input's own stays when it has one
+        ours += [f"##contig=<ID={name},length={size}>" for name, size in self.contigs.items() if name not in declared]
+        ours += [f"##contig=<ID={name}>" for name in self.missing if name not in declared]
         for (key, what, long), tag in zip(self.scores, self.tags):
             ours.append(f"##INFO=<ID={tag},Number=A,Type=String,Description="
                         f"{_quote(f'biomed {self.model.name} {what} ({long}) per ALT allele; task values |-joined in the order {tasks}')}>")
@@ -126,18 +141,13 @@ class VcfAnnotator:
         most of the time a chunk takes); others are put together ALT by ALT.
         """
         n = len(chunk.record)
-        rows: list[list[float]] = []
+        rows: list[list[str]] = []
         whole: list[str] = []
         if effects is not None and n:
             t = effects.ref.shape[1]
-            stacked = np.concatenate(effects.by_tag(), axis=1)  # (n, 4T): the tags' task values side by side
-            rows = stacked.tolist()
-            if np.isnan(stacked).any():  # a fold change that does not exist: '.' in its place
-                template = ";".join(f"{tag}=" + "|".join(["%s"] * t) for tag in self.tags)
-                whole = [template % tuple(_cells(row)) for row in rows]
-            else:
-                template = ";".join(f"{tag}=" + "|".join([PERCENT] * t) for tag in self.tags)
-                whole = [template % tuple(row) for row in rows]
+            rows = texts(np.concatenate(effects.by_tag(), axis=1))  # (n, 4T): the tags' task values side by side
+            template = ";".join(f"{tag}=" + "|".join(["%s"] * t) for tag in self.tags)
+            whole = [template % tuple(row) for row in rows]
         record_of, alt_of = chunk.record.tolist(), chunk.alt_index.tolist()
         out, at = [], 0
         for i, record in enumerate(chunk.records):
@@ -155,10 +165,10 @@ class VcfAnnotator:
             out.append(self._annotate(record, added))
         return out
 
-    def _per_alt(self, record: VcfRecord, scored: dict[int, list[float]]) -> list[str]:
+    def _per_alt(self, record: VcfRecord, scored: dict[int, list[str]]) -> list[str]:
         """Number=A values of a multi-allelic record: one value per ALT, '.' where an ALT is not scored."""
         t = len(self.model.labels)
-        return [f"{tag}=" + ",".join("|".join(_cells(scored[a][k * t : (k + 1) * t])) if a in scored else "."
+        return [f"{tag}=" + ",".join("|".join(scored[a][k * t : (k + 1) * t]) if a in scored else "."
                                      for a in range(len(record.alts)))
                 for k, tag in enumerate(self.tags)]
 
@@ -193,7 +203,7 @@ class TsvWriter:
         t = len(self.labels)
         if effects is not None and rows:
             stacked = np.stack(effects.by_tag(), axis=2).reshape(len(rows), 4 * t)  # per task: ref, alt, diff, lod
-            values = ["\t".join(c if c != "." else "NA" for c in _cells(row)) for row in stacked.tolist()]
+            values = ["\t".join(c if c != "." else "NA" for c in row) for row in texts(stacked)]
         else:
             values = []
         missing = "\t".join(["NA"] * (4 * t))

@@ -4,6 +4,9 @@
 - ``service/doors/dicomweb.py``: STOW-RS (``POST /dicomweb/studies``), streamed part by part.
 - ``pipeline.py``: what both do with an instance: parse once, check, classify (the image handler), spool its SR
   (``biomed/outputs/sr.py``: the TID 1500 Comprehensive 3D SR of one classified instance).
+- ``groups.py``: with ``BIOMED_DICOM_GROUP_BY`` = ``series`` or ``study`` (not ``instance``), the
+  instances in their groups in the spool; ``closer.py``: each worker's thread that makes one SR per
+  group once it is quiet.
 - ``spool.py``: the durable spool and its forwarder; ``destination.py``: STOW-RS or C-STORE to the PACS, for any
   DICOM object the spool holds.
 
@@ -22,6 +25,10 @@ from biomed.runtime import StartupError
 from biomed.settings import env
 
 if TYPE_CHECKING:
+    import numpy as np
+
+    from service.dicom.closer import Closer
+    from service.dicom.groups import Groups
     from service.dicom.scp import Receiver
     from service.dicom.spool import Forwarder, Spool
     from service.engine import Engine
@@ -36,8 +43,11 @@ class Dicom:
     def __init__(self, engine: "Engine", loop: asyncio.AbstractEventLoop | None) -> None:
         config = engine.config
         self.config = config
+        self.loop = loop
         self.spool: Spool | None = None
         self.forwarder: Forwarder | None = None
+        self.groups: Groups | None = None
+        self.closer: Closer | None = None
         self.receiver: Receiver | None = None
         try:
             handler = engine.pick(None, "classify")  # not kept: a reload may swap the image model
@@ -64,16 +74,18 @@ class Dicom:
                 raise StartupError(f"the SR spool {env('dicom_spool')} cannot be created ({type(err).__name__}: "
                                    f"{err.strerror})") from None
             self.forwarder = Forwarder(self.spool, destination.connector(config.dicom_destination, config.dicom_aet),
-                                       engine.metrics, config.dicom_retry_max_s)
+                                       engine.metrics, config.dicom_retry_max_s, config.dicom_destination)
             self.forwarder.start()
             log.info("result SRs go to the %s through the spool (%d waiting)",
                      destination.describe(config.dicom_destination), self.spool.depth())
+            if config.dicom_group_by != "instance":
+                self._group(engine)
         if config.dicom_port:
             if loop is None:
                 raise StartupError("the C-STORE receiver needs the worker's event loop")
             from service.dicom.scp import Receiver
 
-            self.receiver = Receiver(config, handler, engine.admission, loop, self.spool)
+            self.receiver = Receiver(config, handler, engine.admission, loop, self.spool, self.groups)
             try:
                 self.receiver.start()
             except OSError as err:
@@ -83,9 +95,44 @@ class Dicom:
             if not config.dicom_destination:
                 log.warning(f"{env('dicom_destination')} is not set: instances are classified but no SR goes out")
 
+    def _group(self, engine: "Engine") -> None:
+        """Instances into their groups in the spool, and this worker's closer (``groups.py``, ``closer.py``)."""
+        from service.dicom.closer import Closer
+        from service.dicom.groups import Groups, Policy
+
+        c = self.config
+        policy = Policy(c.dicom_group_by, c.dicom_group_timeout_s, c.dicom_group_max_instances, c.sr_per_instance)
+        self.groups = Groups(self.spool, policy)  # type: ignore[arg-type]
+        self.closer = Closer(self.groups, self._reclassify, engine.metrics)
+        self.closer.start()
+        log.info("instances are grouped by %s: one SR per group, %g s after its last instance (%s)", c.dicom_group_by,
+                 c.dicom_group_timeout_s, env("dicom_group_timeout_s"))
+
+    def _reclassify(self, model: str, version: str, data: bytes) -> "np.ndarray | None":
+        """An instance's outputs again (its group record was lost in a crash), by that model version if loaded."""
+        if self.loop is None:
+            return None
+
+        async def run() -> "np.ndarray | None":
+            from biomed.preprocess.upload import Upload
+            from service.engine import UnknownModel, current
+
+            engine = current()
+            with engine.scope():
+                try:
+                    handler = engine.pick(f"{model}:{version}", "classify")
+                except UnknownModel:
+                    return None
+                probs, _ = await handler.classify(Upload(data), "dimse")
+                return probs
+
+        return asyncio.run_coroutine_threadsafe(run(), self.loop).result(timeout=self.config.request_timeout_s)
+
     def close(self) -> None:
         if self.receiver is not None:
             self.receiver.stop()
+        if self.closer is not None:
+            self.closer.stop()
         if self.forwarder is not None:
             self.forwarder.stop()
 

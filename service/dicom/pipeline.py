@@ -1,24 +1,30 @@
-"""One received DICOM instance, whichever door it came through: checked, classified, its SR spooled.
+"""One received DICOM instance, whichever door it came through: checked, classified, its SR spooled (or the
+instance stored in its group, whose one SR is made when the group closes: ``groups.py``).
 
 ``receive`` is shared by the C-STORE receiver (``scp.py``, called from its threads through the
 event loop) and STOW-RS (``service/doors/dicomweb.py``): the instance is parsed once, with the
-decoder's own caps (``biomed.preprocess.upload.Upload``), its UIDs and SOP class checked, every
+decoder's own caps (``biomed.preprocess.upload.Upload``; on the event loop when it is small enough
+to be decoded there too), its UIDs and SOP class checked, every
 frame classified by the image handler from that same parse (``ImageHandler.classify``: the same
 decode and model run as ``/predict_image``, through the same batchers), and when a destination
 is set its SR is built (``biomed/outputs/sr.py``) from the header the decoder kept and written
 to the spool (``spool.py``) before ``receive`` returns, so the sender is answered only once the
-result is durable. The SR's UID derives from the instance's content identity
+result is durable. Grouped (``BIOMED_DICOM_GROUP_BY`` series or study), the instance's file is
+written and fsynced while it is checked and classified, and committed to its group with its model
+outputs (``groups.py``) before ``receive`` returns: the group's SR comes when the group closes. The SR's UID derives from the instance's content identity
 (``biomed.preprocess.identity``, hashed by that same decode): the same instance again, in any
 transfer syntax, is a duplicate; a corrected one under the same SOP Instance UID gets a new SR
 naming the one before it (recorded in the spool). It never raises for bad input: it answers an ``Outcome`` with the DIMSE
 status / STOW-RS failure reason (the same codes for both doors):
 
-- ``ok``, 0x0000: classified (and its SR spooled, or already spooled or delivered);
+- ``ok``, 0x0000: classified (and its SR spooled, or already spooled or delivered; or, grouped, the
+  instance durably in its group, or already there);
 - ``too_large``, ``too_many_requests``, ``timeout``, ``spool_unavailable``, 0xA700 (out of
   resources): over a size cap, a shared budget full, the spool not writable;
 - ``not_an_image``, 0x0122: a SOP class that is not an image storage class (an SR, an RT Plan);
 - ``no_pixel_data``, ``missing_uids``, ``study_mismatch``, 0xA900: the dataset does not match its
-  SOP class, lacks its UIDs, or is not of the study named in the STOW-RS path;
+  SOP class, lacks its UIDs (grouped: its Series Instance UID too), or is not of the study named in
+  the STOW-RS path;
 - ``unsupported_transfer_syntax``, 0xC122: no decoder for its transfer syntax;
 - any other input error (``malformed_dicom``, ``bad_pixel_data``, ``unsupported_media_type``...),
   0xC000: cannot be understood;
@@ -28,6 +34,7 @@ status / STOW-RS failure reason (the same codes for both doors):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import traceback
@@ -57,12 +64,16 @@ from pydicom.uid import (
     XRayRadiofluoroscopicImageStorage,
 )
 
-from biomed.errors import InputError
+from biomed.errors import InputError, TooLarge
 from biomed.outputs import Producer, sr
 from biomed.preprocess.dicom_read import is_uid
 from biomed.preprocess.upload import Upload
+from biomed.series import aggregate_of
+from service import audit
+from service.audit.events import Subject
 
 if TYPE_CHECKING:
+    from service.dicom.groups import Groups
     from service.dicom.spool import Spool
     from service.handlers.image import ImageHandler
 
@@ -88,7 +99,7 @@ IMAGE_STORAGE = (
     DermoscopicPhotographyImageStorage, PhotoacousticImageStorage,
 )
 _IMAGE_STORAGE = frozenset(str(u) for u in IMAGE_STORAGE)
-_SR_THREADS = 2  # SR building (highdicom: tens of ms per SR) and spool writes (fsync), off the event loop
+_SR_THREADS = 4  # SR building (highdicom: tens of ms per SR) and spool writes (fsync), off the event loop
 
 OK = 0x0000
 OUT_OF_RESOURCES = 0xA700
@@ -110,13 +121,15 @@ def status_of(code: str) -> int:
 
 @dataclass
 class Outcome:
-    """What became of one instance: ``code`` is ``ok`` or the reason (module docstring); no patient data."""
+    """What became of one instance: ``code`` is ``ok`` or the reason (module docstring); no patient data but the
+    ``subject`` the audit trail writes."""
 
     code: str
     sop_class: str | None = None
     sop_instance: str | None = None
     detail: str = ""
     spooled: bool = False
+    subject: Subject | None = None  # the instance's study and patient, for the audit trail only (never logged)
 
     @property
     def status(self) -> int:
@@ -151,11 +164,15 @@ def _uid_of(ds: Dataset, keyword: str) -> str | None:
     return value if is_uid(value) else None
 
 
-def check_header(ds: Dataset, study: str | None = None) -> tuple[str, str]:
-    """(SOP Class UID, SOP Instance UID) of an image instance of ``study`` (any when None); else ``Refused``."""
+def check_header(ds: Dataset, study: str | None = None, series: bool = False) -> tuple[str, str]:
+    """(SOP Class UID, SOP Instance UID) of an image instance of ``study`` (any when None), with a Series Instance
+    UID when ``series``; else ``Refused``."""
     sop_class, sop_instance = _uid_of(ds, "SOPClassUID"), _uid_of(ds, "SOPInstanceUID")
     if sop_class is None or sop_instance is None or _uid_of(ds, "StudyInstanceUID") is None:
         raise Refused("the instance lacks a valid SOP Class, SOP Instance or Study Instance UID", code="missing_uids")
+    if series and _uid_of(ds, "SeriesInstanceUID") is None:
+        raise Refused("the instance lacks a valid Series Instance UID (instances are grouped by series)",
+                      code="missing_uids")
     if sop_class not in _IMAGE_STORAGE:
         raise Refused("the instance is not of an image storage SOP class (an SR, RT or other non-image object)",
                       code="not_an_image")
@@ -207,31 +224,72 @@ def _build_and_spool(header: Dataset, probs: np.ndarray, algo: Producer, identit
     return True
 
 
+async def _parse(handler: "ImageHandler", upload: Upload) -> Dataset:
+    """The instance's dataset: parsed on the event loop when it is small enough to decode there too (as
+    ``ImageHandler.decode`` does, under the same inline caps: a thread's handoffs cost more than such a parse),
+    else on a thread under the full limits."""
+    if len(upload.data) <= handler.config.inline_decode_bytes:
+        with contextlib.suppress(TooLarge):
+            return upload.dataset(handler.inline_limits)
+    return await handler.in_thread(upload.dataset, handler.limits,
+                                   small=len(upload.data) <= handler.config.small_upload_bytes)
+
+
+def _stage(groups: "Groups | None", data: bytes) -> "asyncio.Future | None":
+    """With groups, the instance's file written and fsynced off the loop (``Groups.stage``), while it is classified."""
+    return None if groups is None else asyncio.ensure_future(_off_loop(groups.stage, data))
+
+
+def _unstage(staged: "asyncio.Future | None") -> None:
+    """A staged file not committed (the instance failed, was a duplicate, or its request ended): removed once
+    written (a committed one is linked into its group under its own name first)."""
+    if staged is not None:
+        staged.add_done_callback(lambda f: f.cancelled() or f.exception() or f.result().unlink(missing_ok=True))
+
+
+async def _durably(handler: "ImageHandler", header: Dataset, probs: np.ndarray, identity: str,
+                   staged: "asyncio.Future | None", spool: "Spool | None", groups: "Groups | None") -> bool:
+    """The instance's SR in the spool, or the staged instance in its group; False for a duplicate
+    (``spool_unavailable`` when the spool cannot be written)."""
+    algo = producer(handler)
+    try:
+        if groups is not None and staged is not None:
+            how = aggregate_of(handler.config.series_aggregate, handler.semantics)
+            try:
+                path = await asyncio.shield(staged)
+            except asyncio.CancelledError:
+                _unstage(staged)
+                raise
+            return bool(await _off_loop(groups.commit, path, header, identity, probs, algo, how))
+        return bool(await _off_loop(_build_and_spool, header, probs, algo, identity, spool))
+    except OSError as err:
+        log.error("the spool could not be written (%s); the instance was refused with 0xA700", type(err).__name__)
+        raise InputError("the spool cannot be written", code="spool_unavailable") from None
+
+
 async def receive(handler: "ImageHandler", data: bytes, door: str, study: str | None = None,
-                  spool: "Spool | None" = None, route: "Callable[[str], ImageHandler] | None" = None) -> Outcome:
-    """Check, classify and (with a spool) spool the SR of one instance; never raises for bad input. ``route``: the
-    handler for the instance's Modality (``Engine.route``: ``BIOMED_DICOM_MODEL``, else by modality), in place of
-    ``handler`` once the header is parsed."""
+                  spool: "Spool | None" = None, groups: "Groups | None" = None,
+                  route: "Callable[[str], ImageHandler] | None" = None) -> Outcome:
+    """Check, classify and (with a spool) spool the SR of one instance, or with ``groups`` store it in its group
+    (``groups.py``: its SR is the group's); never raises for bad input. ``route``: the handler for the instance's
+    Modality (``Engine.route``: ``BIOMED_DICOM_MODEL``, else by modality), in place of ``handler`` once the header
+    is parsed."""
     outcome = Outcome("ok")
+    staged = _stage(groups, data)  # the file on its way to the disk while it is checked and classified
     try:
         upload = Upload(data, identify=True)
         del data
-        header = await handler.in_thread(upload.dataset, handler.limits,
-                                         small=len(upload.data) <= handler.config.small_upload_bytes)
+        header = await _parse(handler, upload)
         outcome.sop_class, outcome.sop_instance = (_uid_of(header, "SOPClassUID"), _uid_of(header, "SOPInstanceUID"))
-        check_header(header, study)
+        outcome.subject = Subject.of(header) if audit.current().enabled else None
+        check_header(header, study, series=groups is not None)
         if route is not None:
             handler = route(str(header.get("Modality", "") or "").strip())
         probs, _ = await handler.classify(upload, door)  # decoded from the dataset parsed above
-        header, identity = upload.header, upload.identity  # now without pixel data
+        header, identity = upload.header, upload.identity  # the header now without pixel data
         del upload
-        if spool is not None and identity is not None:
-            try:
-                outcome.spooled = await _off_loop(_build_and_spool, header, probs, producer(handler), identity, spool)
-            except OSError as err:
-                log.error("the SR spool could not be written (%s); the instance was refused with 0xA700",
-                          type(err).__name__)
-                raise InputError("the SR spool cannot be written", code="spool_unavailable") from None
+        if identity is not None and (groups is not None or spool is not None):
+            outcome.spooled = await _durably(handler, header, probs, identity, staged, spool, groups)
             if not outcome.spooled:
                 handler.metrics.dicom_forwarded.labels(outcome="duplicate").inc()
     except InputError as err:
@@ -242,5 +300,7 @@ async def receive(handler: "ImageHandler", data: bytes, door: str, study: str | 
         log.error("a DICOM instance failed with %s\n%s", type(err).__name__,
                   "".join(traceback.format_tb(err.__traceback__)))
         outcome.code, outcome.detail = "internal", "the server failed; see its log"
+    finally:
+        _unstage(staged)  # a staged file not committed (a refused instance, a duplicate) is removed
     handler.metrics.dicom_received.labels(door=door, outcome=outcome.code).inc()
     return outcome

@@ -50,6 +50,7 @@ from pydicom.dataset import Dataset
 
 from biomed.errors import Overloaded
 from biomed.settings import env
+from service import audit
 from service.admission import Admission
 from service.dicom import pipeline
 from service.dicom.gate import MAXIMUM_LENGTH, Gate, Handler, Temp
@@ -121,12 +122,13 @@ class Receiver:
     """The SCP of one worker; ``start`` binds the port (``OSError`` when it cannot)."""
 
     def __init__(self, config: Any, handler: Any, admission: Admission, loop: asyncio.AbstractEventLoop,
-                 spool: Any = None) -> None:
+                 spool: Any = None, groups: Any = None) -> None:
         self.config = config
         self.metrics = handler.metrics  # not the handler: each instance goes to the default image model of the moment
         self.admission = admission  # the gates HTTP requests pass: a concurrency slot and the body budget
         self.loop = loop
         self.spool = spool
+        self.groups = groups  # instances into their series (or study) in the spool, when grouped
         self.server = None
         self.incoming = Path(tempfile.gettempdir()) / f"biomed-cstore-{config.dicom_port}"
         workers = max(config.workers, 1)
@@ -170,6 +172,7 @@ class Receiver:
         ae.add_supported_context(Verification)
         handlers = [(evt.EVT_C_STORE, self._store), (evt.EVT_PDU_RECV, self._count),
                     (evt.EVT_REJECTED, self._rejected)]
+        handlers += audit.current().dimse_handlers()  # the audit trail: refused AE titles, associations' ends
         self.server = ae.make_server((c.dicom_host, c.dicom_port), evt_handlers=handlers,
                                      server_class=_server_class(self.gate, self.temp), request_handler=Handler)
         thread = threading.Thread(target=self.server.serve_forever, name="dicom-scp", daemon=True)
@@ -256,6 +259,7 @@ class Receiver:
         finally:
             self.temp.done(str(event.dataset_path))  # pynetdicom removes the file once this returns
         status.Status = outcome.status
+        audit.current().dimse_stored(event, outcome)  # written per study when the association ends (service/audit)
         if not outcome.ok:
             status.ErrorComment = outcome.code[:64]
         return status
@@ -306,6 +310,7 @@ class Receiver:
         engine = current()
         with engine.scope():
             return await pipeline.receive(engine.pick(None, "classify"), data, "dimse", spool=self.spool,
+                                          groups=self.groups,
                                           route=lambda modality: engine.route(modality, "classify"))
 
     def _sweep(self) -> None:

@@ -9,6 +9,9 @@ Layout of ``BIOMED_DICOM_SPOOL``:
 - ``sent/<UID>``: an empty marker per SR the destination confirmed (kept 7 days), so that the
   same source instance sent again, with the same model version, is not delivered twice: the
   pending file itself, renamed there (no new file, so a full disk still takes it) and emptied.
+- ``timing/<UID>``: for the SR of a group of instances (``groups.py``, which keeps its groups under
+  ``groups/`` and ``open/`` here), the group's last arrival as its mtime, until the SR is delivered
+  (``biomed_dicom_group_seconds``).
 - ``versions/<key>``: per source instance (its SOP Instance UID) and model version, the SR made
   for it last; a corrected instance under the same SOP Instance UID gets a new SR that names
   that one (``biomed.outputs.sr.Previous``). Kept as long as the delivery markers.
@@ -49,6 +52,7 @@ from typing import Any, Callable, Protocol
 
 from biomed.outputs.sr import Previous
 from biomed.preprocess.dicom_read import is_uid
+from service import audit
 
 log = logging.getLogger("biomed.dicom")
 SENT_KEEP_S = 7 * 24 * 3600
@@ -64,7 +68,7 @@ class Delivery(Protocol):
     def close(self) -> None: ...
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -78,8 +82,8 @@ class Spool:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
         self.tmp, self.sent, self.rejected = self.root / "tmp", self.root / "sent", self.root / "rejected"
-        self.versions = self.root / "versions"
-        for d in (self.root, self.tmp, self.sent, self.rejected, self.versions):
+        self.versions, self.timing = self.root / "versions", self.root / "timing"
+        for d in (self.root, self.tmp, self.sent, self.rejected, self.versions, self.timing):
             d.mkdir(parents=True, exist_ok=True)
         self.added = threading.Event()  # set when this process spools an SR (wakes its forwarder)
 
@@ -92,8 +96,11 @@ class Spool:
         """Whether this SR is pending or was delivered."""
         return self._path(uid).exists() or (self.sent / uid).exists()
 
-    def put(self, uid: str, data: bytes) -> bool:
-        """Store an SR durably; False when the same SR is already pending or was delivered (a duplicate)."""
+    def put(self, uid: str, data: bytes, arrived: float | None = None) -> bool:
+        """Store an SR durably; False when the same SR is already pending or was delivered (a duplicate).
+
+        ``arrived``: the last arrival of the group the SR is the result of (``groups.py``), for ``arrived``.
+        """
         final = self._path(uid)
         if self.is_known(uid):
             return False
@@ -102,13 +109,18 @@ class Spool:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        if arrived is not None:  # before the SR: the forwarder may deliver it at once
+            timing = self.timing / uid
+            with contextlib.suppress(OSError):
+                timing.touch()
+                os.utime(timing, (arrived, arrived))
         try:
             os.link(tmp, final)  # atomic; refuses to replace an SR another worker put there meanwhile
         except FileExistsError:
             return False
         finally:
             tmp.unlink(missing_ok=True)
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
         self.added.set()
         return True
 
@@ -149,8 +161,19 @@ class Spool:
         with contextlib.suppress(OSError):
             os.truncate(marker, 0)
         with contextlib.suppress(OSError):
-            _fsync_dir(self.root)
+            fsync_dir(self.root)
         return None
+
+    def arrived(self, uid: str) -> float | None:
+        """When the last instance of the group whose result is SR ``uid`` arrived (None for an instance's SR);
+        forgotten once read."""
+        timing = self.timing / uid
+        try:
+            at = timing.stat().st_mtime
+            timing.unlink()
+        except OSError:
+            return None
+        return at
 
     def previous(self, key: str) -> Previous | None:
         """The SR made last for the source instance and model version of ``key`` (``sr.source_key``), if any."""
@@ -170,7 +193,7 @@ class Spool:
 
     def reject(self, path: Path) -> None:
         os.replace(path, self.rejected / path.name)
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
 
     def prune(self, now: float | None = None) -> int:
         """Forget delivery markers older than a week, and writes interrupted by a crash; returns markers removed."""
@@ -181,7 +204,7 @@ class Spool:
                 if now - marker.stat().st_mtime > SENT_KEEP_S:
                     marker.unlink()
                     removed += 1
-        for record in self.versions.iterdir():
+        for record in (*self.versions.iterdir(), *self.timing.iterdir()):
             with contextlib.suppress(FileNotFoundError):
                 if now - record.stat().st_mtime > SENT_KEEP_S:
                     record.unlink()
@@ -205,8 +228,10 @@ def _why(err: OSError) -> str:
 class Forwarder(threading.Thread):
     """Delivers the spool to the destination while this process holds the spool's lock (module docstring)."""
 
-    def __init__(self, spool: Spool, connect: Callable[[], Delivery], metrics: Any, retry_max_s: float) -> None:
+    def __init__(self, spool: Spool, connect: Callable[[], Delivery], metrics: Any, retry_max_s: float,
+                 destination: str = "") -> None:
         super().__init__(name="dicom-forwarder", daemon=True)
+        self.destination = destination  # BIOMED_DICOM_DESTINATION, for the audit trail
         self.spool = spool
         self.connect = connect
         self.metrics = metrics
@@ -287,6 +312,7 @@ class Forwarder(threading.Thread):
     def _deliver(self, pending: list[Path]) -> bool:
         """Send ``pending`` in order over one connection; False at the first failure that may pass."""
         delivery = None
+        sent: list = []  # what the destination confirmed, for the audit trail (service/audit)
         try:
             for done, path in enumerate(pending, start=1):
                 if self.stopping.is_set():
@@ -304,6 +330,10 @@ class Forwarder(threading.Thread):
                 if outcome == "delivered":
                     self._doing = "recording a delivery"
                     self._record(path)
+                    sent.append(audit.current().subject_of(data))
+                    arrived = self.spool.arrived(path.name[: -len(".dcm")])
+                    if arrived is not None:  # a group's SR: from its last instance to the destination's confirmation
+                        self.metrics.dicom_group_seconds.observe(max(time.time() - arrived, 0.0))
                 elif outcome == "rejected":
                     self._doing = "moving a refused SR to rejected/"
                     log.error("the destination refused an SR; it was moved to %s", self.spool.rejected)
@@ -316,6 +346,7 @@ class Forwarder(threading.Thread):
             if delivery is not None:
                 with contextlib.suppress(Exception):
                     delivery.close()
+            audit.current().results_sent(self.destination, sent)
 
     def _record(self, path: Path) -> None:
         """Record a confirmed delivery; when the spool cannot, never send that SR again from here (module docstring)."""

@@ -37,8 +37,9 @@ class Conflict(InputError):
 
 async def promote(request: Request, engine: Engine) -> dict:
     config = engine.config
-    if not config.api_token:
-        raise AdminOff(f"the admin endpoints are off: they are served only when {env('api_token')} is set")
+    if not engine.admission.token_required:
+        raise AdminOff(f"the admin endpoints are off: they are served only when {env('api_token')} or "
+                       f"{env('api_tokens_file')} is set")
     body = await read_body(request, 64 * 1024)
     req = await read_json(request, body, PromoteRequest, 16, "one model reference")
     name, version = store.split_ref(req.model)

@@ -18,6 +18,7 @@ from starlette.responses import JSONResponse
 
 from biomed.errors import MalformedInput, TooLarge, UnsupportedMedia
 from biomed.preprocess.dicom_read import is_uid
+from service import audit
 from service.dicom import current as dicom_current
 from service.dicom import multipart, pipeline
 from service.doors.http_io import media_type
@@ -62,23 +63,30 @@ async def store(request: Request, engine: Engine) -> StowResponse:
     handler = engine.pick(None, "classify")
     side = dicom_current()
     spool = side.spool if side is not None else None
-    referenced, failed = [], []
+    groups = side.groups if side is not None else None  # grouped: each instance joins its series in the spool
+    referenced, failed, outcomes = [], [], []
     cap = engine.config.max_upload_bytes
-    async for part in multipart.parts(request.stream(), boundary, cap):
-        if len(referenced) + len(failed) >= MAX_INSTANCES:
-            raise TooLarge(f"the body holds more than {MAX_INSTANCES} instances; send the study in several requests")
-        if part.too_large:
-            outcome = pipeline.Outcome("too_large")
-            handler.metrics.dicom_received.labels(door="stow", outcome="too_large").inc()
-        elif part.media_type not in ("", "application/dicom"):
-            outcome = pipeline.Outcome("unsupported_media_type")
-            handler.metrics.dicom_received.labels(door="stow", outcome="unsupported_media_type").inc()
-        else:
-            data, part.data = part.data, b""
-            outcome = await pipeline.receive(handler, data, "stow", study=study, spool=spool,
-                                             route=lambda modality: engine.route(modality, "classify"))
-            del data
-        (referenced if outcome.ok else failed).append(_item(outcome))
+    try:
+        async for part in multipart.parts(request.stream(), boundary, cap):
+            if len(referenced) + len(failed) >= MAX_INSTANCES:
+                raise TooLarge(f"the body holds more than {MAX_INSTANCES} instances; send the study in several requests")
+            if part.too_large:
+                outcome = pipeline.Outcome("too_large")
+                handler.metrics.dicom_received.labels(door="stow", outcome="too_large").inc()
+            elif part.media_type not in ("", "application/dicom"):
+                outcome = pipeline.Outcome("unsupported_media_type")
+                handler.metrics.dicom_received.labels(door="stow", outcome="unsupported_media_type").inc()
+            else:
+                data, part.data = part.data, b""
+                outcome = await pipeline.receive(handler, data, "stow", study=study, spool=spool,
+                                                 groups=groups,
+                                                 route=lambda modality: engine.route(modality, "classify"))
+                del data
+            (referenced if outcome.ok else failed).append(_item(outcome))
+            outcomes.append(outcome)
+    finally:  # one DICOM Instances Transferred message per study, for the instances read (service/audit)
+        audit.current().stow_stored(request.scope.get(audit.CLIENT), request.client.host if request.client else "",
+                                    outcomes)
     if not referenced and not failed:
         raise MalformedInput("the multipart/related body holds no part")
     body: dict = {}

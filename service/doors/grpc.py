@@ -11,7 +11,8 @@ door around them does what the HTTP guard and ``endpoint.wrapper`` do for REST, 
 ``Admission``, data plane (``service/inference.py``), batchers and metrics (``door="grpc"``):
 
 1. the token: every call but ServerLive, ServerReady and the health check needs ``authorization:
-   Bearer <BIOMED_API_TOKEN>`` metadata when a token is set (UNAUTHENTICATED);
+   Bearer <token>`` metadata when a token is set (``BIOMED_API_TOKEN``, ``BIOMED_API_TOKENS_FILE``;
+   UNAUTHENTICATED, recorded in the audit trail); ModelInfer calls are audited as predictions;
 2. a concurrency slot of the worker's share of ``BIOMED_MAX_CONCURRENCY`` (UNAVAILABLE at once past it);
 3. its turn to read the request message: every method is registered as client-streaming so that the
    door, not gRPC, reads the one message, and at most ``BIOMED_GRPC_MAX_STREAMS`` calls per worker read
@@ -32,6 +33,7 @@ import logging
 import traceback
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
+from urllib.parse import unquote
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -42,7 +44,7 @@ import biomed
 from biomed.errors import InputError, MalformedInput
 from biomed.runtime import StartupError
 from biomed.settings import env
-from service import inference
+from service import audit, inference
 from service.admission import Unauthorized
 from service.config import ServiceConfig
 from service.engine import Engine, current
@@ -86,6 +88,7 @@ class Method:
     request: Any  # the protobuf message class
     run: Callable[[Any, Engine, "GrpcDoor"], Awaitable[Any]]
     open: bool = False
+    audited: bool = False  # a prediction: recorded in the audit trail (service/audit)
 
     @property
     def label(self) -> str:
@@ -142,7 +145,7 @@ METHODS = (
     Method(SERVICE, "ServerMetadata", pb.ServerMetadataRequest, server_metadata),
     Method(SERVICE, "ModelReady", pb.ModelReadyRequest, model_ready),
     Method(SERVICE, "ModelMetadata", pb.ModelMetadataRequest, model_metadata),
-    Method(SERVICE, "ModelInfer", pb.ModelInferRequest, model_infer),
+    Method(SERVICE, "ModelInfer", pb.ModelInferRequest, model_infer, audited=True),
     Method(HEALTH, "Check", health_pb2.HealthCheckRequest, health_check, open=True),
 )
 
@@ -212,12 +215,16 @@ class GrpcDoor:
         """Admission, the message, the work (see the module docstring); InputError for what the client gets wrong."""
         metadata = {k: v for k, v in context.invocation_metadata() or () if isinstance(v, str)}
         admission = engine.admission
+        peer = peer_address(unquote(context.peer() or ""))  # the body budget's key and the audit trail's "from where"
+        who = None
         if not method.open:
             scheme, _, token = metadata.get("authorization", "").partition(" ")
-            if admission.token_required and not (scheme.lower() == "bearer" and admission.authorised(token)):
-                raise Unauthorized(f"send authorization metadata 'Bearer <token>' ({env('api_token')})")
+            who = admission.authorised(token if scheme.lower() == "bearer" else None, peer or "", "grpc")
+            if who is None:  # the admission recorded the refusal in the audit trail
+                raise Unauthorized(f"send authorization metadata 'Bearer <token>' ({env('api_token')} or one of "
+                                   f"{env('api_tokens_file')})")
             admission.enter()
-        held, peer = 0, peer_address(context.peer())
+        held = 0
         try:
             async with asyncio.timeout(self.config.request_timeout_s) as clock:
                 async with self.reading:
@@ -227,7 +234,10 @@ class GrpcDoor:
                 msg = _parse(method, raw)
                 del raw
                 with engine.scope(metadata.get("x-request-id")):
-                    return await method.run(msg, engine, self)
+                    if not method.audited:
+                        return await method.run(msg, engine, self)
+                    async with audit.current().predicting("grpc", method.label, who, peer or ""):
+                        return await method.run(msg, engine, self)
         except TimeoutError:
             if clock.expired():
                 raise Timeout(f"the request did not finish within {self.config.request_timeout_s:g} s "

@@ -85,10 +85,14 @@ async def predict_dna(request: Request, engine: Engine) -> dict:
 
 def fasta_items(data: bytes, max_records: int) -> list[tuple[str, str]]:
     """(id, sequence) of each record, counted while parsing; ids as long as JSON ids at most."""
+    if data[128:132] == b"DICM":
+        raise MalformedInput("the upload is a DICOM file, not FASTA; send images to /predict_image (accepted here: "
+                             "FASTA text, '>' header lines and sequences)")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
-        raise MalformedInput("the FASTA file is not UTF-8 text") from None
+        raise MalformedInput("the upload is not FASTA: it is not UTF-8 text; accepted: FASTA text, '>' header lines "
+                             "and sequences") from None
     items = []
     for record in parse_fasta(io.StringIO(text), max_records=max_records, max_header=MAX_FASTA_HEADER):
         if len(record.id) > MAX_ID:

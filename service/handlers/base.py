@@ -157,5 +157,11 @@ class Handler:
         outputs (one value per row). ``parameters`` are the request's, already checked against the kind's."""
         raise NotImplementedError
 
+    async def predict_group(self, items: list[bytes], parameters: dict[str, Any],
+                            door: str = "native") -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, Any]]:
+        """The person input's elements as one group (``parameters.group``, for a kind whose person input declares
+        it): the group's one output row, its extra outputs, and the answer's parameters."""
+        raise NotImplementedError
+
     def close(self) -> None:
         self.batcher.close()

@@ -19,8 +19,11 @@ from biomed.outputs.explanation import explanation_body
 from biomed.preprocess.budget import reserve
 from biomed.preprocess.image import ImageSpec, Limits, load_image, load_presented
 from biomed.preprocess.upload import Upload
+from biomed.preprocess.dicom_read import is_uid
 from biomed.runtime import LoadedModel
+from biomed.series import Collected, Member, Result, aggregate_of, combine, mixture
 from biomed.settings import env
+from service import audit
 from service.handlers.base import Handler, Shared
 
 T = TypeVar("T")
@@ -48,7 +51,7 @@ class InlineBudget:
 
 class ImageHandler(Handler):
     kind = IMAGE.name
-    operations = frozenset({"predict_file", "classify", "explain_file"})
+    operations = frozenset({"predict_file", "classify", "explain_file", "predict_series"})
     batch_setting = "max_batch_size"
 
     def __init__(self, model: LoadedModel, shared: Shared) -> None:
@@ -89,6 +92,7 @@ class ImageHandler(Handler):
                 small = len(upload.data) <= self.config.small_upload_bytes
                 x, info = await self.in_thread(load_image, upload, self.spec, self.limits, small=small)
         self.metrics.preprocess_seconds.labels(kind=info.get("format", "image")).observe(time.perf_counter() - started)
+        audit.noted(upload.header)  # the request's audit event names the DICOM instance it read
         return np.ascontiguousarray(x, dtype=np.float32), info
 
     def results(self, probs: np.ndarray) -> list[dict]:
@@ -152,6 +156,67 @@ class ImageHandler(Handler):
         probs, element, frame = await self.predict_files(items, door)
         return probs, {"element": element, "frame": frame}
 
+    async def predict_group(self, items: list[bytes], parameters: dict[str, Any],
+                            door: str = "native") -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, Any]]:
+        """v2's ``file`` input with ``parameters.group`` = ``series``: the files as one series (``series_member``,
+        ``series_result``): its one row, the ``element`` and ``frame`` that drove it, and the answer's parameters."""
+        if parameters.get("group") != "series":
+            raise InputError(f"parameters.group {str(parameters.get('group'))[:20]!r} is unknown; accepted: instance "
+                             "(a row per frame), series (one row for the files' series)", code="malformed", status=400)
+        collected = Collected()
+        for i, data in enumerate(items):
+            collected.add(await self.series_member(data, i, door), i)
+        result = self.series_result(collected)
+        driver = result.driver
+        answer = {"group": "series", "series_instance_uid": driver.series, "instances": len(result.members),
+                  "source_instance": driver.sop_instance, "aggregate": result.how}
+        return (np.asarray(result.values, dtype=np.float32)[None, :],
+                {"element": np.array([collected.element_of(driver)], dtype=np.int32),
+                 "frame": np.array([result.frame], dtype=np.int32)}, answer)
+
+    async def series_member(self, data: bytes, element: int, door: str = "native") -> Member:
+        """One instance of a series, decoded and run as ``predict_file`` runs it (``element``: its place in the
+        request, for messages); 422 for a file that is not a DICOM image with its UIDs."""
+        upload = Upload(data, identify=True)
+        del data
+        try:
+            probs, _ = await self.classify(upload, door)
+        except InputError as err:
+            err.detail = f"file element {element}: {err.detail}"
+            err.args = (err.detail,)
+            raise
+        header, identity = upload.header, upload.identity
+        if header is None or identity is None:
+            raise InputError(f"file element {element} is not DICOM: a series is made of DICOM instances (a PNG or "
+                             "JPEG has no series; use /predict_image)", code="series_needs_dicom")
+        if not all(is_uid(str(header.get(k, "") or "")) for k in ("SOPInstanceUID", "SeriesInstanceUID",
+                                                                  "StudyInstanceUID")):
+            raise InputError(f"file element {element} lacks a valid SOP Instance, Series Instance or Study Instance "
+                             "UID", code="missing_uids")
+        return Member.of(header, identity, probs)
+
+    def series_result(self, collected: Collected) -> Result:
+        """The series' one result (``biomed.series.combine``), as the DICOM doors' groups make it."""
+        if not len(collected):
+            raise InputError("the request holds no 'file' field: send the instances of one series", code="missing_file",
+                             status=400)
+        how = aggregate_of(self.config.series_aggregate, self.semantics)
+        return combine((m for m, _ in collected.members.values()), how, self.semantics)
+
+    def series_answer(self, result: Result) -> dict:
+        """``/predict_series``' answer: the series' result, then each instance's rows (series order)."""
+        key, labels, regression = self.semantics.name, self.labels, self.semantics.regression
+        driver = result.driver
+        series = {"uid": driver.series, "instances": len(result.members), "aggregate": result.how,
+                  **({} if regression else {"label": labels[result.best]}),
+                  key: dict(zip(labels, map(float, result.values))), "source_instance": driver.sop_instance,
+                  "source_frame": result.frame, "mixed": mixture(result.members)}
+        instances = [{"sop_instance_uid": m.sop_instance, "instance_number": m.instance_number,
+                      "predictions": [{"frame": f, **({} if regression else {"label": labels[int(row.argmax())]}),
+                                       key: dict(zip(labels, map(float, row)))} for f, row in enumerate(m.values)]}
+                     for m in result.members]
+        return self.answer(series=series, instances=instances)
+
     async def predict_file(self, data: bytes) -> dict:
         """``/predict_image``: decode, run every frame, label each."""
         x, info = await self.decode(data)
@@ -199,6 +264,7 @@ class ImageHandler(Handler):
             x, info, presented = await self.in_thread(load_presented, upload, self.spec, self.limits, frame,
                                                       small=small)
         self.metrics.preprocess_seconds.labels(kind=info.get("format", "image")).observe(time.perf_counter() - started)
+        audit.noted(upload.header)
         header = None
         if dicom_header:
             if info.get("format") != "dicom" or upload.header is None:

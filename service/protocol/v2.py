@@ -374,6 +374,7 @@ class InferResponse:
     model_version: str
     outputs: list[OutputTensor]
     id: str | None = None
+    parameters: dict[str, Any] | None = None  # what the answer says beside its tensors (a group's description)
 
 
 def encode_rest(response: InferResponse) -> tuple[bytes, int | None]:
@@ -391,6 +392,8 @@ def encode_rest(response: InferResponse) -> tuple[bytes, int | None]:
     answer: dict[str, Any] = {"model_name": response.model_name, "model_version": response.model_version}
     if response.id is not None:
         answer["id"] = response.id
+    if response.parameters:
+        answer["parameters"] = response.parameters
     answer["outputs"] = outputs
     header = json.dumps(answer, separators=(",", ":")).encode()
     if not blobs:

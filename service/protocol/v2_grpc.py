@@ -17,7 +17,8 @@ messages: one input, its name and datatype against the model's signature, its sh
 before anything is built. Its data is either ``raw_input_contents[0]`` (the tensor's bytes, little-endian;
 BYTES elements each with a 4-byte length, as in the REST binary extension) or the typed ``contents`` field
 of its datatype (at most ``MAX_JSON_VALUES`` values, as for a JSON body: larger tensors go raw). Outputs
-always go back as ``raw_output_contents``, as Triton sends them.
+always go back as ``raw_output_contents``, as Triton sends them; the answer's parameters (a group's
+description) as the response's ``parameters``.
 """
 
 from __future__ import annotations
@@ -108,6 +109,14 @@ def encode_grpc(response: InferResponse) -> pb.ModelInferResponse:
     """The response message: each output's name, datatype and shape, its bytes in ``raw_output_contents``."""
     out = pb.ModelInferResponse(model_name=response.model_name, model_version=response.model_version,
                                 id=response.id or "")
+    for key, value in (response.parameters or {}).items():
+        slot = out.parameters[key]
+        if isinstance(value, bool):
+            slot.bool_param = value
+        elif isinstance(value, int):
+            slot.int64_param = value
+        else:
+            slot.string_param = str(value)
     for tensor in response.outputs:
         entry = out.outputs.add()
         entry.name, entry.datatype = tensor.name, tensor.datatype

@@ -33,6 +33,7 @@ def build_demo_models(workdir: Path, force: bool = False, quick: bool = False) -
     from training.train import fit
 
     sizes = QUICK if quick else FULL
+    workdir = Path(workdir).resolve()  # the runs record absolute data paths: usable from any working directory
     images = generate_images(workdir / "image", n=sizes["image"]["n"], seed=0)
     table = generate_dna(workdir / "dna", n=sizes["dna"]["n"], seed=0)
     volumes = generate_volumes(workdir / "volume", n=sizes["volume"]["n"], seed=0)

@@ -12,6 +12,13 @@ presented image is the same). All files carry a lung window (-600/1500).
 Output is byte-identical for the same seed: per-file generators, UIDs derived
 from the seed and index, fixed dates. The patient is ``Demo^Synthetic``.
 
+Each file is a valid instance of its IOD (``dciodvfy`` finds no error; tests/test_validators.py):
+the Type 1 and 2 attributes of its modules, a CT with a frame of reference, position,
+orientation and 2.5 mm pixels (so a CT gets a Parametric Map from ``/explain_image?format=dicom``),
+a DX "for presentation" with the identity rescale its IOD requires (its window in stored values,
+so it presents as before) and the Presentation LUT Shape of its photometric interpretation. None
+of these draws a random number.
+
 Where each structure went is recorded beside the images in ``lesions.csv``
 (``path,label,row,column,radius,rows,columns``: the centre and outer radius in
 pixels of the stored image, 0-based, ``path`` relative to the output folder), as
@@ -166,16 +173,65 @@ def _dataset(rng: np.random.Generator, hu: np.ndarray, seed: int, index: int) ->
     ds.SOPClassUID, ds.SOPInstanceUID = _SOP_CLASS[modality], _uid(seed, index, "sop")
     ds.StudyInstanceUID, ds.SeriesInstanceUID = _uid(seed, index, "study"), _uid(seed, index, "series")
     ds.PatientName, ds.PatientID = "Demo^Synthetic", f"DEMO-{index:04d}"
+    ds.PatientBirthDate, ds.PatientSex = "", "O"
     ds.StudyDate = ds.SeriesDate = ds.ContentDate = "20240101"
     ds.StudyTime = ds.SeriesTime = ds.ContentTime = "120000"
+    ds.StudyID, ds.AccessionNumber, ds.ReferringPhysicianName = f"DEMO{index:04d}", "", ""
     ds.Modality, ds.SeriesDescription = modality, "synthetic demo, not a patient"
+    ds.SeriesNumber, ds.InstanceNumber, ds.BodyPartExamined = 1, 1, "CHEST"
+    ds.Manufacturer = "biomed-serve synthetic demo"
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME1" if mono1 else "MONOCHROME2"
     ds.Rows, ds.Columns = stored.shape
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
     ds.RescaleSlope, ds.RescaleIntercept, ds.RescaleType = slope, intercept, "HU" if modality == "CT" else "US"
     ds.WindowCenter, ds.WindowWidth = center, width
+    _MODALITY[modality](ds)
     ds.PixelData = stored.tobytes()
     return ds
+
+
+def _ct(ds: Dataset) -> None:
+    """CT Image and Image Plane: an axial slice of 2.5 mm pixels centred on the table's axis."""
+    ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+    ds.KVP, ds.AcquisitionNumber, ds.SliceThickness, ds.PatientPosition = 120, 1, 2.5, "HFS"
+    ds.FrameOfReferenceUID = generate_uid(entropy_srcs=["biomed-demo-frame", str(ds.StudyInstanceUID)])
+    ds.PositionReferenceIndicator = ""
+    ds.PixelSpacing = [_SPACING, _SPACING]
+    ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    ds.ImagePositionPatient = [-(ds.Columns - 1) * _SPACING / 2, -(ds.Rows - 1) * _SPACING / 2, 0]
+
+
+def _cr(ds: Dataset) -> None:
+    """CR Series and Image: a chest PA view."""
+    ds.ViewPosition, ds.PatientOrientation = "PA", ["L", "F"]
+
+
+def _dx(ds: Dataset) -> None:
+    """DX Series, Anatomy Imaged, Image and Detector: a chest PA view "for presentation". Its IOD requires the
+    identity rescale (PS3.3 C.8.11.3), so the window moves to stored values, which present as before."""
+    slope, intercept = float(ds.RescaleSlope), float(ds.RescaleIntercept)
+    ds.WindowCenter = (float(ds.WindowCenter) - intercept) / slope
+    ds.WindowWidth = float(ds.WindowWidth) / slope
+    ds.RescaleSlope, ds.RescaleIntercept, ds.RescaleType = 1, 0, "US"
+    ds.PresentationIntentType, ds.ImageType = "FOR PRESENTATION", ["ORIGINAL", "PRIMARY"]
+    ds.ViewPosition, ds.PatientOrientation, ds.ImageLaterality = "PA", ["L", "F"], "U"
+    ds.ViewCodeSequence, ds.PositionerType = [_code("399348003", "SCT", "postero-anterior")], "COLUMN"
+    ds.AnatomicRegionSequence = [_code("51185008", "SCT", "Chest")]
+    ds.PixelIntensityRelationship, ds.PixelIntensityRelationshipSign = "LIN", 1
+    ds.PresentationLUTShape = "INVERSE" if ds.PhotometricInterpretation == "MONOCHROME1" else "IDENTITY"
+    ds.LossyImageCompression, ds.BurnedInAnnotation = "00", "NO"
+    ds.DetectorType, ds.ImagerPixelSpacing = "DIRECT", [_SPACING, _SPACING]
+    ds.AcquisitionContextSequence = []
+
+
+def _code(value: str, scheme: str, meaning: str) -> Dataset:
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value, scheme, meaning
+    return item
+
+
+_SPACING = 2.5  # mm per pixel (rows and columns; the detector's for DX)
+_MODALITY = {"CT": _ct, "CR": _cr, "DX": _dx}
 
 
 def in_lesion(peak: tuple[int, int], lesion: dict[str, float | str], size: tuple[int, int], grown: float) -> bool:

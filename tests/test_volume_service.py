@@ -1,14 +1,18 @@
 """Volume models in the service (service/handlers/volume.py): the v2 door with the raw [N, 1, D, H, W] tensor and with
 the series' files, the same probabilities whichever way a series comes, refusals, caps from the headers with memory
-unchanged, ``/explain_series`` as JSON and as a Parametric Map, and the DICOM doors' routing by modality."""
+unchanged, ``/explain_series`` as JSON and as a Parametric Map, the series doors (``/predict_series``, v2's ``group``,
+STOW-RS grouped by series: one volume, one SR) and the DICOM doors' routing by modality."""
 
 from __future__ import annotations
 
 import base64
 import io
+import json
 import random
+import time
 import tracemalloc
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -16,6 +20,7 @@ import pytest
 from pydicom.uid import RLELossless, generate_uid
 
 from conftest import inprocess_client
+from sr_reader import dciodvfy_errors, library, series_groups
 from training.demo.volume_demo import series_datasets
 
 TOL = 1e-5
@@ -39,8 +44,17 @@ def files(series: list[pydicom.Dataset]) -> list[bytes]:
 
 
 @pytest.fixture(scope="module")
-def client(demo_models: dict[str, str]) -> Iterator["TestClient"]:  # noqa: F821
-    yield from inprocess_client({"BIOMED_MODELS": f"demo-image,{MODEL}", "BIOMED_MAX_VOXELS": "2000000"})
+def spool(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("volume-spool")
+
+
+@pytest.fixture(scope="module")
+def client(demo_models: dict[str, str], spool: Path) -> Iterator["TestClient"]:  # noqa: F821
+    """demo-image and demo-volume; the DICOM doors grouping by series into ``spool`` (a destination that never
+    answers: the SRs stay there to be read), quiet after half a second."""
+    yield from inprocess_client({"BIOMED_MODELS": f"demo-image,{MODEL}", "BIOMED_MAX_VOXELS": "2000000",
+                                 "BIOMED_DICOM_DESTINATION": "http://127.0.0.1:9/dicom-web",
+                                 "BIOMED_DICOM_SPOOL": str(spool), "BIOMED_DICOM_GROUP_TIMEOUT_S": "0.5"})
 
 
 def _infer_files(client, files: list[bytes]):  # type: ignore[no-untyped-def]
@@ -97,7 +111,12 @@ def test_refusals_name_what_is_wrong(client, files) -> None:  # type: ignore[no-
     assert r.status_code == 422 and r.json()["error"].startswith("series_gap: ")
     other = series_datasets(0, 8, "normal", "")[0]
     r = _infer_files(client, files + [_bytes(other[0])])
-    assert r.status_code == 422 and r.json()["error"].startswith("series_mixed: ")
+    assert r.status_code == 422 and r.json()["error"].startswith("series_mismatch: ")  # another series
+    odd = pydicom.dcmread(io.BytesIO(files[0]))
+    odd.SOPInstanceUID, odd.Rows, odd.Columns = generate_uid(), 32, 32
+    odd.PixelData = np.zeros((32, 32), np.uint16).tobytes()
+    r = _infer_files(client, files + [_bytes(odd)])
+    assert r.status_code == 422 and r.json()["error"].startswith("series_mixed: "), r.text  # one series, two sizes
     tilted = [_bytes(ds) for ds in series_datasets(0, 5, "lesion", "tilt")[0]]
     assert _probabilities(_infer_files(client, tilted)).shape == (1, 2)  # demo-volume resamples a tilt
     r = client.post(f"/v2/models/{MODEL}/infer", json={"inputs": [{"name": "input", "datatype": "FP32",
@@ -153,3 +172,87 @@ def test_dicom_doors_route_by_modality(client) -> None:  # type: ignore[no-untyp
     with pytest.raises(UnknownModel):
         engine.route("MR", "explain_series")  # demo-volume lists CT only
     assert engine.handlers[MODEL].model.doc["modalities"] == ["CT"]
+    assert engine.route("CT", "predict_series").model.name == MODEL  # grouped by series: CT series to the volume model
+
+
+def _labels(client) -> list[str]:  # type: ignore[no-untyped-def]
+    return next(m["labels"] for m in client.get("/models").json()["models"] if m["name"] == MODEL)
+
+
+def test_predict_series_and_v2_give_the_volume_row(client, files) -> None:  # type: ignore[no-untyped-def]
+    """/predict_series and v2's group=series (its default) answer the volume's one row, every instance carrying it."""
+    labels = _labels(client)
+    shuffled = files[:]
+    random.Random(3).shuffle(shuffled)
+    r = client.post("/predict_series", files=[("file", (f"{i}.dcm", f, "application/dicom"))
+                                              for i, f in enumerate(shuffled)], data={"model": MODEL})
+    assert r.status_code == 200, r.text[:500]
+    body = r.json()
+    series = body["series"]
+    assert series["aggregate"] == "volume" and series["instances"] == len(files) and series["source_frame"] == 0
+    row = np.array([series["probabilities"][k] for k in labels])
+    v2 = _infer_files(client, files)
+    assert np.abs(_probabilities(v2)[0] - row).max() <= TOL
+    assert v2.json()["parameters"]["group"] == "series" and v2.json()["parameters"]["aggregate"] == "volume"
+    assert body["input"]["slices"] == len(files) and len(body["instances"]) == len(files)
+    numbers = [i["instance_number"] for i in body["instances"]]
+    assert numbers == sorted(numbers)  # series order, whatever the request's
+    assert all(i["predictions"][0]["probabilities"] == series["probabilities"] for i in body["instances"])
+    one = {"inputs": [{"name": "file", "datatype": "BYTES", "shape": [1], "parameters": {},
+                       "data": [base64.b64encode(files[0]).decode()]}], "parameters": {"group": "instance"}}
+    r = client.post(f"/v2/models/{MODEL}/infer", json=one)
+    assert r.status_code == 400 and "group" in r.json()["error"]
+    other = _bytes(series_datasets(0, 8, "normal", "")[0][0])
+    r = client.post("/predict_series", files=[("file", ("a.dcm", files[0], "application/dicom")),
+                                              ("file", ("b.dcm", other, "application/dicom"))], data={"model": MODEL})
+    assert r.status_code == 422 and r.json()["error"] == "series_mismatch"
+
+
+def _stow(parts: list[bytes], boundary: str = "volume-boundary") -> tuple[bytes, dict[str, str]]:
+    body = b"".join(b"--" + boundary.encode() + b"\r\nContent-Type: application/dicom\r\n\r\n" + p + b"\r\n"
+                    for p in parts) + b"--" + boundary.encode() + b"--\r\n"
+    return body, {"content-type": f'multipart/related; type="application/dicom"; boundary={boundary}'}
+
+
+def _results(spool: Path, wanted: int, timeout: float = 60.0) -> list[dict]:
+    """The groups' result records in the spool, once ``wanted`` of them are made."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = [json.loads(p.read_text()) for p in sorted((spool / "groups").glob("*/result-*.json"))]
+        if len(found) >= wanted or time.monotonic() > deadline:
+            return found
+        time.sleep(0.2)
+
+
+def test_stow_grouped_by_series_gives_a_volume_model_one_sr_per_series(client, series, files, spool,
+                                                                         tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """STOW-RS of a CT series (shuffled) and of a gapped one: the CT instances reach demo-volume (it lists CT), each
+    is answered once checked and on disk; when the group closes its files make one volume, whose row the series SR
+    holds for the whole series (every instance in its library); the gapped series gets no SR (refused, with its
+    reason), and the instances' files are emptied either way."""
+    labels = _labels(client)
+    expected = _probabilities(_infer_files(client, files))[0]
+    gapped = [_bytes(ds) for ds in series_datasets(0, 6, "normal", "gap")[0]]
+    shuffled = files[:]
+    random.Random(5).shuffle(shuffled)
+    body, headers = _stow(shuffled + gapped)
+    r = client.post("/dicomweb/studies", content=body, headers=headers)
+    assert r.status_code == 200, r.text[:500]
+    assert len(r.json()["00081199"]["Value"]) == len(files) + len(gapped)
+    results = _results(spool, 2)
+    assert len(results) == 2, results
+    made = next(x for x in results if x["sr"])
+    refused = next(x for x in results if not x["sr"])
+    assert refused["refused"] == "series_gap" and len(refused["members"]) == len(gapped)
+    assert made["group"]["model"] == MODEL and made["group"]["aggregate"] == "volume"
+    deadline = time.monotonic() + 10
+    while not (spool / f"{made['sr']}.dcm").exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    data = (spool / f"{made['sr']}.dcm").read_bytes()
+    doc = pydicom.dcmread(io.BytesIO(data))
+    assert [e[1] for e in library(doc)] == [ds.SOPInstanceUID for ds in series]  # the whole series, in order
+    [group] = series_groups(doc)
+    assert np.abs(np.array([group["values"][k] for k in labels]) - expected).max() <= TOL
+    assert group["sop_instance_uid"] == series[0].SOPInstanceUID
+    assert dciodvfy_errors(data, tmp_path) == []
+    assert all(p.stat().st_size == 0 for p in (spool / "groups").glob("*/*.dcm"))

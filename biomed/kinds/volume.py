@@ -13,7 +13,9 @@ KIND = Kind(
             "prediction per series",
     spec=VolumeSpec,
     # A request's files are one series: their count is bounded by its voxels (each file holds at least one).
-    person=PersonInput(name="file", items="files", base64_in_json=True, cap="max_voxels"),
+    person=PersonInput(name="file", items="files", base64_in_json=True, cap="max_voxels",
+                       outputs=(("element", "INT32"), ("frame", "INT32")),  # the series' first file in series order
+                       parameters={"group": "series"}),  # the only grouping a volume takes: one row per series
     preprocess_schema={
         "type": "object",
         "required": ["type", "size", "spacing"],

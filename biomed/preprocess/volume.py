@@ -285,12 +285,45 @@ def _decode(upload: Upload, index: int, sink: _Slices, limits: VolumeLimits) -> 
         raise
 
 
-def series_files(folder: str | PathLike[str], limits: VolumeLimits = VolumeLimits()) -> list[bytes]:
-    """The files of a series folder (every regular, non-hidden file, in name order), refused (413) before reading
-    when their sizes add up past ``limits.max_series_bytes``."""
-    paths = sorted(p for p in Path(folder).iterdir() if p.is_file() and not p.name.startswith("."))
-    total = sum(p.stat().st_size for p in paths)
+def read_files(paths: Sequence[str | PathLike[str]], limits: VolumeLimits = VolumeLimits()) -> list[bytes]:
+    """The files of one series, refused (413) before any is read when their sizes add up past
+    ``limits.max_series_bytes``."""
+    total = sum(Path(p).stat().st_size for p in paths)
     if total > limits.max_series_bytes:
-        raise TooLarge(f"the series folder holds {total / _MB:.1f} MB; accepted: at most "
+        raise TooLarge(f"the series' files hold {total / _MB:.1f} MB; accepted: at most "
                        f"{limits.max_series_bytes / _MB:g} MB ({env('max_series_bytes')})")
-    return [p.read_bytes() for p in paths]
+    return [Path(p).read_bytes() for p in paths]
+
+
+def series_files(folder: str | PathLike[str], limits: VolumeLimits = VolumeLimits()) -> list[bytes]:
+    """The files of a series folder (every regular, non-hidden file, in name order), as ``read_files``."""
+    return read_files(sorted(p for p in Path(folder).iterdir() if p.is_file() and not p.name.startswith(".")), limits)
+
+
+class _Discard(FrameSink):
+    """Takes a file's frames and keeps none: a file checked (and its pixels hashed) on its own."""
+
+    def __init__(self) -> None:
+        super().__init__((1, 1), 1, 0)
+
+    def reserve_bytes(self, frames: int, rows: int, columns: int, samples: int) -> int:
+        return 0
+
+    def add(self, index: int, rows: int, columns: int, samples: int, strip: Any) -> None:
+        return None
+
+
+def check_member(upload: Upload, limits: VolumeLimits = VolumeLimits()) -> int:
+    """One file of a series that arrives file by file (the DICOM doors), checked as ``load_volume`` reads it: its
+    header has the geometry of a slice (422 ``series_*`` otherwise), its voxels are within ``max_voxels`` (413), and
+    its pixels decode (every decoder error; with ``upload.identify`` they are hashed, the content identity). The
+    assembly of the whole series comes later, from the files kept (``load_volume``). Returns its frame count."""
+    ds = upload.dataset(limits.files)
+    header = slices.check_headers([slices.read_header(ds)])
+    slices.read_slices(ds, 0, header)
+    voxels = header.rows * header.columns * header.frames
+    if voxels > limits.max_voxels:
+        raise TooLarge(f"the file's header describes {voxels} voxels (rows x columns x frames); accepted: at most "
+                       f"{limits.max_voxels} for a series ({env('max_voxels')})")
+    dicom.load_dicom(upload, dicom.MODALITY, limits.files, _Discard())
+    return header.frames

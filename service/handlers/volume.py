@@ -4,10 +4,17 @@ Decoding a series is always a thread's work (``biomed.preprocess.volume``: its c
 first, then slice by slice within the decode budget). One series is one model row, admitted to the
 model's queue like any other (``BIOMED_MAX_QUEUED_MB`` counts its bytes). An explanation occludes
 boxes of the model's grid (``biomed.occlusion.plan_boxes``), their copies built a chunk at a time.
+
+A series comes as the files of one request (``/predict_series``, v2's ``file`` input, ``/explain_series``:
+every file held until the last is in, in the body budget) or, through the DICOM doors, one instance at
+a time: each checked and decoded on arrival (``receive_instance``: a bad one is refused at once) and
+kept in its series' group, the volume assembled from the group's files when it closes
+(``service/dicom/closer.py``), before they are emptied. Either way the answer is the series' one row.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -21,10 +28,14 @@ from biomed.outputs.dicom_maps import volume_parametric_map
 from biomed.outputs.explanation import volume_explanation_body
 from biomed.preprocess.budget import Limits
 from biomed.preprocess.upload import Upload
-from biomed.preprocess.volume import Grid, VolumeLimits, VolumeSpec, load_volume
+from biomed.preprocess.dicom_read import is_uid
+from biomed.preprocess.volume import Grid, VolumeLimits, VolumeSpec, check_member, load_volume
 from biomed.runtime import LoadedModel
+from biomed.series import WHOLE, Member, Result, combine, with_row
 from biomed.settings import env
-from service.handlers.base import Handler, Shared
+from service.handlers.base import Handler, SeriesCollector, Shared
+
+UIDS = ("SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID")
 
 
 @dataclass
@@ -40,8 +51,9 @@ class VolumeExplanation:
 
 class VolumeHandler(Handler):
     kind = VOLUME.name
-    operations = frozenset({"explain_series"})
+    operations = frozenset({"explain_series", "predict_series"})
     batch_setting = "max_batch_size"
+    series_whole = True
 
     def __init__(self, model: LoadedModel, shared: Shared) -> None:
         super().__init__(model, shared)
@@ -52,6 +64,7 @@ class VolumeHandler(Handler):
         files = Limits(max_pixels=c.max_voxels, max_frames=c.max_voxels, max_bytes=c.max_upload_bytes,
                        max_decoded_bytes=8 * c.max_voxels, max_elements=c.max_dicom_elements, budget=shared.budget)
         self.limits = VolumeLimits(c.max_voxels, c.max_series_bytes, files)
+        self.inline_limits = self.file_limits = files  # a DICOM door's parse of one instance (service/dicom/pipeline.py)
 
     async def decode(self, files: Sequence[bytes | Upload]) -> tuple[np.ndarray, dict[str, Any], Grid]:
         """The series as one model row (1, 1, D, H, W) float32, its ``input`` block and the model's grid in it."""
@@ -81,9 +94,28 @@ class VolumeHandler(Handler):
 
     async def predict_items(self, items: list[bytes], parameters: dict[str, Any],
                             door: str = "native") -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """v2's ``file`` input: every element a file of one series, one output row for the series."""
-        probs, _ = await self.classify_series(items, door)
-        return probs, {}
+        """v2's ``file`` input with ``parameters.group`` = ``instance``: refused, a volume is a whole series (its
+        default, ``series``, is ``predict_group``)."""
+        raise InputError("a volume model takes the files of one series as one row: parameters.group is 'series' (its "
+                         "default); accepted: series", code="malformed", status=400)
+
+    def series_collector(self, door: str = "native") -> SeriesCollector:
+        """A series in one request: its files checked as they come and held, then assembled as one volume."""
+        return _VolumeSeries(self, door)
+
+    def group_aggregate(self) -> str:
+        return WHOLE
+
+    async def receive_instance(self, upload: Upload, door: str) -> np.ndarray:
+        """An instance from a DICOM door (``check_member``): checked and decoded, nothing run; its values for the
+        group are placeholders (zeros, one row per frame) until the group's volume is assembled."""
+        frames = await self.in_thread(check_member, upload, self.limits)
+        return np.zeros((frames, len(self.labels)))
+
+    async def assemble(self, files: list[bytes], door: str = "dimse") -> np.ndarray:
+        """A DICOM door's group, closed: its files as one volume, the series' one row (labels)."""
+        probs, _ = await self.classify_series(files, door)
+        return probs[0]
 
     def plan_explanation(self, label: str | None, patch: int | None, stride: int | None) -> occlusion.Boxes:
         """The occlusion's boxes, counted before anything is decoded (400 for bad fields, 422 for an unknown label,
@@ -125,3 +157,39 @@ class VolumeHandler(Handler):
         values = e.result.map.astype(np.float32)
         return await self.in_thread(volume_parametric_map, e.headers, values, e.grid.affine(),
                                     self.labels[e.result.index], self.model.name, self.model.version)
+
+
+class _VolumeSeries(SeriesCollector):
+    """A volume model's series: each file's header read as it comes (its UIDs, its series), the file held; the
+    result is the volume of them all, its one row given to every instance (``biomed.series.with_row``)."""
+
+    handler: VolumeHandler
+
+    def __init__(self, handler: VolumeHandler, door: str) -> None:
+        super().__init__(handler, door)
+        self.uploads: list[Upload] = []
+
+    async def add(self, data: bytes, element: int) -> None:
+        upload = Upload(data)
+        try:
+            header = await self.handler.in_thread(upload.dataset, self.handler.limits.files)
+        except InputError as err:
+            err.detail = f"file element {element}: {err.detail}"
+            err.args = (err.detail,)
+            raise
+        if not all(is_uid(str(header.get(k, "") or "")) for k in UIDS):
+            raise InputError(f"file element {element} lacks a valid SOP Instance, Series Instance or Study Instance "
+                             "UID", code="missing_uids")
+        frames = max(int(header.get("NumberOfFrames", 1) or 1), 1)
+        member = Member.of(header, hashlib.sha256(data).hexdigest(), np.zeros((frames, len(self.handler.labels))))
+        if self.collected.add(member, element):  # the same file twice counts once
+            self.uploads.append(upload)
+
+    async def result(self) -> tuple[Result, dict[str, Any]]:
+        if not self.uploads:
+            raise InputError("the request holds no 'file' field: send the files of one series", code="missing_file",
+                             status=400)
+        probs, info = await self.handler.classify_series(self.uploads, self.door)
+        self.uploads = []
+        members = with_row((m for m, _ in self.collected.members.values()), probs[0])
+        return combine(members, WHOLE, self.handler.semantics), {"input": info}

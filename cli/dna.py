@@ -30,6 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--record", metavar="ID", help="with --fasta: the record to explain")
     p.add_argument("--task", help="task to explain (default: the one the model scores highest)")
     p.add_argument("--out", required=True, metavar="PNG", help="figure to write")
+    p.add_argument("--reverse-complement", dest="rc", action="store_true", default=None,
+                   help="average both strands (default: what the model's preprocess.reverse_complement says)")
     p.add_argument("--no-reverse-complement", dest="rc", action="store_false", help="forward strand only")
     p.set_defaults(func=cmd_explain)
 
@@ -61,7 +63,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     model = load_local(args.model, KIND)
     spec = DnaSpec.from_dict(model.doc["preprocess"])
     result = asyncio.run(dna_ops.explain(runtime.predictor(model, CHUNK_ROWS), model.labels, spec, sequence, args.task,
-                                         args.rc))
+                                         strands(model.doc, args.rc)))
     plot_explain(sequence.upper(), result, f"{name} — {model.name}:{model.version}", Path(args.out))
     importance = np.asarray(result["importance"])
     top = int(importance.argmax())
@@ -104,3 +106,9 @@ def plot_explain(sequence: str, result: dict, title: str, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110, bbox_inches="tight")
     plt.close(fig)
+
+
+def strands(described: dict, rc: bool | None) -> bool:
+    """Whether both strands are averaged: as asked (``rc``), else as the model's ``preprocess.reverse_complement``
+    says, as the service decides when a request does not say."""
+    return bool(described["preprocess"].get("reverse_complement", True)) if rc is None else rc

@@ -38,6 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fasta", required=True, metavar="REF.fa", help="reference FASTA (plain or bgzip)")
     p.add_argument("--out", required=True, metavar="DIR", help="folder for the tracks")
     p.add_argument("--step", type=_positive, help="bases per bin, one window each (default: a quarter of the window)")
+    p.add_argument("--reverse-complement", dest="rc", action="store_true", default=None,
+                   help="average both strands (default: what the model's preprocess.reverse_complement says)")
     p.add_argument("--no-reverse-complement", dest="rc", action="store_false", help="forward strand only")
     p.add_argument("--batch-rows", type=_positive, default=None, metavar="N",
                    help="windows per onnxruntime call (default 1024)")
@@ -57,26 +59,30 @@ def _positive(text: str) -> int:
     return value
 
 
-def local_predictor(ref: str, rc: bool, batch_rows: int | None) -> tuple[dict, Callable[[np.ndarray], np.ndarray]]:
+def local_predictor(ref: str, rc: bool | None, batch_rows: int | None) -> tuple[dict, Callable[[np.ndarray], np.ndarray]]:
     from biomed import dna_ops, runtime
     from cli.local import load_local
-    from cli.dna import CHUNK_ROWS, KIND
+    from cli.dna import CHUNK_ROWS, KIND, strands
 
     model = load_local(ref, KIND)
     predict = runtime.predictor(model, batch_rows or CHUNK_ROWS)
     info = {"name": model.name, "version": model.version, "sha256": model.sha256, "labels": list(model.labels),
-            "length": int(model.doc["preprocess"]["length"])}
+            "length": int(model.doc["preprocess"]["length"]), "reverse_complement": strands(model.doc, rc)}
+    rc = info["reverse_complement"]
     return info, lambda windows: asyncio.run(dna_ops.score_windows(predict, windows, rc))
 
 
 _BASES = np.frombuffer(b"ACGTN", dtype=np.uint8)
 
 
-def remote_predictor(remote, ref: str, rc: bool, request_windows: int) -> tuple[dict, Callable]:
+def remote_predictor(remote, ref: str, rc: bool | None, request_windows: int) -> tuple[dict, Callable]:
     """``/predict_dna`` on a biomed-serve: each window as one sequence of the model's length (one window, as here)."""
+    from cli.dna import strands
+
     m = remote.model(ref)
     info = {"name": m["name"], "version": m["version"], "sha256": m["sha256"], "labels": list(m["labels"]),
-            "length": int(m["preprocess"]["length"])}
+            "length": int(m["preprocess"]["length"]), "reverse_complement": strands(m, rc)}
+    rc = info["reverse_complement"]
     pinned, labels = f"{m['name']}:{m['version']}", info["labels"]
 
     def predict(windows: np.ndarray) -> np.ndarray:
@@ -144,7 +150,7 @@ def cmd_predict_regions(args: argparse.Namespace) -> int:
     summary = {"model": {k: info[k] for k in ("name", "version", "sha256")}, "reference": genome.path.name,
                "contig_names": dict(genome.renamed), "regions": len(regions.regions), "bed_lines": regions.given,
                "merged": regions.merged, "clipped": regions.clipped, "missing_contigs": len(regions.missing),
-               "bases": regions.bases, "step": step, "windows": total, "reverse_complement": args.rc,
+               "bases": regions.bases, "step": step, "windows": total, "reverse_complement": info["reverse_complement"],
                "tracks": tracks.summary()}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     _report_names(genome, regions, out, Path(args.bed).name)

@@ -53,6 +53,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fasta", required=True, metavar="REF.fa", help="reference FASTA (plain or bgzip)")
     p.add_argument("--out", required=True, metavar="OUT", help="OUT.vcf.gz (bgzip + tabix), OUT.vcf or OUT.tsv")
     p.add_argument("--format", choices=FORMATS, help="vcf or tsv (default: from --out's suffix)")
+    p.add_argument("--reverse-complement", dest="rc", action="store_true", default=None,
+                   help="average both strands (default: what the model's preprocess.reverse_complement says)")
     p.add_argument("--no-reverse-complement", dest="rc", action="store_false", help="forward strand only")
     p.add_argument("--chunk-size", type=_positive, default=CHUNK_RECORDS, metavar="N",
                    help=f"records per chunk, the unit of resuming (default {CHUNK_RECORDS})")
@@ -190,23 +192,24 @@ def open_shard(path: Path, genome, index: int, count: int) -> Source:
 # ---------------------------------------------------------------- scoring
 
 
-def local_scorer(ref: str, rc: bool, batch_rows: int | None) -> tuple[Producer, Callable]:
+def local_scorer(ref: str, rc: bool | None, batch_rows: int | None) -> tuple[Producer, Callable, bool]:
     """onnxruntime on this machine: the model's windows in ``batch_rows``-row session calls."""
     from biomed import dna_ops, runtime
     from cli.local import load_local
-    from cli.dna import CHUNK_ROWS, KIND
+    from cli.dna import CHUNK_ROWS, KIND, strands
 
     model = load_local(ref, KIND)
     length = int(model.doc["preprocess"]["length"])
     predict = runtime.predictor(model, batch_rows or CHUNK_ROWS)
     placements = len(dna_ops.variant_offsets(length))
     info = Producer(model.name, model.version, model.sha256, tuple(model.labels), length, Semantics.of(model.doc))
+    rc = strands(model.doc, rc)
 
     def score(contexts: np.ndarray, alts: np.ndarray) -> Effects:
         ref_rows, alt_rows = dna_ops.context_windows(contexts, alts, length)
         return Effects(*asyncio.run(dna_ops.variant_effects(predict, ref_rows, alt_rows, placements, rc, info.output)))
 
-    return info, score
+    return info, score, rc
 
 
 _BASES = np.frombuffer(b"ACGTN", dtype=np.uint8)
@@ -216,13 +219,16 @@ def _number(value: float | None) -> float:
     return float("nan") if value is None else value  # null: a fold change that does not exist
 
 
-def remote_scorer(remote, ref: str, rc: bool, request_variants: int) -> tuple[Producer, Callable]:
+def remote_scorer(remote, ref: str, rc: bool | None, request_variants: int) -> tuple[Producer, Callable, bool]:
     """``/score_variants`` on a biomed-serve: each context as the sequence, the variant at its centre."""
+    from cli.dna import strands
+
     described = remote.model(ref)
     length = int(described["preprocess"]["length"])
     info = Producer(described["name"], described["version"], described["sha256"], tuple(described["labels"]), length,
                     Semantics.of_output(described["output"], len(described["labels"])))
     pinned, half, labels = f"{info.name}:{info.version}", length // 2, info.labels
+    rc = strands(described, rc)
 
     def score(contexts: np.ndarray, alts: np.ndarray) -> Effects:
         n, width = contexts.shape
@@ -236,7 +242,7 @@ def remote_scorer(remote, ref: str, rc: bool, request_variants: int) -> tuple[Pr
                   .reshape(n, len(labels)) for key in ("ref", "alt", *info.output.effect_names)]
         return Effects(*arrays)
 
-    return info, score
+    return info, score, rc
 
 
 # ---------------------------------------------------------------- the command
@@ -261,14 +267,14 @@ def cmd_score_variants(args: argparse.Namespace) -> int:
             from cli.remote import Remote
 
             remote = Remote(args.server, args.token, args.in_flight)
-            info, score = remote_scorer(remote, args.model, args.rc, args.request_variants)
+            info, score, rc = remote_scorer(remote, args.model, args.rc, args.request_variants)
         else:
-            info, score = local_scorer(args.model, args.rc, args.batch_rows)
-        writer = (VcfAnnotator(info, genome.path.name, genome.lengths, args.rc) if fmt == "vcf"
+            info, score, rc = local_scorer(args.model, args.rc, args.batch_rows)
+        writer = (VcfAnnotator(info, genome.path.name, genome.lengths, rc) if fmt == "vcf"
                   else TsvWriter(info.labels, info.output))
         header = writer.header(source.header)
         identity = {"command": "score-variants", "format": fmt, "input": file_identity(vcf),
-                    "reference": file_identity(genome.path), "chunk_size": args.chunk_size, "reverse_complement": args.rc,
+                    "reference": file_identity(genome.path), "chunk_size": args.chunk_size, "reverse_complement": rc,
                     "shard": args.shard, "model": {"name": info.name, "version": info.version, "sha256": info.sha256}}
         out.parent.mkdir(parents=True, exist_ok=True)
         parts = Parts(out, identity, restart=args.restart)

@@ -343,6 +343,8 @@ def test_vcf_and_bigwig_of_a_regression_model(imported: dict, work: Path) -> Non
     assert {"KV_biomed_imp_signal_DIFF", "KV_biomed_imp_signal_LOG2FC"} <= set(vcf.header.info)
     assert "KV_biomed_imp_signal_LOGIT_DIFF" not in vcf.header.info
     assert any("KV_biomed_imp_signal_LOG2FC" in rec.info for rec in vcf)
+    source = next(r for r in vcf.header.records if r.key == "biomed_model")
+    assert dict(source.items())["ReverseComplement"] == "false"  # the model's description, as the service reads it
     rc, _, err = run_cli("predict-regions", "--model", "imp-signal", "--bed", str(genome / "regions.bed"), "--fasta",
                          str(genome / "genome.fa"), "--out", str(work / "tracks"), "--step", "16")
     assert rc == 0, err

@@ -90,12 +90,12 @@ def demo_models(demo_workdir: Path) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def shared_server(demo_models: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator["Server"]:  # noqa: F821
     """One real server for the whole test session, started as a user starts it (``biomed serve --port P``): the
-    session's test store with demo-image and demo-dna, no token, a free port, and the v2 gRPC door on another
-    (``env["BIOMED_GRPC_PORT"]``); stopped when the session ends.
+    session's test store with demo-image, demo-dna and demo-volume, no token, a free port, and the v2 gRPC door on
+    another (``env["BIOMED_GRPC_PORT"]``); stopped when the session ends.
     Tests that share it must leave it as they found it (no rollouts, no settings of their own)."""
     from live_server import free_port, running
 
     log = tmp_path_factory.mktemp("shared-server") / "server.log"
-    with running(log, through_cli=True, BIOMED_MODELS="demo-image,demo-dna", BIOMED_API_TOKEN="",
+    with running(log, through_cli=True, BIOMED_MODELS="demo-image,demo-dna,demo-volume", BIOMED_API_TOKEN="",
                  BIOMED_GRPC_PORT=str(free_port())) as server:
         yield server

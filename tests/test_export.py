@@ -240,7 +240,7 @@ def test_export_says_what_the_servers_following_the_name_will_do(runs: dict[str,
     for old in store.biomed_models():  # a reused test store may hold an earlier run's test-live and its promote
         if old.tag.name == "test-live":
             (Path(old.path).parent / store.ROLLOUT_FILE).unlink(missing_ok=True)
-    assert main(["export", str(runs["deepbind"]), "--name", "test-live"]) == 0
+    assert main(["export", str(runs["deepbind"]), "--name", "test-live", "--force"]) == 0  # tiny: below its baseline
     out, err = capsys.readouterr()
     tag = out.strip()  # stdout: the tag alone, for scripts
     assert re.fullmatch(r"test-live:[\w.-]+", tag), out

@@ -2,11 +2,12 @@
 
 - ``scp.py``: the C-STORE receiver (pynetdicom) on ``BIOMED_DICOM_PORT``, in each worker.
 - ``service/doors/dicomweb.py``: STOW-RS (``POST /dicomweb/studies``), streamed part by part.
-- ``pipeline.py``: what both do with an instance: parse once, check, classify (the image handler), spool its SR
+- ``pipeline.py``: what both do with an instance: parse once, check, route it by Modality, classify it (an image
+  model) or check and decode it (a volume model, whose series is assembled when its group closes), spool its SR
   (``biomed/outputs/sr.py``: the TID 1500 Comprehensive 3D SR of one classified instance).
 - ``groups.py``: with ``BIOMED_DICOM_GROUP_BY`` = ``series`` or ``study`` (not ``instance``), the
   instances in their groups in the spool; ``closer.py``: each worker's thread that makes one SR per
-  group once it is quiet.
+  group once it is quiet (a volume model's group: its files assembled there, ``_assemble``).
 - ``spool.py``: the durable spool and its forwarder; ``destination.py``: STOW-RS or C-STORE to the PACS, for any
   DICOM object the spool holds.
 

@@ -19,12 +19,16 @@ import pydicom
 import pytest
 from pydicom.uid import RLELossless, generate_uid
 
+import dimse_attacks as dimse
 from conftest import inprocess_client
+from live_server import free_port
 from sr_reader import dciodvfy_errors, library, series_groups
+from tools import require_tool
 from training.demo.volume_demo import series_datasets
 
 TOL = 1e-5
 MODEL = "demo-volume"
+DICOM_PORT = free_port()
 
 
 def _bytes(ds: pydicom.Dataset) -> bytes:
@@ -54,7 +58,9 @@ def client(demo_models: dict[str, str], spool: Path) -> Iterator["TestClient"]: 
     answers: the SRs stay there to be read), quiet after half a second."""
     yield from inprocess_client({"BIOMED_MODELS": f"demo-image,{MODEL}", "BIOMED_MAX_VOXELS": "2000000",
                                  "BIOMED_DICOM_DESTINATION": "http://127.0.0.1:9/dicom-web",
-                                 "BIOMED_DICOM_SPOOL": str(spool), "BIOMED_DICOM_GROUP_TIMEOUT_S": "0.5"})
+                                 "BIOMED_DICOM_SPOOL": str(spool), "BIOMED_DICOM_GROUP_TIMEOUT_S": "0.5",
+                                 "BIOMED_DICOM_PORT": str(DICOM_PORT), "BIOMED_DICOM_HOST": "127.0.0.1",
+                                 "BIOMED_DICOM_AET": "BIOMED", "BIOMED_DICOM_ALLOWED_AETS": "STORESCU"})
 
 
 def _infer_files(client, files: list[bytes]):  # type: ignore[no-untyped-def]
@@ -256,3 +262,21 @@ def test_stow_grouped_by_series_gives_a_volume_model_one_sr_per_series(client, s
     assert group["sop_instance_uid"] == series[0].SOPInstanceUID
     assert dciodvfy_errors(data, tmp_path) == []
     assert all(p.stat().st_size == 0 for p in (spool / "groups").glob("*/*.dcm"))
+
+
+def test_c_store_of_a_series_gives_the_volume_model_one_sr(client, spool, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The same through the C-STORE receiver (dcmtk's storescu): one result for the series, the volume's row."""
+    require_tool("storescu", "apt-get install dcmtk", dimse.STORESCU)
+    sent = series_datasets(0, 7, "lesion", "")[0]
+    paths = []
+    for i, ds in enumerate(sent):
+        paths.append(tmp_path / f"IM{i}.dcm")
+        paths[-1].write_bytes(_bytes(ds))
+    expected = _probabilities(_infer_files(client, [p.read_bytes() for p in paths]))[0]
+    before = len(_results(spool, 0))
+    done = dimse.store(DICOM_PORT, paths, "STORESCU", "BIOMED")
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = _results(spool, before + 1)
+    [made] = [r for r in results if r["members"] and r["members"][0]["series"] == sent[0].SeriesInstanceUID]
+    assert made["sr"] and len(made["members"]) == len(sent) and made["group"]["model"] == MODEL
+    assert np.abs(np.array(made["members"][0]["values"][0]) - expected).max() <= TOL

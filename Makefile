@@ -28,7 +28,7 @@ install-test: $(VENV)/.stamp-test
 tools:  ## checkov in its own venv (.venv-tools)
 	PYTHON=$(PYTHON) scripts/tools-venv.sh
 
-demo-models: install  ## demo data, train and export demo-image and demo-dna (skipped when the store has them)
+demo-models: install  ## demo data, train and export demo-image, demo-dna and demo-volume (skipped when the store has them)
 	$(VENV)/bin/biomed demo-models --workdir demo
 
 serve: demo-models  ## serve on http://127.0.0.1:$(PORT) (builds the demo models on first run); DICOM_PORT=11112 adds C-STORE

@@ -16,12 +16,17 @@ give the same result whichever way they came:
   and model version.
 - ``Collected``: the members of one series as a request brings them: a resent identical instance
   counts once, an instance of another series (or study, or patient) is refused.
+
+A model that takes a whole series as one row (a volume model, ``WHOLE``) gives every member the
+series' one row for each of its frames: the members still say which instances the result covers
+(the SR's image library), and ``combine`` gives that row back, the first instance in series order as
+its source.
 """
 
 from __future__ import annotations
 
 import collections
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -31,6 +36,7 @@ from biomed.outputs.semantics import AGGREGATES, Semantics
 from biomed.outputs.sr import uid
 
 GROUPINGS = ("series", "study")
+WHOLE = "volume"  # the aggregate of a group its model assembles as one volume: every member holds the series' row
 
 
 @dataclass(frozen=True)
@@ -118,7 +124,8 @@ def aggregate_of(setting: str, semantics: Semantics) -> str:
 
 
 def combine(members: Iterable[Member], how: str, semantics: Semantics) -> Result:
-    """The group's one result (module docstring); ValueError for no members or members of other widths."""
+    """The group's one result (module docstring); ValueError for no members or members of other widths. ``how``:
+    ``max``, ``mean`` or ``WHOLE`` (the members' rows are the series' one row: their mean is that row)."""
     chosen = ordered(members)
     if not chosen:
         raise ValueError("a group without instances has no result")
@@ -140,6 +147,11 @@ def mixture(members: Sequence[Member]) -> str | None:
         if len(counts) > 1:
             parts.append(f"{what} " + ", ".join(f"{k} ({n})" for k, n in counts.most_common(8)))
     return "; ".join(parts) or None
+
+
+def with_row(members: Iterable[Member], row: np.ndarray) -> list[Member]:
+    """The members of a series assembled as one volume, each holding the series' one ``row`` for each frame."""
+    return [replace(m, values=np.tile(np.asarray(row, dtype=np.float64), (m.frames, 1))) for m in members]
 
 
 def group_key(member: Member, by: str, model: str, version: str) -> str:

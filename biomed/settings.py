@@ -21,7 +21,7 @@ from typing import Any, Callable, Mapping
 
 from biomed.flags import parse_flag
 
-DEMO_MODELS = ("demo-image", "demo-dna")
+DEMO_MODELS = ("demo-image", "demo-dna", "demo-volume")
 MB, KB = 2**20, 1024
 _AET = re.compile(r"^[\x21-\x5b\x5d-\x7e](?:[\x20-\x5b\x5d-\x7e]{0,14}[\x21-\x5b\x5d-\x7e])?$")
 DICOM_PEER = re.compile(r"^(?P<aet>[^@]{1,16})@(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):(?P<port>[0-9]{1,5})$")
@@ -305,6 +305,10 @@ class Settings:
     max_dicom_elements: int = setting(
         "BIOMED_MAX_DICOM_ELEMENTS", "100000", "the most data elements of one DICOM dataset, counted before parsing (a "
         "sequence item counts as 5, a pixel-data fragment as 1); past it, 413", as_int)
+    max_voxels: int = setting(
+        "BIOMED_MAX_VOXELS", "268435456", "the most voxels of one series a [volume model](#volume-models) takes, rows × "
+        "columns × frames over its files, counted from their headers before any is decoded (512 × 512 × 1024 at the "
+        "default); past it, 413", as_int)
     small_upload_bytes: int = setting(
         "BIOMED_SMALL_UPLOAD_KB", "256", "image uploads up to this many KiB decode on a pool of their own (half of "
         "`BIOMED_PREPROCESS_THREADS`, at least 1), so they never wait behind large ones", as_kb)
@@ -399,6 +403,11 @@ class Settings:
         "BIOMED_DICOM_DESTINATION", "", "where result SRs go: a DICOMweb base URL (`http(s)://host/dicom-web`, STOW-RS "
         "to `{url}/studies`) or a DICOM peer `AET@host:port` (C-STORE). Anything else stops start-up", as_destination,
         shown="empty (no SRs)")
+    dicom_model: str = setting(
+        "BIOMED_DICOM_MODEL", "", "the model the DICOM doors (C-STORE, STOW-RS) send every instance to, `name` or "
+        "`name:version` (it must serve them, or start-up stops). Empty: [by modality](#which-model-a-dicom-instance-"
+        "reaches), the first model whose metadata lists the instance's Modality, else the first that lists none",
+        as_text, shown="empty (by modality)")
     dicom_spool: str = setting(
         "BIOMED_DICOM_SPOOL", "", "the durable spool of SRs on their way to the destination (created if missing; keep it "
         "on persistent storage)", as_text, shown="`$BENTOML_HOME/dicom-spool`", computed=_spool_default)
@@ -422,8 +431,10 @@ class Settings:
         "BIOMED_SR_PER_INSTANCE", "0", "on: a series SR also holds one measurement group per instance and frame (the "
         "instance SR's groups) after the series' own", as_flag, shown="off")
     max_series_bytes: int = setting(
-        "BIOMED_MAX_SERIES_MB", "1024", "the cap on one [`/predict_series`](#post-predict_series) body (a series, read part "
-        "by part; each part within `BIOMED_MAX_UPLOAD_MB`); past it, 413", as_mb)
+        "BIOMED_MAX_SERIES_MB", "1024", "the cap on one series: a [`/predict_series`](#post-predict_series) or "
+        "[`/explain_series`](#post-explain_series) body (read part by part; each part within `BIOMED_MAX_UPLOAD_MB`), "
+        "and the files of a [volume model](#volume-models)'s series together, checked before they are parsed; past it, "
+        "413", as_mb)
     dicom_retry_max_s: float = setting(
         "BIOMED_DICOM_RETRY_MAX_S", "300", "the longest wait between delivery attempts; waits double from 1 s up to it "
         "while the destination fails", as_float)

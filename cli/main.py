@@ -63,7 +63,7 @@ def _torchrun(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from training.export import export_run
 
-    exported = export_run(args.run, args.name, quantize=args.quantize, fp16=args.fp16)
+    exported = export_run(args.run, args.name, quantize=args.quantize, fp16=args.fp16, force=args.force)
     print(exported.tag)
     print(_export_note(exported.tag), file=sys.stderr)
     return 0
@@ -171,14 +171,14 @@ def build_parser(train: bool = True) -> argparse.ArgumentParser:
     the architectures), for every other command: they then start without importing torch."""
     from training.demo import DATASETS
 
-    parser = _Parser(prog="biomed", description="Train, export and serve biomedical image and DNA models.")
+    parser = _Parser(prog="biomed", description="Train, export and serve biomedical image, volume and DNA models.")
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     p = sub.add_parser("demo-data", help="write a synthetic demo data set")
     p.add_argument("kind", choices=list(DATASETS), help="which data set")
     p.add_argument("--out", required=True)
-    p.add_argument("--n", type=int, help="number of images (600) or sequences (3000)")
+    p.add_argument("--n", type=int, help="number of images (600), series (volume: 440) or sequences (3000)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--motifs", default="CTCF,REST,TP53", help="DNA, genome: JASPAR names or matrix IDs to plant")
     p.add_argument("--length", type=int, help="DNA: sequence length (200); genome: bases per contig (20000)")
@@ -199,6 +199,8 @@ def build_parser(train: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--name", required=True)
     p.add_argument("--quantize", choices=["int8"])
     p.add_argument("--fp16", action="store_true")
+    p.add_argument("--force", action="store_true", help="export even when the run's held-out AUROC is below its "
+                   "baseline's (refused otherwise)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("models", help="list the models in the store; promote a version or give one a canary share",
@@ -213,7 +215,7 @@ def build_parser(train: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--store", help=f"a model store folder (default: {env('model_store')}, else BentoML's store)")
     p.set_defaults(func=cmd_models)
 
-    p = sub.add_parser("demo-models", help="generate demo data, train and export demo-image and demo-dna")
+    p = sub.add_parser("demo-models", help="generate demo data, train and export demo-image, demo-dna and demo-volume")
     p.add_argument("--workdir", default="demo")
     p.add_argument("--force", action="store_true", help="rebuild even when the store has them")
     p.add_argument("--quick", action="store_true", help="tiny data and few epochs (tests)")
@@ -226,7 +228,7 @@ def build_parser(train: bool = True) -> argparse.ArgumentParser:
                    help=f"address to listen on (default {env('host')} or 127.0.0.1: this machine only; 0.0.0.0: every "
                    f"interface); the C-STORE receiver of --dicom-port too, unless {env('dicom_host')} is set")
     p.add_argument("--workers", type=int, help=f"worker processes (default {env('workers')} or 1)")
-    p.add_argument("--models", help=f"comma list of name[:version] (default {env('models')} or demo-image,demo-dna)")
+    p.add_argument("--models", help=f"comma list of name[:version] (default {env('models')} or demo-image,demo-dna,demo-volume)")
     p.add_argument("--dicom-port", type=int, help=f"also receive DICOM (C-STORE) on this port ({env('dicom_port')}; "
                    f"allowed senders in {env('dicom_allowed_aets')})")
     p.add_argument("--grpc-port", type=int, help=f"also serve the Open Inference Protocol v2 over gRPC on this port "

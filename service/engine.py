@@ -131,6 +131,34 @@ class Engine:
                              "model", code="wrong_model_kind")
         return self._hold(handler, route, scope)
 
+    def route(self, modality: str, operation: str) -> Handler:
+        """The handler a DICOM door sends an instance (or a series) of ``modality`` to, for ``operation``.
+
+        ``BIOMED_DICOM_MODEL`` when set; else, in ``BIOMED_MODELS`` order, the first model serving ``operation``
+        whose metadata lists ``modality`` (``modalities``), else the first serving it that lists none. A model that
+        lists other modalities only is never sent this one.
+
+        Raises:
+            UnknownModel (404): no loaded model takes ``modality`` for ``operation``.
+            InputError (422 ``wrong_model_kind``): ``BIOMED_DICOM_MODEL`` does not serve ``operation``.
+        """
+        if self.config.dicom_model:
+            return self.pick(self.config.dicom_model, operation)
+        fallback = None
+        for name, v in self.versions.items():
+            handler = v.default_handler
+            if not _serves(handler, operation):
+                continue
+            listed = handler.model.doc.get("modalities") or ()
+            if modality and modality in listed:
+                return self.pick(name, operation)
+            if not listed and fallback is None:
+                fallback = name
+        if fallback is None:
+            raise UnknownModel(f"no loaded model takes {modality or 'these'} instances here (it needs a "
+                               f"{_kinds(operation)} model listing the modality, or none); loaded: {self._names()}")
+        return self.pick(fallback, operation)
+
     def _hold(self, handler: Handler, route: str, scope: Scope | None) -> Handler:
         if scope is not None:
             self.users[handler] = self.users.get(handler, 0) + 1

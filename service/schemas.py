@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
@@ -92,7 +92,8 @@ class ImageResponse(BaseModel):
 class SeriesResult(BaseModel):
     uid: str = Field(description="the Series Instance UID")
     instances: int = Field(description="instances in the result (a resent identical instance counts once)")
-    aggregate: str = Field(description="how the instances combine: max or mean")
+    aggregate: str = Field(description="how the instances combine: max or mean; volume: a volume model's one row "
+                           "for the series assembled as one volume (every instance carries it)")
     label: Optional[str] = Field(default=None, description="the label of the highest combined probability (none for "
                                  "regression values)")
     probabilities: Optional[dict[str, float]] = None
@@ -116,6 +117,8 @@ class SeriesResponse(BaseModel):
     series: SeriesResult
     instances: list[SeriesInstance] = Field(description="each instance's predictions, in series order (Instance "
                                             "Number, then SOP Instance UID)")
+    input: Optional[dict[str, Any]] = Field(default=None, description="a volume model's series as assembled: its "
+                                            "slices, geometry, window and the model's grid")
 
 
 class VariantScore(BaseModel):
@@ -181,6 +184,35 @@ class ImageExplainResponse(BaseModel):
     presented: PresentedGeometry
     input: dict
     image_png: Optional[str] = Field(default=None, description="with image=true: the presented frame, base64 PNG")
+
+
+class VolumePeak(BaseModel):
+    voxel: list[int] = Field(description="(depth, height, width) of the map's largest value")
+    position_mm: list[float] = Field(description="that voxel's centre in the series' frame of reference (x, y, z mm, LPS)")
+
+
+class VolumeOcclusionMap(BaseModel):
+    shape: list[int] = Field(description="the model input's (depth, height, width)")
+    patch: list[int]
+    stride: list[int]
+    patches: int
+    min: float
+    max: float
+    peak: VolumePeak
+    affine: list[list[float]] = Field(description="4x4: voxel (depth, height, width, 1) to patient mm (LPS)")
+    values: list[list[list[float]]]
+
+
+class VolumeExplainResponse(BaseModel):
+    model: str
+    version: str
+    method: str
+    label: str
+    predicted: str
+    probabilities: Optional[dict[str, float]] = None
+    values: Optional[dict[str, float]] = Field(default=None, description=VALUES)
+    map: VolumeOcclusionMap
+    input: dict
 
 
 class ModelsResponse(BaseModel):

@@ -73,7 +73,7 @@ def demo_workdir() -> Path:
 
 @pytest.fixture(scope="session")
 def demo_models(demo_workdir: Path) -> dict[str, str]:
-    """Tiny demo data, trained for two epochs and exported as demo-image and demo-dna (tags by kind).
+    """Tiny demo data, trained for two epochs and exported as demo-image, demo-dna and demo-volume (tags by kind).
 
     Accuracy is not the point here (see the slow demo-model test); the pipeline is. A reused store without the
     runs that made its models (tests compare the served models with their training runs) is rebuilt.
@@ -81,20 +81,21 @@ def demo_models(demo_workdir: Path) -> dict[str, str]:
     from training.demo.build import build_demo_models
     from biomed.store import resolve
 
-    runs = [demo_workdir / "runs" / kind / "split.json" for kind in ("image", "dna")]
+    runs = [demo_workdir / "runs" / kind / "split.json" for kind in ("image", "dna", "volume")]
     build_demo_models(demo_workdir, force=not all(r.is_file() for r in runs), quick=True)
-    return {"image": str(resolve("demo-image").tag), "dna": str(resolve("demo-dna").tag), "workdir": str(demo_workdir)}
+    return {"image": str(resolve("demo-image").tag), "dna": str(resolve("demo-dna").tag),
+            "volume": str(resolve("demo-volume").tag), "workdir": str(demo_workdir)}
 
 
 @pytest.fixture(scope="session")
 def shared_server(demo_models: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator["Server"]:  # noqa: F821
     """One real server for the whole test session, started as a user starts it (``biomed serve --port P``): the
-    session's test store with demo-image and demo-dna, no token, a free port, and the v2 gRPC door on another
-    (``env["BIOMED_GRPC_PORT"]``); stopped when the session ends.
+    session's test store with demo-image, demo-dna and demo-volume, no token, a free port, and the v2 gRPC door on
+    another (``env["BIOMED_GRPC_PORT"]``); stopped when the session ends.
     Tests that share it must leave it as they found it (no rollouts, no settings of their own)."""
     from live_server import free_port, running
 
     log = tmp_path_factory.mktemp("shared-server") / "server.log"
-    with running(log, through_cli=True, BIOMED_MODELS="demo-image,demo-dna", BIOMED_API_TOKEN="",
+    with running(log, through_cli=True, BIOMED_MODELS="demo-image,demo-dna,demo-volume", BIOMED_API_TOKEN="",
                  BIOMED_GRPC_PORT=str(free_port())) as server:
         yield server

@@ -23,7 +23,7 @@ def train_small_dna(work: Path, name: str) -> str:
 
     table = generate_dna(work / "data", motifs=MOTIFS, n=2000, seed=4)
     fit(TrainConfig(kind="dna", data=str(table), out=str(work / "run"), arch="deepbind", epochs=12, seed=4))
-    return str(export_run(work / "run", name).tag)
+    return str(export_run(work / "run", name, force=True).tag)
 
 
 def demo_genome(out: Path, length: int = 3000, variants: int = 150, seed: int = 3) -> Path:

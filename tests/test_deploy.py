@@ -40,7 +40,7 @@ BENTO_UID = 1034  # the `bentoml` user of BentoML's generated Dockerfile
 LATENCY_ENDPOINTS = {"/predict_image", "/predict_dna", "/predict_fasta", "/score_variants", "/explain_dna",
                      "/explain_image", "/v2/models/{name}/infer", "/v2/models/{name}/versions/{version}/infer"}
 API_ENDPOINTS = LATENCY_ENDPOINTS | {"/dicomweb/studies", "/dicomweb/studies/{StudyInstanceUID}",  # + STOW-RS
-                                     "/predict_series"}  # and a series in one request: neither is a latency
+                                     "/predict_series", "/explain_series"}  # and a series in one request: none is a latency
 
 KUSTOMIZATIONS = {
     "cpu": K8S / "overlays" / "cpu",
@@ -142,7 +142,8 @@ def test_bentofile_serves_without_torch() -> None:
     names = {re.split(r"[\[<>=!~; ]", p, maxsplit=1)[0].lower() for p in packages}
     assert "torch" not in names and not any("torch" in n for n in names)
     assert any(p.startswith("onnxruntime-gpu[cuda,cudnn]") for p in packages)
-    assert {m if isinstance(m, str) else m["tag"] for m in bento["models"]} == {"demo-image:latest", "demo-dna:latest"}
+    assert {m if isinstance(m, str) else m["tag"] for m in bento["models"]} == {"demo-image:latest", "demo-dna:latest",
+                                                                              "demo-volume:latest"}
     assert {"owner", "project", "stage"} <= set(bento["labels"])
     assert "cuda_version" not in bento["docker"] and "base_image" not in bento["docker"]
     envs = {e["name"]: e["value"] for e in bento["envs"]}

@@ -40,7 +40,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
     table = generate_dna(work / "data", n=4000, seed=0)
     run = work / "run"
     summary = fit(TrainConfig(kind="dna", data=str(table), out=str(run), arch=DEFAULT_ARCH["dna"]))
-    exported = export_run(run, MODEL)
+    exported = export_run(run, MODEL, force=True)
     rows = list(csv.DictReader(table.open()))
     planted = list(csv.DictReader(table.with_name("sequences.planted.csv").open()))
     test_rows = set(json.loads((run / "split.json").read_text())["test"])

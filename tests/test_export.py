@@ -39,7 +39,7 @@ def runs(data: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dic
 
 @pytest.fixture(scope="module")
 def exported(runs: dict[str, Path]) -> dict:
-    return {arch: export_run(run, f"test-{arch}") for arch, run in runs.items()}
+    return {arch: export_run(run, f"test-{arch}", force=True) for arch, run in runs.items()}
 
 
 @pytest.mark.parametrize("arch", ["cnn", "resnet", "deepbind", "danq"])
@@ -122,7 +122,7 @@ def test_variants_stay_close_to_the_fp32_outputs(option: dict, tolerance: float,
     the AUROC change it reports recomputed from both with sklearn."""
     from sklearn.metrics import roc_auc_score
 
-    result = export_run(runs["deepbind"], "test-variant", **option)
+    result = export_run(runs["deepbind"], "test-variant", force=True, **option)
     info = result.doc["export"]
     assert info["variant"] == ("int8" if "quantize" in option else "fp16")
     held = np.load(runs["deepbind"] / "heldout.npz")
@@ -240,7 +240,7 @@ def test_export_says_what_the_servers_following_the_name_will_do(runs: dict[str,
     for old in store.biomed_models():  # a reused test store may hold an earlier run's test-live and its promote
         if old.tag.name == "test-live":
             (Path(old.path).parent / store.ROLLOUT_FILE).unlink(missing_ok=True)
-    assert main(["export", str(runs["deepbind"]), "--name", "test-live"]) == 0
+    assert main(["export", str(runs["deepbind"]), "--name", "test-live", "--force"]) == 0  # tiny: below its baseline
     out, err = capsys.readouterr()
     tag = out.strip()  # stdout: the tag alone, for scripts
     assert re.fullmatch(r"test-live:[\w.-]+", tag), out

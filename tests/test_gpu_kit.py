@@ -44,13 +44,14 @@ def test_pack_receive_run_dry(tmp_path: Path, demo_models: dict[str, str]) -> No
     steps = results["steps"]
     assert results["dry_run"] is True and list(steps)[:3] == ["onnxruntime", "roofline", "service"]
     models = {r["model"] for r in steps["onnxruntime"]["rows"]}
-    assert {"demo-image", "demo-dna", "bench-resnet18", "bench-danq"} <= models
+    assert {"demo-image", "demo-dna", "demo-volume", "bench-resnet18", "bench-danq", "bench-resnet3d"} <= models
     engines = {r["engine"] for r in steps["onnxruntime"]["rows"]}
     assert {"ort-cpu-fp32", "ort-cpu-fp16", "ort-cpu-fp16+iobinding"} <= engines
     roof = steps["roofline"]
     assert roof["batch"] == 64 and roof["bound"] > 0 and roof["bound"] <= min(roof["flop_bound"], roof["memory_bound"])
     service = steps["service"]
-    assert {(s["model"], s["concurrency"]) for s in service} >= {("bench-resnet18", 1), ("bench-resnet18", 16)}
+    assert {(s["model"], s["concurrency"]) for s in service} >= {("bench-resnet18", 1), ("bench-resnet18", 16),
+                                                                  ("bench-resnet3d", 1), ("demo-volume", 16)}
     assert all(s["rps"] > 0 and s["non_2xx"] == 0 and s["pipeline_rps"] > 0 for s in service), service
     markdown = (out / "results.md").read_text()
     assert "DRY RUN" in markdown and "Roofline" in markdown and "service ÷ pipeline" in markdown

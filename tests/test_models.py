@@ -23,12 +23,22 @@ CASES = [
     ("image", "resnet", {"num_classes": 2}, (1, 1, 40, 40), (1, 2)),
     ("image", "resnet18", {"num_classes": 2}, (1, 1, 224, 224), (1, 2)),
     ("image", "resnet18", {"num_classes": 3, "in_channels": 3}, (2, 3, 64, 64), (2, 3)),
+    ("volume", "cnn3d", {"num_classes": 2}, (2, 1, 24, 48, 48), (2, 2)),
+    ("volume", "cnn3d", {"num_classes": 3}, (1, 1, 9, 20, 13), (1, 3)),
+    ("volume", "resnet3d", {"num_classes": 2}, (2, 1, 24, 48, 48), (2, 2)),
+    ("volume", "resnet3d", {"num_classes": 4, "in_channels": 2}, (1, 2, 16, 16, 16), (1, 4)),
 ]
 
 # Sane sizes for the default builders: big enough to learn, small enough for two CPU cores.
 PARAMS = {("dna", "deepbind"): (1_000, 100_000), ("dna", "danq"): (5_000, 200_000),
           ("image", "cnn"): (10_000, 500_000), ("image", "resnet"): (50_000, 2_000_000),
-          ("image", "resnet18"): (11_000_000, 11_500_000)}  # ResNet-18's size on purpose: the GPU benchmark's model
+          ("image", "resnet18"): (11_000_000, 11_500_000),  # ResNet-18's size on purpose: the GPU benchmark's model
+          ("volume", "cnn3d"): (20_000, 500_000), ("volume", "resnet3d"): (200_000, 2_000_000)}
+
+
+def _shape(kind: str) -> tuple[int, ...]:
+    """A small input of the kind: DNA codes, an image, a volume."""
+    return {"dna": (2, 80), "image": (2, 1, 32, 32), "volume": (2, 1, 8, 16, 16)}[kind]
 
 
 def _input(kind: str, shape: tuple[int, ...]) -> torch.Tensor:
@@ -99,6 +109,8 @@ UNKNOWN = [
     ("image", "resnet", {"drop_out": 0.1}, "drop_out"),
     ("image", "resnet", {"num_tasks": 3}, "num_tasks"),
     ("image", "resnet18", {"widths": (8, 16)}, "widths"),
+    ("volume", "cnn3d", {"num_tasks": 2}, "num_tasks"),
+    ("volume", "resnet3d", {"depth": 18}, "depth"),
 ]
 
 
@@ -123,9 +135,8 @@ def test_legacy_saved_kwargs_build_through_the_helper(kind: str, arch: str) -> N
     kwargs = saved_kwargs(kind, LEGACY)
     assert kwargs == {OUTPUT_ARG[kind]: 3, "dropout": 0.2}
     assert LEGACY == {"num_classes": 3, "num_tasks": 3, "dropout": 0.2}  # not mutated
-    shape = (2, 80) if kind == "dna" else (2, 1, 32, 32)
     with torch.no_grad():
-        out = build_model(kind, arch, **kwargs).eval()(_input(kind, shape))
+        out = build_model(kind, arch, **kwargs).eval()(_input(kind, _shape(kind)))
     assert tuple(out.shape) == (2, 3)
 
 
@@ -181,6 +192,6 @@ def test_legacy_checkpoint_still_loads(kind: str, arch: str, tmp_path: Path) -> 
     run, original = _legacy_run(tmp_path, kind, arch)
     model, best = load_run_model(run)
     assert best["model_kwargs"] == LEGACY  # the checkpoint is read as saved, only the builder call is filtered
-    x = _input(kind, (2, 80) if kind == "dna" else (2, 1, 32, 32))
+    x = _input(kind, _shape(kind))
     with torch.no_grad():
         assert torch.equal(model(x), original(x))

@@ -51,7 +51,7 @@ cd "$ELSEWHERE"
 biomed --help > /dev/null
 biomed demo-data genome --out genome --contigs 1 --length 3000 --variants 20
 biomed motifs "$RUN" --top 2 > /dev/null      # a run trained elsewhere (the session's demo run), read from here
-biomed export "$RUN" --name newcomer-dna
+biomed export "$RUN" --name newcomer-dna --force   # the session's tiny run is below its baseline
 biomed models
 biomed models promote demo-dna:latest
 biomed score-variants --vcf genome/variants.vcf.gz --fasta genome/genome.fa --out scored.vcf.gz

@@ -106,12 +106,12 @@ def test_probes(client) -> None:  # type: ignore[no-untyped-def]
     assert client.get("/readyz").status_code == 200
 
 
-def test_models_lists_both_with_provenance(client, demo_models: dict[str, str]) -> None:  # type: ignore[no-untyped-def]
+def test_models_lists_every_demo_model_with_provenance(client, demo_models: dict[str, str]) -> None:  # type: ignore[no-untyped-def]
     from biomed.store import onnx_path, resolve
 
     entries = {m["name"]: m for m in client.get("/models").json()["models"]}
-    assert set(entries) == {"demo-image", "demo-dna"}
-    for kind in ("image", "dna"):
+    assert set(entries) == {"demo-image", "demo-dna", "demo-volume"}  # the default BIOMED_MODELS
+    for kind in ("image", "dna", "volume"):
         tag = demo_models[kind]
         m = entries[tag.split(":")[0]]
         assert f"{m['name']}:{m['version']}" == tag and m["kind"] == kind

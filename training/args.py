@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Callable
 from pathlib import Path
 
 from models import ARCHS, DEFAULT_ARCH
@@ -11,7 +12,7 @@ from training.config import TrainConfig, recorded_data
 
 # Flags copied into TrainConfig when given (argparse dest == field name).
 _FIELDS = ("epochs", "seed", "batch_size", "lr", "weight_decay", "dropout", "patience", "image_size", "window", "stride",
-           "amp", "reference")
+           "amp", "reference", "volume_size", "spacing", "resample")
 
 
 def _window(text: str) -> tuple[float, float]:
@@ -30,6 +31,27 @@ def _size(text: str) -> tuple[int, int]:
     return (parts[0], parts[0]) if len(parts) == 1 else (parts[0], parts[1])
 
 
+def _triple(kind: type) -> Callable[[str], tuple]:
+    def parse(text: str) -> tuple:
+        try:
+            parts = [kind(v) for v in text.lower().replace("x", ",").split(",")]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} must be N or D,H,W") from None
+        if len(parts) not in (1, 3):
+            raise argparse.ArgumentTypeError(f"{text!r} must be N or D,H,W")
+        return tuple(parts * 3) if len(parts) == 1 else tuple(parts)
+
+    return parse
+
+
+def _irregular(text: str) -> tuple[str, ...]:
+    chosen = tuple(v.strip() for v in text.split(",") if v.strip())
+    unknown = set(chosen) - {"gap", "tilt"}
+    if unknown:
+        raise argparse.ArgumentTypeError(f"resample {sorted(unknown)} is unknown; choose from gap, tilt")
+    return chosen
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The flags of a training run (shared by ``biomed train`` and ``python -m training.train``)."""
     p.add_argument("kind", nargs="?", choices=kinds.names())
@@ -44,7 +66,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dropout", type=float)
     p.add_argument("--patience", type=int, help="early-stopping patience in epochs")
     p.add_argument("--image-size", type=_size, help="H,W the images are resized to (default 64)")
-    p.add_argument("--window", type=_window, help="fixed VOI window CENTER,WIDTH for every image (default: each file's own)")
+    p.add_argument("--window", type=_window, help="fixed VOI window CENTER,WIDTH for every image or volume (default: each "
+                   "file's own; a volume's own min/max)")
+    p.add_argument("--volume-size", type=_triple(int), help="volumes: the model's D,H,W in voxels (default 32,64,64)")
+    p.add_argument("--spacing", type=_triple(float), help="volumes: the voxel spacing D,H,W in mm (default 4,4,4)")
+    p.add_argument("--resample", type=_irregular, help="volumes: irregular series to resample rather than refuse: "
+                   "gap, tilt or gap,tilt (default: refuse both)")
     p.add_argument("--stride", type=int, help="DNA: tiling stride for long sequences at serving time")
     p.add_argument("--reference", metavar="REF.fa", help="DNA: reference FASTA the BED intervals of --data are read from")
     p.add_argument("--amp", choices=["auto", "off", "bf16", "fp16"], help="mixed precision on CUDA (off on CPU)")
@@ -92,9 +119,18 @@ def print_summary(out: str, summary: dict) -> None:
     print(f"run: {out}")
     print(f"held-out test ({summary['split']['test']} samples): AUROC {test['auroc_macro']:.3f}  AUPRC {test['auprc_macro']:.3f}  "
           f"accuracy {test['accuracy']:.3f}")
-    print(f"logistic-regression baseline:          AUROC {base['auroc_macro']:.3f}  AUPRC {base['auprc_macro']:.3f}  "
-          f"accuracy {base['accuracy']:.3f}")
+    for other in summary.get("baselines", [base]):
+        mark = "  <- the baseline to beat" if other["model"] == base.get("model") else ""
+        print(f"{other.get('model', 'baseline') + ' baseline:':<38} AUROC {other['auroc_macro']:.3f}  AUPRC "
+              f"{other['auprc_macro']:.3f}  accuracy {other['accuracy']:.3f}{mark}")
     for label, value in test["auroc"].items():
         print(f"  {label:<12} AUROC {value:.3f} (baseline {base['auroc'].get(label, float('nan')):.3f})")
+    if test.get("too_small"):
+        fewest = ", ".join(f"{k} {v}" for k, v in test["small_classes"].items())
+        print(f"TOO SMALL: the held-out set has fewer than {test['min_per_class']} samples of some class ({fewest}); "
+              "its metrics mean little: use more data")
+    if test["auroc_macro"] < base["auroc_macro"]:
+        print(f"BELOW BASELINE: the model's AUROC is under the {base.get('model', 'baseline')}'s; `biomed export` "
+              "refuses it without --force")
     if summary.get("skipped"):
         print(f"skipped unreadable inputs: {sum(summary['skipped'].values())} ({summary['skipped']})")

@@ -3,8 +3,9 @@
 The bundle's description is read from its own files: labels, channels and shape from
 ``network_data_format``; the value mapping, size and axis order from the preprocessing's transforms;
 the activation from the postprocessing's. A transform is mapped only where the service reproduces it
-exactly; anything else (another transform, a Resize mode, a 3D bundle, a ``$`` expression) is
-refused with a message naming it, never dropped. The network is ``models/model.onnx``,
+exactly; anything else (another transform, a Resize mode, a ``$`` expression) is refused with a
+message naming it, never dropped. A 3D bundle (a ``spatial_shape`` of three) is a volume model: its
+transforms are read by ``training/bundle_volume.py``. The network is ``models/model.onnx``,
 ``models/model.ts`` (TorchScript) or ``models/model.pt`` (a state dict for ``network_def``).
 """
 
@@ -18,6 +19,7 @@ from typing import Any, Callable
 from biomed.importing.build import import_graph
 from biomed.importing.description import check
 from biomed.importing.errors import ImportRefused
+from training.bundle_volume import VolumeReader
 
 NO_OPS = {"EnsureChannelFirst", "ToTensor", "EnsureType", "CastToType", "Identity", "AsDiscrete"}
 RESIZE_MODES = {"area": "area", "nearest-exact": "nearest"}  # MONAI's mode -> the service's exact equivalent
@@ -80,8 +82,7 @@ def _transforms(config: dict[str, Any], key: str) -> list[dict[str, Any]]:
 def _pair(value: Any, what: str) -> list[int]:
     values = [value, value] if isinstance(value, int) else list(value)
     if len(values) != 2 or any(not isinstance(v, int) or v < 1 for v in values):
-        raise ImportRefused(f"{what} {value!r} is not a 2D size; accepted: two positive integers (3D bundles are "
-                            "not served yet)")
+        raise ImportRefused(f"{what} {value!r} is not a 2D size; accepted: two positive integers")
     return values
 
 
@@ -181,16 +182,29 @@ def _output(post: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def describe(folder: Path) -> dict[str, Any]:
-    """The description of a 2D classification bundle, from its own configs."""
+    """The description of a 2D (image) or 3D (volume) classification bundle, from its own configs."""
     meta = _json(folder / "configs" / "metadata.json")
     config = _json(folder / "configs" / "inference.json")
     fmt = meta.get("network_data_format", {})
     image = (fmt.get("inputs") or {}).get("image") or next(iter((fmt.get("inputs") or {}).values()), {})
     pred = (fmt.get("outputs") or {}).get("pred") or next(iter((fmt.get("outputs") or {}).values()), {})
     shape = image.get("spatial_shape") or []
-    if len(shape) != 2:
+    if len(shape) not in (2, 3):
         raise ImportRefused(f"network_data_format's input spatial_shape is {shape!r}: a {len(shape)}D bundle; "
-                            "accepted: 2D images (volumes are not served yet)")
+                            "accepted: 2D images or 3D volumes")
+    defs = pred.get("channel_def") or {}
+    count = int(pred.get("num_channels", len(defs) or 0))
+    labels = [str(defs.get(str(i), defs.get(i, f"class{i}"))) for i in range(count)]
+    about = {"labels": labels, "output": _output(_transforms(config, "postprocessing")),
+             "description": str(meta.get("description") or meta.get("name") or "")}
+    if len(shape) == 3:  # a volume: one channel, the series assembled by the service (training/bundle_volume.py)
+        if int(image.get("num_channels", 1)) != 1:
+            raise ImportRefused("a 3D bundle's input has one channel here; accepted: num_channels 1")
+        volume = VolumeReader([s if isinstance(s, int) and s > 0 else 0 for s in shape], NO_OPS, _name)
+        for transform in _transforms(config, "preprocessing"):
+            _expressions(transform, f"preprocessing {_name(transform)}")
+            volume.read(transform)
+        return check({"kind": "volume", **about, "volume": volume.finish()})
     channels = int(image.get("num_channels", 1))
     reader = _Reader(channels, [s if isinstance(s, int) and s > 0 else 0 for s in shape])  # "16*n": from a Resize
     for transform in _transforms(config, "preprocessing"):
@@ -198,11 +212,7 @@ def describe(folder: Path) -> dict[str, Any]:
         reader.read(transform)
     if min(reader.image["size"]) < 1:
         raise ImportRefused("the bundle gives no fixed input size: add a Resize, or a numeric spatial_shape")
-    defs = pred.get("channel_def") or {}
-    count = int(pred.get("num_channels", len(defs) or 0))
-    labels = [str(defs.get(str(i), defs.get(i, f"class{i}"))) for i in range(count)]
-    return check({"kind": "image", "labels": labels, "output": _output(_transforms(config, "postprocessing")),
-                  "image": reader.image, "description": str(meta.get("description") or meta.get("name") or "")})
+    return check({"kind": "image", **about, "image": reader.image})
 
 
 def _network(folder: Path, config: dict[str, Any]) -> tuple[Any, str]:
@@ -238,8 +248,10 @@ def import_bundle(folder: Path, name: str, description: dict[str, Any] | None = 
 
     found = describe(folder) if description is None else description
     network, file_name = _network(folder, _json(folder / "configs" / "inference.json"))
+    import onnx
+
     checks: dict[str, Any] = {}
-    if not hasattr(network, "graph"):
+    if not isinstance(network, onnx.ModelProto):  # a torch module (a TorchScript one has a ``graph`` too)
         network, checks = to_onnx(network, found)
     digest = hashlib.sha256()
     for part in (folder / "configs" / "metadata.json", folder / "configs" / "inference.json", folder / "models" / file_name):

@@ -12,7 +12,7 @@ from typing import Any
 class TrainConfig:
     """Everything needed to reproduce a run; saved to ``config.json`` and into the ONNX metadata."""
 
-    kind: str  # image | dna
+    kind: str  # image | dna | volume
     data: str
     out: str
     arch: str
@@ -27,7 +27,10 @@ class TrainConfig:
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     image_size: tuple[int, int] = (64, 64)
-    window: tuple[float, float] | None = None  # a fixed VOI window for every image (e.g. CT HU)
+    window: tuple[float, float] | None = None  # a fixed VOI window for every image or volume (e.g. CT HU)
+    volume_size: tuple[int, int, int] = (32, 64, 64)  # volumes: the model's (depth, height, width) in voxels
+    spacing: tuple[float, float, float] = (4.0, 4.0, 4.0)  # volumes: its voxel spacing in mm
+    resample: tuple[str, ...] = ()  # volumes: irregular series resampled, not refused ("gap", "tilt")
     stride: int | None = None  # DNA tiling stride at serving time; default half the length
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     amp: str = "auto"  # auto | off | bf16 | fp16 (auto: bf16 on CUDA, off on CPU)
@@ -47,6 +50,9 @@ class TrainConfig:
         """Rebuild from ``asdict`` output (JSON turns tuples into lists); unknown keys (``launch``) are ignored."""
         data = dict(data)
         data["image_size"] = tuple(data.get("image_size", (64, 64)))
+        for name in ("volume_size", "spacing", "resample"):
+            if name in data:
+                data[name] = tuple(data[name])
         if data.get("window") is not None:
             data["window"] = tuple(data["window"])
         known = {f for f in cls.__dataclass_fields__}

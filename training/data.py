@@ -31,7 +31,7 @@ class DataError(ValueError):
 class Dataset:
     """Inputs and targets in memory.
 
-    ``x`` is (N, C, H, W) float32 for images and (N, L) uint8 codes for DNA;
+    ``x`` is (N, C, H, W) float32 for images, (N, 1, D, H, W) float32 for volumes and (N, L) uint8 codes for DNA;
     ``y`` is (N,) int64 class indices for images and (N, T) float32 0/1 for DNA.
     """
 
@@ -41,6 +41,7 @@ class Dataset:
     multilabel: bool
     sources: list[str]
     skipped: dict[str, int] = field(default_factory=dict)
+    modalities: list[str] = field(default_factory=list)  # DICOM modalities seen (volumes), for the model's metadata
 
     def subset(self, index: np.ndarray) -> "Dataset":
         return Dataset(self.x[index], self.y[index], self.labels, self.multilabel, [self.sources[i] for i in index])

@@ -45,6 +45,19 @@ class ExportError(RuntimeError):
     """The exported graph is invalid or does not reproduce PyTorch."""
 
 
+class BelowBaseline(ExportError):
+    """The run's held-out metric is below its baseline's (exported only with ``force``)."""
+
+
+def check_baseline(summary: dict, force: bool) -> None:
+    """Refuse a run whose held-out macro AUROC is below the baseline to beat (``metrics.json``), unless ``force``."""
+    ours, base = summary["test"]["auroc_macro"], summary["baseline"]["auroc_macro"]
+    if not force and np.nan_to_num(ours, nan=-1.0) < np.nan_to_num(base, nan=-1.0):
+        raise BelowBaseline(f"the run's held-out AUROC {ours:.3f} is below its baseline's {base:.3f} "
+                            f"({summary['baseline'].get('model', 'baseline')}): train longer or better, or pass "
+                            "--force to export it anyway")
+
+
 class WithActivation(nn.Module):
     """The network plus its output activation, so the graph returns probabilities."""
 
@@ -180,10 +193,13 @@ def build_metadata(name: str, version: str, best: dict, summary: dict, x: np.nda
         "architecture": {"arch": config.arch, "kwargs": best["model_kwargs"]},
         "training": {"data": Path(config.data).name, "epochs": summary["epochs_run"], "best_epoch": summary["best_epoch"],
                      "seed": config.seed, "split": summary["split"], "metrics": summary["test"],
-                     "baseline": summary["baseline"], "config": best["config"], "code_version": code_version()},
+                     "baseline": summary["baseline"], "baselines": summary.get("baselines", [summary["baseline"]]),
+                     "config": best["config"], "code_version": code_version()},
         "export": export_info,
         "intended_use": metadata.INTENDED_USE,
     }
+    if summary.get("modalities"):
+        doc["modalities"] = list(summary["modalities"])  # the DICOM doors route these modalities to this model
     return metadata.validate(doc)
 
 
@@ -227,8 +243,14 @@ def rebuild_from_onnx(path: str | Path) -> nn.Module:
     return model.eval()
 
 
-def export_run(run: str | Path, name: str, quantize: str | None = None, fp16: bool = False) -> Exported:
-    """Export a run's best model, verify it, and save it into the BentoML model store."""
+def export_run(run: str | Path, name: str, quantize: str | None = None, fp16: bool = False,
+               force: bool = False) -> Exported:
+    """Export a run's best model, verify it, and save it into the BentoML model store.
+
+    Raises:
+        BelowBaseline: the run's held-out AUROC is below its baseline's and ``force`` is not given.
+        ExportError: the graph does not reproduce PyTorch.
+    """
     import bentoml
 
     from biomed.store import check_kind
@@ -237,6 +259,7 @@ def export_run(run: str | Path, name: str, quantize: str | None = None, fp16: bo
     model, best = load_run_model(run)
     check_kind(name, best["config"]["kind"])  # before the work: a name holds one kind of model
     summary = json.loads((run / "metrics.json").read_text())
+    check_baseline(summary, force)
     held = np.load(run / "heldout.npz")
     x, y = held["x"], held["y"]
     proto = to_onnx(WithActivation(model, best["multilabel"]).eval(), torch.from_numpy(x[:2]))

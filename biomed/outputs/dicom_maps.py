@@ -16,6 +16,11 @@ Which object, and why:
   over a CT or MR image that lacks one (the IOD requires it). A secondary capture needs no
   geometry; it shows the same picture as the PNG, next to the source in the study.
 
+A volume's explanation (``volume_parametric_map``) is a multi-frame **Parametric Map** over the whole
+series: one frame per slice of the model's grid, each placed in the series' Frame of Reference by its
+Plane Position, with the grid's orientation and spacing (highdicom's ``Volume``), every instance of the
+series referenced as a source. A viewer that overlays by frame of reference draws it over the series.
+
 Both reference the source instance (the Parametric Map in its Referenced Series Sequence and
 per-frame Derivation Image Sequence, the Secondary Capture in its Source Image Sequence, with
 the frame number for a multi-frame source), copy the patient and study modules from the
@@ -108,6 +113,44 @@ def parametric_map(ds: Dataset, values: np.ndarray, label: str, model: str, vers
             content_creator_name=None, series_description=_truncate(f"{model} explanation ({INTENDED_USE})", 64))
     _laterality(pm, ds)
     return pm
+
+
+def volume_parametric_map(sources: list[Dataset], values: np.ndarray, affine: np.ndarray, label: str, model: str,
+                          version: str) -> bytes:
+    """A multi-frame Parametric Map of ``values`` (depth, height, width: the model's grid, placed in the series' frame
+    of reference by ``affine``, voxel index to patient mm) over the series' ``sources`` (their headers), as Part-10
+    bytes.
+
+    Raises:
+        InputError: 422 ``no_dicom_source`` when the series lacks what the object needs (highdicom's checks).
+    """
+    import highdicom as hd
+
+    try:
+        values = np.ascontiguousarray(values, dtype=np.float32)
+        low, high = float(values.min()), float(values.max())
+        high = max(high, low + 1e-6)
+        mapping = hd.pm.RealWorldValueMapping(
+            lut_label="P_DROP", lut_explanation=_truncate(f"drop of p({label}) when occluded", 64), unit=UNITY,
+            value_range=(low, high), slope=1.0, intercept=0.0, quantity_definition=CLASS_ACTIVATION)
+        volume = hd.Volume(values, affine, "PATIENT", frame_of_reference_uid=str(sources[0].FrameOfReferenceUID))
+        top = max(high, 1e-6)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            pm = hd.pm.ParametricMap(
+                [_prepared(ds) for ds in sources], volume, generate_uid(), 9902, generate_uid(), 1, MANUFACTURER,
+                _truncate(model, 64), _truncate(f"{biomed.__version__} {version}", 64), _truncate(version, 64),
+                contains_recognizable_visual_features=False, real_world_value_mappings=[mapping],
+                voi_lut_transformations=[hd.VOILUTTransformation(window_center=top / 2, window_width=top,
+                                                                 voi_lut_function="LINEAR_EXACT")],
+                content_label="OCCLUSION", content_description=_truncate(f"3D occlusion map, {label}; {INTENDED_USE}", 64),
+                content_creator_name=None, series_description=_truncate(f"{model} explanation ({INTENDED_USE})", 64))
+        buffer = BytesIO()
+        pm.save_as(buffer, enforce_file_format=True)
+    except Exception as exc:  # highdicom's checks of the sources' attributes; no value of them is quoted
+        raise NoDicomSource(f"no DICOM explanation can be built over this series ({type(exc).__name__} from "
+                            "highdicom: its patient, study or image attributes are not valid); use format=json") from None
+    return buffer.getvalue()
 
 
 def secondary_capture(ds: Dataset, rgb: np.ndarray, label: str, model: str, version: str, frame: int,

@@ -1,4 +1,5 @@
-"""An image explanation as JSON: the body of ``/explain_image`` (``format=json``) and ``biomed explain-image --json``.
+"""An explanation as JSON: the body of ``/explain_image`` (``format=json``) and ``biomed explain-image --json``, and of
+``/explain_series`` (a volume's).
 
 Built once here so that the door and the command line write the same document (docs/api.md
 names every field). The map is at the model input's geometry, rounded to 7 decimals; ``peak``
@@ -12,7 +13,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from biomed.occlusion import Occlusion, peak
+from biomed.occlusion import Occlusion, peak, peak_index
 from biomed.outputs.semantics import PROBABILITIES, Semantics
 
 
@@ -40,5 +41,25 @@ def explanation_body(result: Occlusion, labels: Sequence[str], frame: int, prese
                 "peak": {"row": row, "column": column}, "values": values.tolist()},
         "presented": {"rows": int(presented.shape[0]), "columns": int(presented.shape[1]),
                       "samples": int(presented.shape[2])},
+        "input": info,
+    }
+
+
+def volume_explanation_body(result: Occlusion, labels: Sequence[str], info: dict[str, Any], affine: np.ndarray,
+                            semantics: Semantics = PROBABILITIES) -> dict[str, Any]:
+    """A volume's explanation fields, without the model's name and version: the map at the model's grid (depth,
+    height, width), its peak as a voxel and as a point in the series' frame of reference (mm, LPS), and ``affine``,
+    the grid's voxel-to-patient matrix (4x4), so the map can be placed over the series."""
+    boxes = result.grid
+    values = np.round(result.map, 7)
+    index = peak_index(result.map)
+    point = affine @ np.array([*index, 1.0])
+    return {
+        "method": "occlusion", "label": labels[result.index], "predicted": labels[int(np.argmax(result.probabilities))],
+        semantics.name: dict(zip(labels, map(float, result.probabilities))),
+        "map": {"shape": list(boxes.shape), "patch": list(boxes.patch), "stride": list(boxes.stride),
+                "patches": boxes.patches, "min": float(values.min()), "max": float(values.max()),
+                "peak": {"voxel": list(index), "position_mm": [round(float(v), 3) for v in point[:3]]},
+                "affine": np.round(affine, 6).tolist(), "values": values.tolist()},
         "input": info,
     }

@@ -4,7 +4,8 @@ decode (any transfer syntax pydicom decodes with the installed plugins) ->
 Modality LUT (Rescale Slope/Intercept or Modality LUT Sequence, per frame for
 Enhanced objects) -> VOI (the model's window, else the file's VOI LUT, else its
 first window with its VOI LUT Function, else the frame's min/max) -> MONOCHROME1
-inverted (``1 - x``). Colour images (RGB, YBR_* converted to RGB by pydicom,
+inverted (``1 - x``); or, asked for ``MODALITY``, the modality values themselves (no VOI, no
+inversion: volumes window the whole series after resampling, ``biomed.preprocess.volume``). Colour images (RGB, YBR_* converted to RGB by pydicom,
 PALETTE COLOR through its palette) are scaled by their bit depth; file windows
 apply to MONOCHROME images only.
 
@@ -51,12 +52,13 @@ _SYNTAXES = (
     "baseline/extended/lossless, JPEG-LS, JPEG 2000 and HTJ2K"
 )
 _MONO = ("MONOCHROME1", "MONOCHROME2")
+MODALITY = "modality"  # ``window`` asking for modality values (after the Modality LUT), unclipped
 _MB = 2**20
 _T = TypeVar("_T")
 
 
 def load_dicom(
-    data: bytes | Upload, window: tuple[float, float] | None, limits: Limits, sink: FrameSink
+    data: bytes | Upload, window: tuple[float, float] | str | None, limits: Limits, sink: FrameSink
 ) -> dict[str, Any]:
     """Decode and present a DICOM object into `sink`, one frame (and band of rows) at a time.
 
@@ -67,7 +69,8 @@ def load_dicom(
             here unless it was before, and once decoded it keeps the header
             without pixel data (``Upload.header``).
         window: The model's (center, width) in modality units, applied with
-            LINEAR_EXACT to MONOCHROME images instead of the file's VOI.
+            LINEAR_EXACT to MONOCHROME images instead of the file's VOI; ``MODALITY``:
+            the modality values of MONOCHROME images, unclipped (no VOI, no inversion).
         limits: Size caps, checked from the header (and each compressed frame's
             codestream header) before decoding; ``limits.budget`` is reserved
             for the decode.
@@ -155,12 +158,12 @@ def _codec(ts: UID) -> str:
 def _decoded_frames(decoder: Any, ds: Dataset, ts: UID, frames: int) -> Iterator[tuple[np.ndarray, dict[str, Any]]]:
     """pydicom's frame-by-frame decoder: no colour conversion (done per band), no excess frames.
 
-    Native frames are read-only views of the pixel data (no copy); RLE uses
+    Native frames are read-only views of the pixel data (no copy) when every allocated bit is stored; RLE uses
     pylibjpeg-rle, which decodes into a buffer of the header's size.
     """
     options: dict[str, Any] = {"as_rgb": False, "allow_excess_frames": False}
-    if not ts.is_encapsulated:
-        options["view_only"] = True
+    if not ts.is_encapsulated and ds.get("BitsStored") == ds.get("BitsAllocated"):
+        options["view_only"] = True  # else pydicom copies anyway, to clear the unused bits (and logs a warning)
     if ts == RLELossless:  # pydicom's own RLE decoder grows its output with every run, without bound
         if not rle_bounded(ts):
             raise UnsupportedMedia(
@@ -290,7 +293,7 @@ _Presenter = Union["_Colour", "_Palette", "_Mono"]
 
 
 def _presenter(
-    ds: Dataset, arr: np.ndarray, meta: dict[str, Any], window: tuple[float, float] | None, ts: UID, frames: int
+    ds: Dataset, arr: np.ndarray, meta: dict[str, Any], window: tuple[float, float] | str | None, ts: UID, frames: int
 ) -> _Presenter:
     """How decoded frames (rows, columns, samples) become presented float32 in [0, 1]."""
     pi = str(meta.get("photometric_interpretation", ""))
@@ -358,7 +361,7 @@ class _Mono:
     """
 
     def __init__(
-        self, ds: Dataset, frames: int, window: tuple[float, float] | None, little: bool, pi: str,
+        self, ds: Dataset, frames: int, window: tuple[float, float] | str | None, little: bool, pi: str,
         original: str, dtype: np.dtype,
     ) -> None:
         self.params = [frame_rescale(ds, i) for i in range(frames)]
@@ -378,14 +381,17 @@ class _Mono:
         per_frame_rescale = any(p != self.params[0] for p in self.params)
         self.rescale_name = "(0028,1053) Rescale Slope and (0028,1052) Rescale Intercept" + (
             " (per-frame functional groups)" if per_frame_rescale else "")
-        if window is not None:
+        if window == MODALITY:
+            self.steps = [(("modality",), "modality")]
+        elif window is not None:
             self.steps: list[tuple[Voi, str]] = [
                 (("window", float(window[0]), float(window[1]), "linear_exact"), "model")]
         elif "PerFrameFunctionalGroupsSequence" in ds:
             self.steps = [frame_voi(ds, i, little) for i in range(frames)]
         else:
             self.steps = [frame_voi(ds, 0, little)]
-        self.inverted = pi == "MONOCHROME1" or (pi not in _MONO and original == "MONOCHROME1")
+        monochrome1 = pi == "MONOCHROME1" or (pi not in _MONO and original == "MONOCHROME1")
+        self.inverted = monochrome1 and window != MODALITY
         self.descs: list[dict[str, Any]] = []
 
     def _modality(self, index: int, a: np.ndarray) -> tuple[np.ndarray, float, float]:

@@ -26,6 +26,7 @@ _WINDOW_FUNCTIONS = ("linear", "linear_exact", "sigmoid")
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 # A VOI step: ("window", center, width, function) | ("lut", first, table) | ("minmax",) | ("minmax", lo, hi)
+# | ("modality",): none, the modality values kept (volumes window the whole series later)
 Voi = tuple[Any, ...]
 
 
@@ -142,7 +143,7 @@ def window_voi(src: Dataset) -> Voi | None:
 
 
 def apply_voi(x: np.ndarray, voi: Voi) -> tuple[np.ndarray, dict[str, Any]]:
-    """Map float32 modality values `x` (any shape) to [0, 1] in place.
+    """Map float32 modality values `x` (any shape) to [0, 1] in place (``("modality",)``: left as they are).
 
     Windows follow DICOM PS3.3 C.11.2.1.2: LINEAR uses ``(x - (c - 0.5)) /
     (w - 1) + 0.5``, LINEAR_EXACT ``(x - c) / w + 0.5`` (both clipped), SIGMOID
@@ -154,6 +155,8 @@ def apply_voi(x: np.ndarray, voi: Voi) -> tuple[np.ndarray, dict[str, Any]]:
         The mapped array (usually `x` itself) and the window description.
     """
     kind = voi[0]
+    if kind == "modality":
+        return x, {"center": None, "width": None, "function": "none"}
     if kind == "lut":
         _, first, table = voi
         lo, hi = float(table.min()), float(table.max())

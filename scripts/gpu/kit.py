@@ -15,8 +15,8 @@ whole kit's sha256, and installs the wheels into a venv of its own that also see
 packages (torch) but puts its own onnxruntime-gpu first: a preinstalled CPU onnxruntime would
 otherwise shadow the GPU build. ``run`` measures in this order, writing results.json and
 results.md after each step: onnxruntime (CUDA fp32, fp16, I/O binding, TensorRT with its engine
-cache when its libraries are present; batches 1-256; the demo models, a ResNet-18 at 224x224 and
-DanQ), the roofline of the ResNet-18 at batch 64 in fp16, then the service under load (wrk when
+cache when its libraries are present; batches 1-256; the demo models, a ResNet-18 at 224x224,
+DanQ and a 3D ResNet at 64x128x128), the roofline of the ResNet-18 at batch 64 in fp16, then the service under load (wrk when
 installed, else ``bench/loadgen.py``) beside the in-process pipeline. State lives in
 ``$BIOMED_GPU_DIR`` (default /tmp/biomed-gpu). ``--dry-run`` does all of it on the CPU provider
 with tiny timings: the test of this script on machines without a GPU (tests/test_gpu_kit.py).
@@ -82,20 +82,26 @@ def _models(out: Path, quick: bool) -> list[str]:
 
     out.mkdir(parents=True, exist_ok=True)
     names = []
-    for ref in ("demo-image", "demo-dna"):
+    for ref in ("demo-image", "demo-dna", "demo-volume"):
         shutil.copy(locate(ref).path, out / f"{ref}.onnx")
         names.append(ref)
-    size, length = (64, 200) if quick else (224, 1000)
+    size, length, depth = (64, 200, 16) if quick else (224, 1000, 64)
+    volume = (depth, 2 * depth, 2 * depth)  # a CT volume at 4 mm: 64x128x128 voxels (the 3D case)
+    presets = {"image": {"type": "image", "size": [size, size], "channels": 1, "window": None,
+                         "interpolation": "bilinear"},
+               "dna": {"type": "dna", "alphabet": "ACGTN", "length": length, "stride": length // 2,
+                       "reverse_complement": True, "padding": "N, centred"},
+               "volume": {"type": "volume", "size": list(volume), "spacing": [4.0, 4.0, 4.0], "window": [40.0, 400.0],
+                          "resample": [], "axes": "zyx"}}
     for kind, arch, shape, labels in (("image", "resnet18", (2, 1, size, size), ["normal", "lesion"]),
-                                      ("dna", "danq", (2, length), ["TF1", "TF2", "TF3"])):
+                                      ("dna", "danq", (2, length), ["TF1", "TF2", "TF3"]),
+                                      ("volume", "resnet3d", (2, 1, *volume), ["normal", "lesion"])):
         torch.manual_seed(0)
         n = len(labels)
-        net = build_model(kind, arch, **({"num_classes": n} if kind == "image" else {"num_tasks": n})).eval()
-        example = torch.zeros(shape) if kind == "image" else torch.zeros(shape, dtype=torch.uint8)
+        net = build_model(kind, arch, **({"num_tasks": n} if kind == "dna" else {"num_classes": n})).eval()
+        example = torch.zeros(shape, dtype=torch.uint8) if kind == "dna" else torch.zeros(shape)
         proto = to_onnx(WithActivation(net, kind == "dna").eval(), example)
-        pre = ({"type": "image", "size": [size, size], "channels": 1, "window": None, "interpolation": "bilinear"}
-               if kind == "image" else {"type": "dna", "alphabet": "ACGTN", "length": length, "stride": length // 2,
-                                        "reverse_complement": True, "padding": "N, centred"})
+        pre = presets[kind]
         doc = metadata.validate({
             "schema": metadata.SCHEMA_VERSION, "name": f"bench-{arch}", "version": "random-init", "kind": kind,
             "labels": labels, "multilabel": kind == "dna",

@@ -3,7 +3,8 @@
 Every kit model is imported into a model store of the kit's own and served by one real
 ``bentoml serve`` (CUDA first); each model gets load at concurrency 1 and 16 (wrk when installed,
 else ``bench/loadgen.py``): a DICOM CT slice as a raw upload for image models, one model-length
-sequence for DNA models. The pipeline is the same work in-process on the same provider (decode,
+sequence for DNA models, a synthetic CT series (the volume demo's) to ``/predict_series`` for volume
+models. The pipeline is the same work in-process on the same provider (decode,
 preprocess, one inference per request), one request after another.
 """
 
@@ -45,10 +46,30 @@ def _ct_slice() -> bytes:
     return out.getvalue()
 
 
+def _ct_series() -> list[bytes]:
+    from training.demo.volume_demo import series_datasets
+
+    out = []
+    for ds in series_datasets(0, 0, "lesion", "")[0]:
+        buffer = io.BytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+        out.append(buffer.getvalue())
+    return out
+
+
+def _series_form(files: list[bytes], boundary: str = "kit-series") -> tuple[bytes, str]:
+    parts = [f'Content-Disposition: form-data; name="file"; filename="{i}.dcm"\r\nContent-Type: application/dicom'
+             f"\r\n\r\n".encode() + f for i, f in enumerate(files)]
+    body = b"".join(b"--" + boundary.encode() + b"\r\n" + p + b"\r\n" for p in parts) + f"--{boundary}--\r\n".encode()
+    return body, f"multipart/form-data; boundary={boundary}"
+
+
 def _request(doc: dict, name: str) -> tuple[str, bytes, str]:
     """(path, body, content type) of one request for the model."""
     if doc["kind"] == "image":
         return f"/predict_image?model={name}", _ct_slice(), "application/dicom"
+    if doc["kind"] == "volume":
+        return (f"/predict_series?model={name}", *_series_form(_ct_series()))
     length = int(doc["preprocess"]["length"])
     sequence = "ACGT" * (length // 4) + "A" * (length % 4)
     return "/predict_dna", json.dumps({"sequences": [sequence], "model": name}).encode(), "application/json"
@@ -83,7 +104,15 @@ def _pipeline(model: "LoadedModel", body: bytes, seconds: float) -> float:
     from biomed.preprocess.image import ImageSpec, load_image
 
     doc = model.doc
-    if doc["kind"] == "image":
+    if doc["kind"] == "volume":
+        from biomed.preprocess.volume import VolumeSpec, load_volume
+
+        spec_volume, files = VolumeSpec.from_dict(doc["preprocess"]), _ct_series()
+
+        def once() -> None:
+            x, _, _ = load_volume(files, spec_volume)
+            model.run(np.ascontiguousarray(x, dtype=np.float32))
+    elif doc["kind"] == "image":
         spec = ImageSpec.from_dict(doc["preprocess"])
 
         def once() -> None:

@@ -2,11 +2,12 @@
 
 - ``scp.py``: the C-STORE receiver (pynetdicom) on ``BIOMED_DICOM_PORT``, in each worker.
 - ``service/doors/dicomweb.py``: STOW-RS (``POST /dicomweb/studies``), streamed part by part.
-- ``pipeline.py``: what both do with an instance: parse once, check, classify (the image handler), spool its SR
+- ``pipeline.py``: what both do with an instance: parse once, check, route it by Modality, classify it (an image
+  model) or check and decode it (a volume model, whose series is assembled when its group closes), spool its SR
   (``biomed/outputs/sr.py``: the TID 1500 Comprehensive 3D SR of one classified instance).
 - ``groups.py``: with ``BIOMED_DICOM_GROUP_BY`` = ``series`` or ``study`` (not ``instance``), the
   instances in their groups in the spool; ``closer.py``: each worker's thread that makes one SR per
-  group once it is quiet.
+  group once it is quiet (a volume model's group: its files assembled there, ``_assemble``).
 - ``spool.py``: the durable spool and its forwarder; ``destination.py``: STOW-RS or C-STORE to the PACS, for any
   DICOM object the spool holds.
 
@@ -19,7 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from biomed.runtime import StartupError
 from biomed.settings import env
@@ -49,11 +51,19 @@ class Dicom:
         self.groups: Groups | None = None
         self.closer: Closer | None = None
         self.receiver: Receiver | None = None
+        # With series groups, a model that takes series (an image or a volume model); else one classifying instances.
+        operation = "predict_series" if config.dicom_destination and config.dicom_group_by == "series" else "classify"
         try:
-            handler = engine.pick(None, "classify")  # not kept: a reload may swap the image model
+            handler = engine.pick(None, operation)  # not kept: a reload may swap the model
         except Exception:  # noqa: BLE001 - UnknownModel: no image model is loaded
-            raise StartupError(f"{env('dicom_port')}/{env('dicom_destination')} need an image model in "
-                               f"{env('models')}") from None
+            raise StartupError(f"{env('dicom_port')}/{env('dicom_destination')} need an image model (or, grouping by "
+                               f"series, a volume model) in {env('models')}") from None
+        if config.dicom_model:
+            try:
+                engine.pick(config.dicom_model, operation)
+            except Exception as err:  # noqa: BLE001 - UnknownModel or wrong_model_kind
+                raise StartupError(f"{env('dicom_model')}={config.dicom_model!r} cannot take DICOM instances: "
+                                   f"{getattr(err, 'detail', err)}") from None
         for name in ("pydicom", "pynetdicom", "highdicom", "dicomweb_client"):  # they log identifiers at INFO/ERROR
             logging.getLogger(name).setLevel(logging.CRITICAL)
         if config.dicom_destination:
@@ -97,30 +107,52 @@ class Dicom:
         c = self.config
         policy = Policy(c.dicom_group_by, c.dicom_group_timeout_s, c.dicom_group_max_instances, c.sr_per_instance)
         self.groups = Groups(self.spool, policy)  # type: ignore[arg-type]
-        self.closer = Closer(self.groups, self._reclassify, engine.metrics)
+        self.closer = Closer(self.groups, self._reclassify, engine.metrics, self._assemble)
         self.closer.start()
         log.info("instances are grouped by %s: one SR per group, %g s after its last instance (%s)", c.dicom_group_by,
                  c.dicom_group_timeout_s, env("dicom_group_timeout_s"))
 
     def _reclassify(self, model: str, version: str, data: bytes) -> "np.ndarray | None":
-        """An instance's outputs again (its group record was lost in a crash), by that model version if loaded."""
+        """An instance's outputs again (its group record was lost in a crash), by that model version if loaded (a
+        volume model's: its placeholders, ``VolumeHandler.receive_instance``)."""
+
+        async def run(handler: Any) -> "np.ndarray":
+            from biomed.preprocess.upload import Upload
+
+            return await handler.receive_instance(Upload(data), "dimse")
+
+        return self._on_loop(model, version, run)
+
+    def _assemble(self, model: str, version: str, paths: list[Path]) -> "np.ndarray | None":
+        """A closed group of a volume model: its instances' files as one volume, the series' one row (labels); None
+        when that model version is not loaded; an ``InputError`` when they make no volume it takes."""
+
+        async def run(handler: Any) -> "np.ndarray":
+            from biomed.preprocess.volume import read_files
+
+            files = await handler.in_thread(read_files, paths, handler.limits)  # 413 from the sizes, before reading
+            return await handler.assemble(files, "dimse")
+
+        return self._on_loop(model, version, run)
+
+    def _on_loop(self, model: str, version: str, run: Callable[[Any], Awaitable["np.ndarray"]]
+                 ) -> "np.ndarray | None":
+        """``run(handler)`` on the worker's event loop, for that model version (None when it is not loaded)."""
         if self.loop is None:
             return None
 
-        async def run() -> "np.ndarray | None":
-            from biomed.preprocess.upload import Upload
+        async def call() -> "np.ndarray | None":
             from service.engine import UnknownModel, current
 
             engine = current()
             with engine.scope():
                 try:
-                    handler = engine.pick(f"{model}:{version}", "classify")
+                    handler = engine.pick(f"{model}:{version}")
                 except UnknownModel:
                     return None
-                probs, _ = await handler.classify(Upload(data), "dimse")
-                return probs
+                return await run(handler)
 
-        return asyncio.run_coroutine_threadsafe(run(), self.loop).result(timeout=self.config.request_timeout_s)
+        return asyncio.run_coroutine_threadsafe(call(), self.loop).result(timeout=self.config.request_timeout_s)
 
     def close(self) -> None:
         if self.receiver is not None:

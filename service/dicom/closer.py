@@ -13,6 +13,14 @@ many workers and pods, one makes it. A result claimed but never spooled (a crash
 is spooled by the next closer that looks once the claim is a minute old; an instance whose record
 a crash lost is classified again from its file (``reclassify``). Nothing here logs a UID or any
 content of an instance: counts, steps and outcomes only.
+
+A group of a model that takes a whole series as one row (a volume model: its group's aggregate is
+``biomed.series.WHOLE``) is assembled here: the files of the instances the result covers are read
+(their sizes within ``BIOMED_MAX_SERIES_MB`` first) and made one volume by the model's handler
+(``assemble``) before they are emptied; every member gets the series' row. Its files emptied, a later
+result of such a group covers only the instances since (its own part, naming no previous SR). A set
+of files that makes no volume the model takes (a gap or tilt it does not resample, too few slices, a
+mixed series) gets no SR: the result is recorded as refused, with its reason's code, and logged.
 """
 
 from __future__ import annotations
@@ -31,7 +39,8 @@ from pydicom.dataset import Dataset
 from biomed.outputs import Producer
 from biomed.outputs.series_sr import build_series_sr, series_sr_uid
 from biomed.outputs.sr import Previous, series_uid, sr_bytes
-from biomed.series import Member, combine, mixture
+from biomed.errors import InputError
+from biomed.series import WHOLE, Member, combine, mixture, with_row
 from service.dicom.groups import Groups, producer_of
 
 log = logging.getLogger("biomed.dicom")
@@ -39,17 +48,19 @@ POLL_S = 0.25  # how often a closer looks at the open groups
 RETRY_S = 30.0  # a group whose closing failed is looked at again after this long
 ORPHAN_S = 60.0  # a result claimed this long ago whose SR is not in the spool lost its closer (a crash)
 Reclassify = Callable[[str, str, bytes], "np.ndarray | None"]  # (model, version, file) -> outputs, or None
+Assemble = Callable[[str, str, list], "np.ndarray | None"]  # (model, version, paths) -> the series' row, or None
 
 
 class Closer(threading.Thread):
     """Closes this spool's quiet (or full) groups and spools their SRs (module docstring); one per worker."""
 
-    def __init__(self, groups: Groups, reclassify: Reclassify, metrics: Any) -> None:
+    def __init__(self, groups: Groups, reclassify: Reclassify, metrics: Any, assemble: Assemble | None = None) -> None:
         super().__init__(name="dicom-groups", daemon=True)
         self.groups = groups
         self.spool = groups.spool
         self.policy = groups.policy
         self.reclassify = reclassify
+        self.assemble = assemble
         self.metrics = metrics
         self.stopping = threading.Event()
         self._retry_at: dict[str, float] = {}  # groups whose closing failed: not before then
@@ -126,7 +137,8 @@ class Closer(threading.Thread):
         """Make the group's next result and spool its SR; (instances, result number), or None when there was
         nothing to do or another process did it."""
         n, latest = self.groups.latest(key)
-        if latest is not None and not self.groups.spooled(key, n) and not self.spool.is_known(latest["sr"]):
+        if latest is not None and latest["sr"] and not self.groups.spooled(key, n) and \
+                not self.spool.is_known(latest["sr"]):
             if self.groups.claimed_s(key, n) <= ORPHAN_S:
                 return None  # its closer is at work (it settles the group)
             self._spool(key, latest)  # claimed, then a crash before its SR reached the spool
@@ -144,20 +156,42 @@ class Closer(threading.Thread):
         header = self.groups.header(key, new[0].identity)
         if header is None:
             raise RuntimeError("the file of an instance waiting in the group cannot be read")
-        prior = [Member.from_dict(m) for m in latest["members"]] if latest else []
+        volume = group["aggregate"] == WHOLE  # the files make one volume: read before they are emptied
+        prior = [Member.from_dict(m) for m in latest["members"]] if latest and not volume else []
         whole = len(prior) + len(new) <= limit  # else a new part of a series larger than the cap: its own SR
         members = prior + new if whole else new
         done = {m.identity for m in new}
+        refused = None
+        if volume:
+            members, refused = self._volume(key, members, algo)
         record = {"n": n + 1, "members": [m.to_dict() for m in members], "header": header.to_json_dict(),
-                  "sr": series_sr_uid(key, [m.identity for m in members], algo),
-                  "previous": latest["sr"] if latest and whole else None, "last": last, "group": group,
-                  "covered": sorted(covered | done)}
+                  "sr": None if refused else series_sr_uid(key, [m.identity for m in members], algo),
+                  "previous": latest["sr"] if latest and whole and not volume else None, "last": last,
+                  "group": group, "covered": sorted(covered | done), "refused": refused}
         if not self.groups.claim(key, n + 1, record):
             return None
-        self._spool(key, record)
+        if refused:
+            self.groups.mark_spooled(key, n + 1)
+            log.warning("a group of %d instances makes no volume its model takes (%s): no SR", len(members), refused)
+        else:
+            self._spool(key, record)
         self.groups.empty(key, done)
         self.groups.settle(key, covered | done)
         return len(members), n + 1
+
+    def _volume(self, key: str, members: list[Member], algo: Producer) -> tuple[list[Member], str | None]:
+        """A volume model's group: its files as one volume (``assemble``), every member holding its row; or the
+        members as they are and the code of the reason the files make no volume."""
+        if self.assemble is None:
+            raise RuntimeError("no assembler for a volume model's group")
+        paths = [self.groups.root / key / f"{m.identity}.dcm" for m in members]
+        try:
+            row = self.assemble(algo.name, algo.version, paths)
+        except InputError as err:
+            return members, err.code
+        if row is None:
+            raise LookupError(f"model {algo.name}:{algo.version} is not loaded")
+        return with_row(members, row), None
 
     def _members(self, key: str, identities: list[str], algo: Producer) -> list[Member]:
         """The waiting instances' member records, each made again from its file when missing (``reclassify``)."""

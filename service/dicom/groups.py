@@ -261,7 +261,8 @@ class Groups:
                 n, latest = self.latest(folder.name)
                 covered = set(latest["covered"]) if latest else set()
                 waiting = [t for i, t in self.instances(folder.name).items() if i not in covered]
-                if latest is not None and not self.spooled(folder.name, n) and not self.spool.is_known(latest["sr"]):
+                unspooled = latest is not None and latest["sr"] and not self.spooled(folder.name, n)
+                if unspooled and not self.spool.is_known(latest["sr"]):
                     waiting.append(float(latest["last"]))
                 if waiting:
                     marker = self.open / folder.name

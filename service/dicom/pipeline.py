@@ -11,7 +11,11 @@ is set its SR is built (``biomed/outputs/sr.py``) from the header the decoder ke
 to the spool (``spool.py``) before ``receive`` returns, so the sender is answered only once the
 result is durable. Grouped (``BIOMED_DICOM_GROUP_BY`` series or study), the instance's file is
 written and fsynced while it is checked and classified, and committed to its group with its model
-outputs (``groups.py``) before ``receive`` returns: the group's SR comes when the group closes. The SR's UID derives from the instance's content identity
+outputs (``groups.py``) before ``receive`` returns: the group's SR comes when the group closes. The
+instance goes to the model ``Engine.route`` picks for its Modality (``door_operation``: grouped by
+series, a model that takes series); a volume model's handler checks and decodes the instance
+(``receive_instance``) without running it: its group's files are assembled when the group closes
+(``closer.py``). The SR's UID derives from the instance's content identity
 (``biomed.preprocess.identity``, hashed by that same decode): the same instance again, in any
 transfer syntax, is a duplicate; a corrected one under the same SOP Instance UID gets a new SR
 naming the one before it (recorded in the spool). It never raises for bad input: it answers an ``Outcome`` with the DIMSE
@@ -40,7 +44,7 @@ import logging
 import traceback
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -68,7 +72,6 @@ from biomed.errors import InputError, TooLarge
 from biomed.outputs import Producer, sr
 from biomed.preprocess.dicom_read import is_uid
 from biomed.preprocess.upload import Upload
-from biomed.series import aggregate_of
 from service import audit
 from service.audit.events import Subject
 
@@ -224,6 +227,13 @@ def _build_and_spool(header: Dataset, probs: np.ndarray, algo: Producer, identit
     return True
 
 
+def door_operation(groups: "Groups | None") -> str:
+    """What a DICOM door asks of the model an instance reaches (``Engine.route``): with series groups, a model that
+    takes series (``predict_series``: an image model classifying each instance, or a volume model assembling the
+    group's files when it closes); else one that classifies single instances (``classify``)."""
+    return "predict_series" if groups is not None and groups.policy.by == "series" else "classify"
+
+
 async def _parse(handler: "ImageHandler", upload: Upload) -> Dataset:
     """The instance's dataset: parsed on the event loop when it is small enough to decode there too (as
     ``ImageHandler.decode`` does, under the same inline caps: a thread's handoffs cost more than such a parse),
@@ -231,7 +241,7 @@ async def _parse(handler: "ImageHandler", upload: Upload) -> Dataset:
     if len(upload.data) <= handler.config.inline_decode_bytes:
         with contextlib.suppress(TooLarge):
             return upload.dataset(handler.inline_limits)
-    return await handler.in_thread(upload.dataset, handler.limits,
+    return await handler.in_thread(upload.dataset, handler.file_limits,
                                    small=len(upload.data) <= handler.config.small_upload_bytes)
 
 
@@ -254,7 +264,7 @@ async def _durably(handler: "ImageHandler", header: Dataset, probs: np.ndarray, 
     algo = producer(handler)
     try:
         if groups is not None and staged is not None:
-            how = aggregate_of(handler.config.series_aggregate, handler.semantics)
+            how = handler.group_aggregate()  # a volume model's: the series assembled when its group closes
             try:
                 path = await asyncio.shield(staged)
             except asyncio.CancelledError:
@@ -268,9 +278,12 @@ async def _durably(handler: "ImageHandler", header: Dataset, probs: np.ndarray, 
 
 
 async def receive(handler: "ImageHandler", data: bytes, door: str, study: str | None = None,
-                  spool: "Spool | None" = None, groups: "Groups | None" = None) -> Outcome:
+                  spool: "Spool | None" = None, groups: "Groups | None" = None,
+                  route: "Callable[[str], ImageHandler] | None" = None) -> Outcome:
     """Check, classify and (with a spool) spool the SR of one instance, or with ``groups`` store it in its group
-    (``groups.py``: its SR is the group's); never raises for bad input."""
+    (``groups.py``: its SR is the group's); never raises for bad input. ``route``: the handler for the instance's
+    Modality (``Engine.route``: ``BIOMED_DICOM_MODEL``, else by modality), in place of ``handler`` once the header
+    is parsed."""
     outcome = Outcome("ok")
     staged = _stage(groups, data)  # the file on its way to the disk while it is checked and classified
     try:
@@ -280,7 +293,9 @@ async def receive(handler: "ImageHandler", data: bytes, door: str, study: str | 
         outcome.sop_class, outcome.sop_instance = (_uid_of(header, "SOPClassUID"), _uid_of(header, "SOPInstanceUID"))
         outcome.subject = Subject.of(header) if audit.current().enabled else None
         check_header(header, study, series=groups is not None)
-        probs, _ = await handler.classify(upload, door)  # decoded from the dataset parsed above
+        if route is not None:
+            handler = route(str(header.get("Modality", "") or "").strip())
+        probs = await handler.receive_instance(upload, door)  # decoded from the dataset parsed above
         header, identity = upload.header, upload.identity  # the header now without pixel data
         del upload
         if identity is not None and (groups is not None or spool is not None):

@@ -309,8 +309,10 @@ class Receiver:
 
         engine = current()
         with engine.scope():
-            return await pipeline.receive(engine.pick(None, "classify"), data, "dimse", spool=self.spool,
-                                          groups=self.groups)
+            operation = pipeline.door_operation(self.groups)
+            return await pipeline.receive(engine.pick(None, operation), data, "dimse", spool=self.spool,
+                                          groups=self.groups,
+                                          route=lambda modality: engine.route(modality, operation))
 
     def _sweep(self) -> None:
         """Remove what a process that ended (a crash) left in the folder: ours are removed as their associations end."""

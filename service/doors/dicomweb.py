@@ -60,10 +60,11 @@ async def store(request: Request, engine: Engine) -> StowResponse:
         raise UnsupportedMedia(f"multipart/related of type {kind!r} is not accepted; send type=\"application/dicom\" "
                                "(DICOM instances; the JSON/XML metadata forms of STOW-RS are not supported)")
     boundary = multipart.boundary_of(content_type)
-    handler = engine.pick(None, "classify")
     side = dicom_current()
     spool = side.spool if side is not None else None
     groups = side.groups if side is not None else None  # grouped: each instance joins its series in the spool
+    operation = pipeline.door_operation(groups)  # what the model an instance reaches must serve
+    handler = engine.pick(None, operation)
     referenced, failed, outcomes = [], [], []
     cap = engine.config.max_upload_bytes
     try:
@@ -79,7 +80,8 @@ async def store(request: Request, engine: Engine) -> StowResponse:
             else:
                 data, part.data = part.data, b""
                 outcome = await pipeline.receive(handler, data, "stow", study=study, spool=spool,
-                                                 groups=groups)
+                                                 groups=groups,
+                                                 route=lambda modality: engine.route(modality, operation))
                 del data
             (referenced if outcome.ok else failed).append(_item(outcome))
             outcomes.append(outcome)

@@ -7,6 +7,7 @@ answer; ``wrap`` turns input errors into the ``{"error", "detail"}`` 4xx body.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import logging
 import time
@@ -16,14 +17,15 @@ from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import Response
 
-from biomed.errors import MalformedInput
+from biomed.errors import MalformedInput, TooLarge, UnsupportedMedia
 from biomed.flags import parse_flag
 from biomed.genome import parse_fasta
 from biomed.outputs.overlay import DEFAULT_OPACITY
 from biomed.runtime import LoadedModel
 from biomed.settings import env
 from service.doors.endpoint import wrapper
-from service.doors.http_io import read_body, read_json, read_upload
+from service.dicom import multipart
+from service.doors.http_io import media_type, read_body, read_json, read_upload
 from service.engine import Engine
 from service.protocol import errors
 from service.schemas import DnaRequest, ExplainRequest, VariantsRequest
@@ -162,6 +164,64 @@ async def explain_image(request: Request, engine: Engine) -> dict | Response:
         return Response(await handler.explanation_dicom(explained, opacity), media_type=EXPLAIN_FORMATS[fmt],
                         headers={"Content-Disposition": 'attachment; filename="explanation.dcm"'})
     return await handler.explanation_json(explained, include_image)
+
+
+SERIES_FIELDS = ("model", "format", "label", "patch", "stride")
+MAX_FIELD_BYTES = 1024  # a text field of a streamed form
+
+
+async def series_form(request: Request, engine: Engine, held: contextlib.ExitStack
+                      ) -> tuple[list[bytes], dict[str, str]]:
+    """The files and text fields of a ``multipart/form-data`` series body, read part by part from the connection.
+
+    Each ``file`` part is held up to ``BIOMED_MAX_UPLOAD_MB`` and counted in the worker's body budget (and its
+    address's share) until ``held`` closes: a series is all in memory at once, so all of it counts (429 past the
+    budget). The body as a whole is capped by ``BIOMED_MAX_SERIES_MB`` (the route's cap).
+    """
+    if media_type(request) != "multipart/form-data":
+        raise UnsupportedMedia(f"content type {media_type(request) or 'none'!r} is not accepted; send "
+                               "multipart/form-data with one 'file' field per DICOM file of the series")
+    c = engine.config
+    peer = request.client.host if request.client else None
+    files: list[bytes] = []
+    fields: dict[str, str] = {}
+    boundary = multipart.boundary_of(request.headers.get("content-type", ""))
+    async for part in multipart.parts(request.stream(), boundary, c.max_upload_bytes):
+        disposition = part.headers.get("content-disposition", "")
+        name = multipart.parameters(disposition).get("name", "") if disposition.lower().startswith("form-data") else ""
+        if name == "file":
+            if part.too_large:
+                raise TooLarge(f"file element {len(files)} is over the {c.max_upload_bytes / 2**20:g} MB limit of one "
+                               f"file ({env('max_upload_bytes')})")
+            held.enter_context(engine.admission.body(part.size, peer))
+            files.append(part.data)
+        elif name in SERIES_FIELDS and not part.too_large and part.size <= MAX_FIELD_BYTES:
+            fields[name] = part.data.decode("utf-8", "replace").strip()
+        else:
+            raise MalformedInput(f"field {name[:40]!r} is not taken here; send 'file' fields (one DICOM file each) and "
+                                 f"the optional text fields {', '.join(SERIES_FIELDS)} (each at most {MAX_FIELD_BYTES} "
+                                 "bytes)")
+    if not files:
+        raise MalformedInput("the request holds no 'file' field: send the files of one series", code="missing_file")
+    return files, fields
+
+
+async def explain_series(request: Request, engine: Engine) -> dict | Response:
+    """``/explain_series``: a volume model's 3D occlusion map of one series, as JSON or a DICOM Parametric Map."""
+    with contextlib.ExitStack() as held:
+        files, fields = await series_form(request, engine, held)
+        fmt = (fields.get("format") or "json").strip().lower()
+        if fmt not in ("json", "dicom"):
+            raise MalformedInput(f"format {fmt[:32]!r} is unknown; accepted: json, dicom")
+        patch, stride = _number(fields, "patch", int, 1), _number(fields, "stride", int, 1)
+        handler = engine.pick(fields.get("model") or None, "explain_series")
+        explained = await handler.explain_series(files, fields.get("label") or None, patch, stride,
+                                                 dicom_header=fmt == "dicom")
+        del files
+        if fmt == "dicom":
+            return Response(await handler.explanation_dicom(explained), media_type=EXPLAIN_FORMATS[fmt],
+                            headers={"Content-Disposition": 'attachment; filename="explanation.dcm"'})
+        return handler.explanation_json(explained)
 
 
 async def list_models(request: Request, engine: Engine) -> dict:

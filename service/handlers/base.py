@@ -16,8 +16,9 @@ from typing import Any, Callable, ClassVar, Iterator, TypeVar
 
 import numpy as np
 
-from biomed.errors import MalformedInput
+from biomed.errors import InputError, MalformedInput
 from biomed.outputs.semantics import Semantics
+from biomed.series import Collected, Result, aggregate_of, mixture
 from biomed.preprocess.budget import DecodeBudget
 from biomed.runtime import LoadedModel
 from service.batcher import Batcher
@@ -38,6 +39,23 @@ class Shared:
     budget: DecodeBudget  # decoded bytes of every decode in flight
 
 
+class SeriesCollector:
+    """The instances of one series as a request brings them (``/predict_series``, v2's ``group: "series"``), one
+    ``add`` per file, then the series' one ``result``; each kind that takes series says how (``series_collector``).
+    ``collected`` holds the members in request order (a content sent twice counts once)."""
+
+    def __init__(self, handler: "Handler", door: str) -> None:
+        self.handler, self.door, self.collected = handler, door, Collected()
+
+    async def add(self, data: bytes, element: int) -> None:
+        """Take file ``element`` of the request (4xx for one that is not an instance of the series)."""
+        raise NotImplementedError
+
+    async def result(self) -> tuple[Result, dict[str, Any]]:
+        """The series' result and what the answer adds (an ``input`` block)."""
+        raise NotImplementedError
+
+
 class Handler:
     """One loaded model and the request logic of its kind (subclasses: one per ``kind``, in ``service/handlers/``).
 
@@ -51,6 +69,9 @@ class Handler:
     kind: ClassVar[str]
     operations: ClassVar[frozenset[str]] = frozenset()
     batch_setting: ClassVar[str] = "max_batch_size"
+    # A series is one model row (its files held until the last one is in), not a row per instance: the doors hold
+    # every file of a series in their body budget, and the DICOM doors' groups assemble it when the group closes.
+    series_whole: ClassVar[bool] = False
 
     def __init__(self, model: LoadedModel, shared: Shared) -> None:
         self.model = model
@@ -159,9 +180,50 @@ class Handler:
 
     async def predict_group(self, items: list[bytes], parameters: dict[str, Any],
                             door: str = "native") -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, Any]]:
-        """The person input's elements as one group (``parameters.group``, for a kind whose person input declares
-        it): the group's one output row, its extra outputs, and the answer's parameters."""
+        """The person input's elements as one group (``parameters.group`` = ``series``, for a kind whose person input
+        declares it, through ``series_collector``): the group's one output row, the ``element`` and ``frame`` that
+        drove it, and the answer's parameters."""
+        if parameters.get("group") != "series":
+            raise InputError(f"parameters.group {str(parameters.get('group'))[:20]!r} is unknown; accepted: instance "
+                             "(a row per frame), series (one row for the files' series)", code="malformed", status=400)
+        collector = self.series_collector(door)
+        for i, data in enumerate(items):
+            await collector.add(data, i)
+        result, _ = await collector.result()
+        driver = result.driver
+        answer = {"group": "series", "series_instance_uid": driver.series, "instances": len(result.members),
+                  "source_instance": driver.sop_instance, "aggregate": result.how}
+        return (np.asarray(result.values, dtype=np.float32)[None, :],
+                {"element": np.array([collector.collected.element_of(driver)], dtype=np.int32),
+                 "frame": np.array([result.frame], dtype=np.int32)}, answer)
+
+    def series_collector(self, door: str = "native") -> SeriesCollector:
+        """How this kind takes a series in one request (a kind whose handler serves ``predict_series``)."""
         raise NotImplementedError
+
+    def group_aggregate(self) -> str:
+        """How the DICOM doors' groups of this model combine: ``BIOMED_SERIES_AGGREGATE``, else the model's."""
+        return aggregate_of(self.config.series_aggregate, self.semantics)
+
+    async def receive_instance(self, upload: Any, door: str) -> np.ndarray:
+        """One instance from a DICOM door (an ``Upload`` parsed with ``identify``), checked and decoded (its content
+        identity): its values for its group, (frames, labels). A kind whose handler serves ``classify`` (or
+        ``predict_series``, for the doors' series groups) says how."""
+        raise NotImplementedError
+
+    def series_answer(self, result: Result, **extra: Any) -> dict:
+        """``/predict_series``' answer: the series' result, then each instance's rows (series order), then ``extra``."""
+        key, labels, regression = self.semantics.name, self.labels, self.semantics.regression
+        driver = result.driver
+        series = {"uid": driver.series, "instances": len(result.members), "aggregate": result.how,
+                  **({} if regression else {"label": labels[result.best]}),
+                  key: dict(zip(labels, map(float, result.values))), "source_instance": driver.sop_instance,
+                  "source_frame": result.frame, "mixed": mixture(result.members)}
+        instances = [{"sop_instance_uid": m.sop_instance, "instance_number": m.instance_number,
+                      "predictions": [{"frame": f, **({} if regression else {"label": labels[int(row.argmax())]}),
+                                       key: dict(zip(labels, map(float, row)))} for f, row in enumerate(m.values)]}
+                     for m in result.members]
+        return self.answer(series=series, instances=instances, **extra)
 
     def close(self) -> None:
         self.batcher.close()

@@ -21,10 +21,10 @@ from biomed.preprocess.image import ImageSpec, Limits, load_image, load_presente
 from biomed.preprocess.upload import Upload
 from biomed.preprocess.dicom_read import is_uid
 from biomed.runtime import LoadedModel
-from biomed.series import Collected, Member, Result, aggregate_of, combine, mixture
+from biomed.series import Collected, Member, Result, aggregate_of, combine
 from biomed.settings import env
 from service import audit
-from service.handlers.base import Handler, Shared
+from service.handlers.base import Handler, SeriesCollector, Shared
 
 T = TypeVar("T")
 
@@ -61,6 +61,7 @@ class ImageHandler(Handler):
         self.limits = Limits(max_pixels=c.max_pixels, max_frames=c.max_frames, max_bytes=c.max_upload_bytes,
                              max_decoded_bytes=c.max_decoded_bytes, max_elements=c.max_dicom_elements,
                              budget=shared.budget)
+        self.file_limits = self.limits  # a DICOM door's parse of one instance (``service/dicom/pipeline.py``)
         # What a small upload may need to decode on the event loop (see ``decode``): past these, it goes to a thread.
         self.inline_limits = replace(self.limits, max_pixels=min(c.max_pixels, INLINE_PIXELS),
                                      max_compressed_pixels=min(c.max_pixels, INLINE_COMPRESSED_PIXELS),
@@ -156,23 +157,14 @@ class ImageHandler(Handler):
         probs, element, frame = await self.predict_files(items, door)
         return probs, {"element": element, "frame": frame}
 
-    async def predict_group(self, items: list[bytes], parameters: dict[str, Any],
-                            door: str = "native") -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, Any]]:
-        """v2's ``file`` input with ``parameters.group`` = ``series``: the files as one series (``series_member``,
-        ``series_result``): its one row, the ``element`` and ``frame`` that drove it, and the answer's parameters."""
-        if parameters.get("group") != "series":
-            raise InputError(f"parameters.group {str(parameters.get('group'))[:20]!r} is unknown; accepted: instance "
-                             "(a row per frame), series (one row for the files' series)", code="malformed", status=400)
-        collected = Collected()
-        for i, data in enumerate(items):
-            collected.add(await self.series_member(data, i, door), i)
-        result = self.series_result(collected)
-        driver = result.driver
-        answer = {"group": "series", "series_instance_uid": driver.series, "instances": len(result.members),
-                  "source_instance": driver.sop_instance, "aggregate": result.how}
-        return (np.asarray(result.values, dtype=np.float32)[None, :],
-                {"element": np.array([collected.element_of(driver)], dtype=np.int32),
-                 "frame": np.array([result.frame], dtype=np.int32)}, answer)
+    def series_collector(self, door: str = "native") -> SeriesCollector:
+        """A series in one request, each instance run as it arrives (``series_member``) and dropped."""
+        return _InstanceSeries(self, door)
+
+    async def receive_instance(self, upload: Upload, door: str) -> np.ndarray:
+        """An instance from a DICOM door: classified as ``/predict_image`` classifies it, (frames, labels)."""
+        probs, _ = await self.classify(upload, door)
+        return probs
 
     async def series_member(self, data: bytes, element: int, door: str = "native") -> Member:
         """One instance of a series, decoded and run as ``predict_file`` runs it (``element``: its place in the
@@ -202,20 +194,6 @@ class ImageHandler(Handler):
                              status=400)
         how = aggregate_of(self.config.series_aggregate, self.semantics)
         return combine((m for m, _ in collected.members.values()), how, self.semantics)
-
-    def series_answer(self, result: Result) -> dict:
-        """``/predict_series``' answer: the series' result, then each instance's rows (series order)."""
-        key, labels, regression = self.semantics.name, self.labels, self.semantics.regression
-        driver = result.driver
-        series = {"uid": driver.series, "instances": len(result.members), "aggregate": result.how,
-                  **({} if regression else {"label": labels[result.best]}),
-                  key: dict(zip(labels, map(float, result.values))), "source_instance": driver.sop_instance,
-                  "source_frame": result.frame, "mixed": mixture(result.members)}
-        instances = [{"sop_instance_uid": m.sop_instance, "instance_number": m.instance_number,
-                      "predictions": [{"frame": f, **({} if regression else {"label": labels[int(row.argmax())]}),
-                                       key: dict(zip(labels, map(float, row)))} for f, row in enumerate(m.values)]}
-                     for m in result.members]
-        return self.answer(series=series, instances=instances)
 
     async def predict_file(self, data: bytes) -> dict:
         """``/predict_image``: decode, run every frame, label each."""
@@ -330,3 +308,15 @@ class Explanation:
     info: dict[str, Any]
     presented: np.ndarray
     header: Any = None
+
+
+class _InstanceSeries(SeriesCollector):
+    """An image model's series: each instance classified as it arrives; the result combines their rows."""
+
+    handler: ImageHandler
+
+    async def add(self, data: bytes, element: int) -> None:
+        self.collected.add(await self.handler.series_member(data, element, self.door), element)
+
+    async def result(self) -> tuple[Result, dict[str, Any]]:
+        return self.handler.series_result(self.collected), {}

@@ -1,4 +1,5 @@
-"""Synthetic demo data sets: real DICOM files, DNA with planted JASPAR motifs, and a genome with planted motifs and variants."""
+"""Synthetic demo data sets: real DICOM files (images, and CT series as volumes), DNA with planted JASPAR motifs, and a
+genome with planted motifs and variants."""
 
 from __future__ import annotations
 
@@ -12,6 +13,12 @@ def _image(out: Path, n: int | None, seed: int, **_: object) -> Path:
     from training.demo.dicom_demo import generate_images
 
     return generate_images(out, n=n or 600, seed=seed)
+
+
+def _volume(out: Path, n: int | None, seed: int, **_: object) -> Path:
+    from training.demo.volume_demo import generate_volumes
+
+    return generate_volumes(out, n=n or 440, seed=seed)
 
 
 def _dna(out: Path, n: int | None, seed: int, motifs: tuple[str, ...], length: int | None, **_: object) -> Path:
@@ -28,7 +35,7 @@ def _genome(out: Path, seed: int, motifs: tuple[str, ...], length: int | None, c
 
 
 # ``biomed demo-data WHAT``: each data set's generator, taking the options it uses.
-DATASETS: dict[str, Callable[..., Path]] = {"image": _image, "dna": _dna, "genome": _genome}
+DATASETS: dict[str, Callable[..., Path]] = {"image": _image, "volume": _volume, "dna": _dna, "genome": _genome}
 
 
 def generate(what: str, out: Path, *, n: int | None = None, seed: int = 0, motifs: tuple[str, ...] = DEFAULT_MOTIFS,

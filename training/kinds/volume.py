@@ -59,12 +59,15 @@ def load(config: TrainConfig) -> Dataset:
         except (InputError, OSError) as err:
             code = getattr(err, "code", "unreadable")
             skipped[code] = skipped.get(code, 0) + 1
-            log.warning("skipped %s: %s", path.name, code)
+            log.debug("skipped %s: %s", path.name, code)
             continue
         xs.append(x[0])
         ys.append(labels.index(label))
         sources.append(str(path))
         modalities.add(info["modality"] or "")
+    if skipped:
+        log.warning("skipped %d of %d series (%s): refused as a server would refuse them", sum(skipped.values()),
+                    len(items), ", ".join(f"{code} {n}" for code, n in sorted(skipped.items())))
     if len(set(ys)) < 2:
         raise DataError(f"{config.data}: fewer than 2 classes have usable series ({sum(skipped.values())} skipped)")
     return Dataset(np.stack(xs), np.asarray(ys, dtype=np.int64), labels, False, sources, skipped,

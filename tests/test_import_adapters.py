@@ -74,7 +74,7 @@ def test_composed_graph_equals_the_reference_adapter(part: dict, shape: list, op
     ({"kind": "dna", "labels": ["a"], "output": {"type": "regression", "units": ["1", "1"]},
       "dna": {"layout": "N4L", "length": 4}}, "one per label"),
     ({"kind": "dna", "labels": ["a"], "output": OUTPUT}, "needs its 'dna' part"),
-    ({"kind": "volume", "labels": ["a"], "output": OUTPUT}, "at kind"),
+    ({"kind": "protein", "labels": ["a"], "output": OUTPUT}, "at kind"),
     ({"kind": "dna", "labels": ["a"], "output": OUTPUT, "dna": {"layout": "N4L", "length": 4, "alphabet": "ACGU"}},
      "at dna/alphabet"),
     ({"kind": "image", "labels": ["a"], "output": OUTPUT, "image": {"layout": "NCHW", "channels": 1, "size": [4, 4],

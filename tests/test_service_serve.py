@@ -149,7 +149,7 @@ def test_concurrent_requests_batch_and_metrics(server: Server) -> None:
     images = sum(s.value for s in families["biomed_predictions"] if s.name.endswith("_total")
                  and s.labels["model"] == "demo-image")
     assert images >= 100  # summed over both workers
-    assert {s.labels["model"] for s in families["biomed_model_info"] if s.value == 1} == {"demo-image", "demo-dna"}
+    assert {s.labels["model"] for s in families["biomed_model_info"] if s.value == 1} == {"demo-image", "demo-dna", "demo-volume"}  # the default models
     assert {"dicom", "dna"} <= {s.labels["kind"] for s in families["biomed_preprocess_seconds"]}
     assert ("predict_dna", "unauthorized") in {(s.labels["endpoint"], s.labels["reason"])
                                                for s in families["biomed_rejected_requests"] if s.value > 0}

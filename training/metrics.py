@@ -75,8 +75,11 @@ def knn_baseline(f_train: np.ndarray, train_y: np.ndarray, f_test: np.ndarray, m
     probs = model.predict_proba(f_test)
     if not multilabel:
         return _all_classes(probs, model.classes_, int(train_y.max()) + 1)
+    classes = model[-1].classes_
+    if not isinstance(probs, list):  # one task: scikit-learn treats an (N, 1) target as a single output
+        probs, classes = [probs], [classes]
     return np.stack([p[:, list(c).index(1.0)] if 1.0 in c else np.zeros(len(f_test))
-                     for p, c in zip(probs, model[-1].classes_)], axis=1)
+                     for p, c in zip(probs, classes)], axis=1)
 
 
 def _all_classes(probs: np.ndarray, seen: np.ndarray, n: int) -> np.ndarray:

@@ -16,11 +16,12 @@ from typing import Any, Callable, ClassVar, Iterator, TypeVar
 
 import numpy as np
 
-from biomed.errors import InputError, MalformedInput
+from biomed.errors import InputError, MalformedInput, TooLarge
 from biomed.outputs.semantics import Semantics
 from biomed.series import Collected, Result, aggregate_of, mixture
 from biomed.preprocess.budget import DecodeBudget
 from biomed.runtime import LoadedModel
+from biomed.settings import env
 from service.batcher import Batcher
 from service.config import ServiceConfig
 from service.metrics import Metrics
@@ -144,6 +145,20 @@ class Handler:
         """What ``biomed_predictions_total`` counts for these output rows: the kind's labels of probabilities
         (``class_labels``), one ``value`` per row of regression values."""
         return self.semantics.counted(probs) if self.semantics.regression else self.class_labels(probs)
+
+    def check_explained_label(self, label: str | None) -> None:
+        """422 ``unknown_label`` when an explanation asks for a label the model does not have."""
+        if label and label not in self.labels:
+            raise InputError(f"label {label!r} is not one of the model's labels: {', '.join(self.labels)}",
+                             code="unknown_label")
+
+    def check_occlusion_rows(self, rows: int, layout: str) -> None:
+        """413 past ``BIOMED_MAX_OCCLUSION_ROWS``: ``layout`` says which patch and stride over which input make
+        the ``rows`` model rows of one occlusion."""
+        cap = self.config.max_occlusion_rows
+        if rows > cap:
+            raise TooLarge(f"{layout} make {rows} model rows; an explanation may run at most {cap} "
+                           f"({env('max_occlusion_rows')}): use a larger stride or patch")
 
     def class_labels(self, probs: np.ndarray) -> list[str]:
         """The labels counted for rows of probabilities (per kind)."""

@@ -215,15 +215,10 @@ class ImageHandler(Handler):
     def plan_explanation(self, label: str | None, patch: int | None, stride: int | None) -> occlusion.Grid:
         """The occlusion's patches, counted before anything is decoded or built (400 for bad fields, 422 for an
         unknown label, 413 past ``BIOMED_MAX_OCCLUSION_ROWS``)."""
-        if label and label not in self.labels:
-            raise InputError(f"label {label!r} is not one of the model's labels: {', '.join(self.labels)}",
-                             code="unknown_label")
+        self.check_explained_label(label)
         grid = occlusion.plan(self.spec.size, patch, stride)
-        cap = self.config.max_occlusion_rows
-        if grid.rows > cap:
-            raise TooLarge(f"patch {grid.patch} and stride {grid.stride} over the {grid.height}x{grid.width} model input "
-                           f"make {grid.rows} model rows; an explanation may run at most {cap} "
-                           f"({env('max_occlusion_rows')}): use a larger stride or patch")
+        self.check_occlusion_rows(grid.rows, f"patch {grid.patch} and stride {grid.stride} over the "
+                                             f"{grid.height}x{grid.width} model input")
         return grid
 
     async def explain_file(self, data: bytes, label: str | None = None, patch: int | None = None,

@@ -22,7 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from biomed import occlusion
-from biomed.errors import InputError, TooLarge
+from biomed.errors import InputError
 from biomed.kinds.volume import KIND as VOLUME
 from biomed.outputs.dicom_maps import volume_parametric_map
 from biomed.outputs.explanation import volume_explanation_body
@@ -32,7 +32,6 @@ from biomed.preprocess.dicom_read import is_uid
 from biomed.preprocess.volume import Grid, VolumeLimits, VolumeSpec, check_member, load_volume
 from biomed.runtime import LoadedModel
 from biomed.series import WHOLE, Member, Result, combine, with_row
-from biomed.settings import env
 from service.handlers.base import Handler, SeriesCollector, Shared
 
 UIDS = ("SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID")
@@ -120,15 +119,10 @@ class VolumeHandler(Handler):
     def plan_explanation(self, label: str | None, patch: int | None, stride: int | None) -> occlusion.Boxes:
         """The occlusion's boxes, counted before anything is decoded (400 for bad fields, 422 for an unknown label,
         413 past ``BIOMED_MAX_OCCLUSION_ROWS``)."""
-        if label and label not in self.labels:
-            raise InputError(f"label {label!r} is not one of the model's labels: {', '.join(self.labels)}",
-                             code="unknown_label")
+        self.check_explained_label(label)
         boxes = occlusion.plan_boxes(self.spec.size, patch, stride)
-        cap = self.config.max_occlusion_rows
-        if boxes.rows > cap:
-            raise TooLarge(f"patch {list(boxes.patch)} and stride {list(boxes.stride)} over the "
-                           f"{'x'.join(map(str, boxes.shape))} model input make {boxes.rows} model rows; an explanation "
-                           f"may run at most {cap} ({env('max_occlusion_rows')}): use a larger stride or patch")
+        self.check_occlusion_rows(boxes.rows, f"patch {list(boxes.patch)} and stride {list(boxes.stride)} over the "
+                                              f"{'x'.join(map(str, boxes.shape))} model input")
         return boxes
 
     async def explain_series(self, files: list[bytes], label: str | None = None, patch: int | None = None,

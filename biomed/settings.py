@@ -163,13 +163,6 @@ def as_audit(value: str) -> str:
     return value
 
 
-def as_positive(value: str) -> int:
-    x = as_int(value)
-    if x < 1:
-        raise ValueError("must be at least 1")
-    return x
-
-
 def as_canary(value: str) -> tuple[tuple[str, str, float], ...]:
     """A comma list of ``name:version=percent`` (the share of the requests for ``name``)."""
     out, shares = [], {}
@@ -273,7 +266,7 @@ class Settings:
         as_audit, shown="empty (off)")
     audit_buffer: int = setting(
         "BIOMED_AUDIT_BUFFER", "10000", "audit messages one worker holds while its target is slow or down; past it "
-        "they are dropped and counted (`biomed_audit_dropped_total`), never making a request wait", as_positive)
+        "they are dropped and counted (`biomed_audit_dropped_total`), never making a request wait", as_count)
     cors_origins: tuple[str, ...] = setting(
         "BIOMED_CORS_ORIGINS", "", "comma list of allowed origins. When set, CORS allows methods `GET`, `POST` and "
         "headers `Authorization`, `Content-Type`, `X-Request-ID`", as_list, shown="empty (CORS off)")
